@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the test suite drives for real: the firewall tools
+# (nftables, ipset, iptables), iproute2 for network namespaces, fail2ban, and
+# systemd-journal-remote (writes real journal files for the journald tests).
+# Idempotent: packages already present are left alone, so a warm machine pays nothing.
+set -euo pipefail
+
+packages=(nftables ipset iptables iproute2 fail2ban systemd-journal-remote python3 procps)
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if ((${#missing[@]})); then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "install-test-deps: need root to install: ${missing[*]}" >&2
+        exit 1
+    fi
+    echo "install-test-deps: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

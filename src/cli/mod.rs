@@ -1,0 +1,119 @@
+//! The command line: clap definitions ([`Cli`]) and the thin client-side commands.
+//!
+//! Every command but `run` and `config check` is a request to the daemon over the
+//! control socket ([`crate::control::client`]); this module only parses arguments,
+//! validates what it can locally (a bad address fails here, before any connection), and
+//! prints the reply as a table or, with `--json`, as JSON for scripts.
+//!
+//! Exit codes are part of the interface, see [`exit`].
+
+mod commands;
+mod output;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::decision::Source;
+
+pub use commands::execute;
+
+/// Exit codes, documented in the README.
+pub mod exit {
+    /// Success; for `query`, the address is blocked.
+    pub const OK: u8 = 0;
+    /// A negative answer: `query` finds no block, `unban` finds nothing to lift.
+    pub const NO: u8 = 1;
+    /// Bad input: usage, an invalid address, an invalid config.
+    pub const BAD_INPUT: u8 = 2;
+    /// The daemon is not running.
+    pub const NOT_RUNNING: u8 = 3;
+    /// Refused by the safety rules (loopback, link-local, own address, allowlist).
+    pub const REFUSED: u8 = 4;
+    /// Anything else failed (the daemon, the store, the firewall, permissions).
+    pub const FAILURE: u8 = 5;
+}
+
+/// banshare bans attackers in the kernel and shares its bans with the WAYSCloud community
+/// feed.
+#[derive(Debug, Parser)]
+#[command(name = "banshare", version, propagate_version = true)]
+pub struct Cli {
+    /// Config file [default: /etc/banshare/banshare.toml, built-in defaults if absent]
+    #[arg(long, global = true, env = "BANSHARE_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    /// Control socket, overriding the config's `socket`
+    #[arg(long, global = true, env = "BANSHARE_SOCKET", value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the foreground (systemd runs this; needs root for the firewall)
+    Run,
+    /// Show the daemon's health: config, firewall, blocks per source
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the blocks in force
+    List {
+        /// Only this source: detect, fail2ban, manual or feed
+        #[arg(long, value_name = "SOURCE")]
+        source: Option<Source>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Is this address blocked? By what, since and until when? (exit 0 if blocked, 1 if not)
+    Query {
+        /// An IPv4 or IPv6 address
+        ip: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Block an address or CIDR
+    Ban {
+        /// Address (203.0.113.7) or network (203.0.113.0/24, 2001:db8::/48)
+        target: String,
+        /// How long: 90s, 10m, 1h, 7d, or "permanent" [default: decisions.manual_bantime]
+        #[arg(long = "for", value_name = "DURATION")]
+        length: Option<String>,
+        /// A note kept with the block
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Lift a block of an address or CIDR (exactly as it was banned)
+    Unban {
+        target: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Configuration tools
+    Config {
+        #[command(subcommand)]
+        action: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Load and validate the config exactly as `run` does; exit 2 if it is invalid
+    Check,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,97 @@
+//! Human-readable rendering of daemon replies. Pure functions from data to text.
+
+use std::fmt::Write;
+
+use crate::clock::{Timestamp, human_duration};
+use crate::control::protocol::{QueryData, StatusData};
+use crate::decision::{Decision, show_target};
+
+/// `until 2026-11-24T13:00:00Z (in 23h 59m)`, or `permanently`.
+pub fn until(expires: Option<Timestamp>, now: Timestamp) -> String {
+    match expires {
+        None => "permanently".into(),
+        Some(t) => format!("until {t} (in {})", human_duration(now.until(t))),
+    }
+}
+
+/// The `list` table.
+pub fn decision_table(decisions: &[Decision], now: Timestamp) -> String {
+    if decisions.is_empty() {
+        return "no blocks in force\n".into();
+    }
+    let rows: Vec<[String; 4]> = decisions
+        .iter()
+        .map(|d| {
+            let expires = match d.expires {
+                None => "never".into(),
+                Some(t) => format!("{t} (in {})", human_duration(now.until(t))),
+            };
+            [show_target(&d.target), d.source.to_string(), expires, d.reason.clone()]
+        })
+        .collect();
+    let header = ["TARGET", "SOURCE", "EXPIRES", "REASON"];
+    let widths: Vec<usize> =
+        (0..3).map(|i| rows.iter().map(|r| r[i].len()).chain([header[i].len()]).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    let mut line = |cols: [&str; 4]| {
+        let _ = writeln!(out, "{:w0$}  {:w1$}  {:w2$}  {}", cols[0], cols[1], cols[2], cols[3], w0 = widths[0], w1 = widths[1], w2 = widths[2]);
+    };
+    line(header);
+    for r in &rows {
+        line([&r[0], &r[1], &r[2], &r[3]]);
+    }
+    let _ = writeln!(out, "{} block{}", rows.len(), if rows.len() == 1 { "" } else { "s" });
+    out
+}
+
+/// The `query` answer.
+pub fn query(q: &QueryData, now: Timestamp) -> String {
+    let mut out = String::new();
+    if let Some(why) = &q.protected {
+        let _ = writeln!(out, "{} is never blocked: {why}", q.ip);
+    }
+    if q.active.is_empty() {
+        let _ = writeln!(out, "{} is not blocked", q.ip);
+    }
+    for d in &q.active {
+        let by = if d.target.prefix_len() == d.target.max_prefix_len() {
+            String::new()
+        } else {
+            format!(" as part of {}", d.target)
+        };
+        let _ = writeln!(out, "{} is blocked{by} by {} since {}, {}", q.ip, d.source, d.created, until(d.expires, now));
+        let _ = writeln!(out, "  reason: {}", d.reason);
+        if let Some(c) = &d.category {
+            let _ = writeln!(out, "  category: {c}");
+        }
+        if let Some(s) = d.score {
+            let _ = writeln!(out, "  score: {s}");
+        }
+    }
+    for d in &q.history {
+        let ended = d.lifted.or(d.expires).map(|t| t.to_string()).unwrap_or_default();
+        let _ = writeln!(out, "  earlier: {} by {} from {} to {ended} ({})", show_target(&d.target), d.source, d.created, d.reason);
+    }
+    out
+}
+
+/// The `status` report.
+pub fn status(s: &StatusData) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "banshare {} running (pid {}, up {})", s.version, s.pid, human_duration(std::time::Duration::from_secs(s.uptime_secs)));
+    let _ = writeln!(out, "config:    {} (loaded {})", s.config, s.config_loaded);
+    if let Some(e) = &s.reload_error {
+        let _ = writeln!(out, "           last reload FAILED, previous config kept: {e}");
+    }
+    let _ = writeln!(out, "state:     {} (schema {})", s.state_db, s.schema_version);
+    let elements = s.firewall.elements.map(|n| format!(", {n} elements")).unwrap_or_default();
+    let _ = writeln!(out, "firewall:  {}{elements}", s.firewall.backend);
+    if let Some(e) = &s.firewall.last_error {
+        let _ = writeln!(out, "           last error: {e}");
+    }
+    let total: u64 = s.active.values().sum();
+    let per: Vec<String> = s.active.iter().map(|(src, n)| format!("{src} {n}")).collect();
+    let _ = writeln!(out, "blocks:    {total} ({})", per.join(", "));
+    let _ = writeln!(out, "protected: {} allowlist entries, {} host addresses, loopback and link-local", s.allowlist_entries, s.host_addresses);
+    out
+}

@@ -1,0 +1,369 @@
+//! Configuration: the TOML file, its defaults, and its validation.
+//!
+//! [`raw::RawConfig`] mirrors the file (`deny_unknown_fields`, every key optional).
+//! [`Config::from_raw`] converts it once into a validated [`Config`] (parsed CIDRs,
+//! `Duration`s, enums); nothing else in the crate sees raw strings. Every error names the
+//! file, the key (`allowlist[2]`, `decisions.ipv6_prefix`) and what was expected.
+//! `banshare config check` runs exactly [`load`], as `banshare run` and SIGHUP do.
+
+mod raw;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::clock::parse_duration;
+use crate::decision::parse_target;
+use raw::{RawConfig, RawDuration};
+
+/// Where the config lives unless `--config` or `BANSHARE_CONFIG` says otherwise.
+pub const DEFAULT_PATH: &str = "/etc/banshare/banshare.toml";
+
+/// The longest path a Unix socket address can hold (`sun_path` minus the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The file this was loaded from; `None` for the built-in defaults.
+    pub source_path: Option<PathBuf>,
+    /// Holds `state.db` and the daemon's lock file.
+    pub state_dir: PathBuf,
+    /// The control socket the CLI talks to.
+    pub socket: PathBuf,
+    /// Group given access to the socket (mode 0660); ignored if the group does not exist.
+    pub socket_group: String,
+    /// Networks never blocked, whatever the source (on top of the built-in protections).
+    pub allowlist: Vec<IpNet>,
+    pub firewall: FirewallConfig,
+    pub decisions: DecisionConfig,
+}
+
+/// `[firewall]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirewallConfig {
+    pub backend: Backend,
+}
+
+/// Which firewall backend enforces decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// nftables if `nft` works, else ipset, else a clear error.
+    Auto,
+    Nftables,
+    Ipset,
+    /// Logs and records what it would do; touches nothing.
+    DryRun,
+}
+
+impl Backend {
+    fn parse(text: &str) -> Option<Backend> {
+        match text {
+            "auto" => Some(Backend::Auto),
+            "nftables" => Some(Backend::Nftables),
+            "ipset" => Some(Backend::Ipset),
+            "dry-run" => Some(Backend::DryRun),
+            _ => None,
+        }
+    }
+}
+
+/// `[decisions]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecisionConfig {
+    /// Length of a `banshare ban` without `--for`; `None` is permanent.
+    pub manual_bantime: Option<Duration>,
+    /// Prefix an IPv6 address from local detection is widened to.
+    pub ipv6_prefix: u8,
+    /// How long expired and lifted decisions stay in the store (for `query` history).
+    pub retention: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            source_path: None,
+            state_dir: PathBuf::from("/var/lib/banshare"),
+            socket: PathBuf::from("/run/banshare/control.sock"),
+            socket_group: "banshare".into(),
+            allowlist: Vec::new(),
+            firewall: FirewallConfig { backend: Backend::Auto },
+            decisions: DecisionConfig {
+                manual_bantime: Some(Duration::from_secs(24 * 3600)),
+                ipv6_prefix: 64,
+                retention: Duration::from_secs(30 * 24 * 3600),
+            },
+        }
+    }
+}
+
+/// A config that cannot be used, with where and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read the config: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML syntax, an unknown key or a wrong type.
+    #[error("{path}: {location}{message}")]
+    Parse {
+        path: PathBuf,
+        location: Location,
+        message: String,
+    },
+    /// A value of the right type that does not make sense.
+    #[error("{path}: key `{key}`: expected {expected}, got {got}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        expected: String,
+        got: String,
+    },
+}
+
+/// Line, column and key of a parse error, each when known.
+#[derive(Debug, Default)]
+pub struct Location {
+    pub line_col: Option<(usize, usize)>,
+    pub key: Option<String>,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some((line, col)) = self.line_col {
+            write!(f, "line {line}, column {col}: ")?;
+        }
+        if let Some(key) = &self.key {
+            write!(f, "key `{key}`: ")?;
+        }
+        Ok(())
+    }
+}
+
+/// Loads the config the way every command does: `explicit` (from `--config` or
+/// `BANSHARE_CONFIG`) must exist; otherwise [`DEFAULT_PATH`] is read if present, and a
+/// host without it runs on the built-in defaults.
+pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None if Path::new(DEFAULT_PATH).exists() => PathBuf::from(DEFAULT_PATH),
+        None => return Ok(Config::default()),
+    };
+    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    Config::from_toml(&text, &path)
+}
+
+impl Config {
+    /// Parses and validates `text` as the contents of `path`.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw = raw::parse(text).map_err(|(location, message)| ConfigError::Parse {
+            path: path.to_path_buf(),
+            location,
+            message,
+        })?;
+        Config::from_raw(raw, path)
+    }
+
+    /// The one conversion from the file's mirror to the validated config.
+    fn from_raw(raw: RawConfig, path: &Path) -> Result<Config, ConfigError> {
+        let invalid = |key: &str, expected: &str, got: &dyn fmt::Display| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            expected: expected.to_string(),
+            got: got.to_string(),
+        };
+        let defaults = Config::default();
+
+        let state_dir = absolute_path(raw.state_dir, defaults.state_dir)
+            .map_err(|got| invalid("state_dir", "an absolute path", &got))?;
+        let socket = absolute_path(raw.socket, defaults.socket)
+            .map_err(|got| invalid("socket", "an absolute path", &got))?;
+        if socket.as_os_str().len() > MAX_SOCKET_PATH {
+            let expected = format!("a path of at most {MAX_SOCKET_PATH} bytes (a Unix socket limit)");
+            return Err(invalid("socket", &expected, &format!("{} bytes", socket.as_os_str().len())));
+        }
+
+        let mut allowlist = Vec::new();
+        for (i, entry) in raw.allowlist.unwrap_or_default().iter().enumerate() {
+            let net = parse_target(entry).map_err(|_| {
+                invalid(&format!("allowlist[{i}]"), "an IP address or CIDR like 192.0.2.0/24", &format!("{entry:?}"))
+            })?;
+            allowlist.push(net);
+        }
+
+        let raw_fw = raw.firewall.unwrap_or_default();
+        let backend = match raw_fw.backend {
+            None => defaults.firewall.backend,
+            Some(text) => Backend::parse(&text).ok_or_else(|| {
+                invalid("firewall.backend", "one of \"auto\", \"nftables\", \"ipset\", \"dry-run\"", &format!("{text:?}"))
+            })?,
+        };
+
+        let raw_dec = raw.decisions.unwrap_or_default();
+        let manual_bantime = match raw_dec.manual_bantime {
+            None => defaults.decisions.manual_bantime,
+            Some(d) => bantime(&d).map_err(|got| {
+                invalid("decisions.manual_bantime", "a duration like \"24h\" or \"permanent\"", &got)
+            })?,
+        };
+        let ipv6_prefix = match raw_dec.ipv6_prefix {
+            None => defaults.decisions.ipv6_prefix,
+            Some(p) if (1..=128).contains(&p) => p as u8,
+            Some(p) => return Err(invalid("decisions.ipv6_prefix", "a prefix length from 1 to 128", &p)),
+        };
+        let retention = match raw_dec.retention {
+            None => defaults.decisions.retention,
+            Some(d) => duration(&d)
+                .map_err(|got| invalid("decisions.retention", "a duration like \"30d\"", &got))?,
+        };
+
+        Ok(Config {
+            source_path: Some(path.to_path_buf()),
+            state_dir,
+            socket,
+            socket_group: raw.socket_group.unwrap_or(defaults.socket_group),
+            allowlist,
+            firewall: FirewallConfig { backend },
+            decisions: DecisionConfig {
+                manual_bantime,
+                ipv6_prefix,
+                retention,
+            },
+        })
+    }
+
+    /// The SQLite database inside the state directory.
+    pub fn state_db(&self) -> PathBuf {
+        self.state_dir.join("state.db")
+    }
+
+    /// Where the config came from, for messages.
+    pub fn origin(&self) -> String {
+        match &self.source_path {
+            Some(p) => p.display().to_string(),
+            None => format!("built-in defaults ({DEFAULT_PATH} not present)"),
+        }
+    }
+}
+
+fn absolute_path(raw: Option<String>, default: PathBuf) -> Result<PathBuf, String> {
+    match raw {
+        None => Ok(default),
+        Some(text) if Path::new(&text).is_absolute() => Ok(PathBuf::from(text)),
+        Some(text) => Err(format!("{text:?}")),
+    }
+}
+
+fn duration(raw: &RawDuration) -> Result<Duration, String> {
+    match raw {
+        RawDuration::Seconds(s) => Ok(Duration::from_secs(*s)),
+        RawDuration::Text(t) => parse_duration(t).map_err(|_| format!("{t:?}")),
+    }
+}
+
+/// A ban length: a duration, or `"permanent"` for `None`.
+fn bantime(raw: &RawDuration) -> Result<Option<Duration>, String> {
+    match raw {
+        RawDuration::Text(t) if t == "permanent" => Ok(None),
+        other => duration(other).map(Some),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::from_toml(text, Path::new("/etc/banshare/banshare.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn empty_file_is_the_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(Config { source_path: None, ..c }, Config::default());
+    }
+
+    #[test]
+    fn values_are_converted() {
+        let c = parse(
+            r#"
+            state_dir = "/srv/banshare"
+            allowlist = ["192.0.2.0/24", "2001:db8::1"]
+            [firewall]
+            backend = "dry-run"
+            [decisions]
+            manual_bantime = "permanent"
+            ipv6_prefix = 56
+            retention = 86400
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.state_db(), PathBuf::from("/srv/banshare/state.db"));
+        assert_eq!(c.allowlist.len(), 2);
+        assert_eq!(c.allowlist[1].to_string(), "2001:db8::1/128");
+        assert_eq!(c.firewall.backend, Backend::DryRun);
+        assert_eq!(c.decisions.manual_bantime, None);
+        assert_eq!(c.decisions.ipv6_prefix, 56);
+        assert_eq!(c.decisions.retention, Duration::from_secs(86400));
+    }
+
+    #[test]
+    fn errors_name_file_key_and_expectation() {
+        let e = parse("allowlist = [\"192.0.2.0/24\", \"10.0.0.0/8\", \"bogus\"]").unwrap_err();
+        assert_eq!(
+            e,
+            "/etc/banshare/banshare.toml: key `allowlist[2]`: expected an IP address or CIDR like 192.0.2.0/24, got \"bogus\""
+        );
+        let e = parse("[decisions]\nipv6_prefix = \"wide\"").unwrap_err();
+        assert!(e.starts_with("/etc/banshare/banshare.toml: line 2, column 15: key `decisions.ipv6_prefix`: invalid type: string \"wide\", expected"), "{e}");
+        let e = parse("[firewall]\nbackend = \"pf\"").unwrap_err();
+        assert!(e.contains("key `firewall.backend`: expected one of \"auto\""), "{e}");
+        let e = parse("[decisions]\nretention = \"a while\"").unwrap_err();
+        assert!(e.contains("key `decisions.retention`: expected a duration like \"30d\", got \"a while\""), "{e}");
+        let e = parse("state_dir = \"relative/dir\"").unwrap_err();
+        assert!(e.contains("key `state_dir`: expected an absolute path"), "{e}");
+        let long = format!("socket = \"/{}\"", "s".repeat(120));
+        assert!(parse(&long).unwrap_err().contains("at most 107 bytes"));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let e = parse("[firewall]\nbackend = \"auto\"\nbackned = \"x\"").unwrap_err();
+        assert!(e.starts_with("/etc/banshare/banshare.toml: line 3, column 1: key `firewall`: unknown field `backned`, expected `backend`"), "{e}");
+        let e = parse("statedir = \"/x\"").unwrap_err();
+        assert!(e.contains("unknown field `statedir`"), "{e}");
+    }
+
+    #[test]
+    fn malformed_toml_names_the_line() {
+        let e = parse("state_dir = \"/var/lib/x\"\nallowlist = [\"1.2.3.4\"\n").unwrap_err();
+        assert!(e.starts_with("/etc/banshare/banshare.toml: line 2"), "{e}");
+    }
+
+    #[test]
+    fn the_packaged_default_config_is_the_built_in_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/banshare.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let c = Config::from_toml(&text, &path).unwrap();
+        assert_eq!(Config { source_path: None, ..c }, Config::default());
+        // The file documents the defaults in commented-out lines; uncommenting every
+        // `# key = value` line must still give the defaults.
+        let uncommented: String = text
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if rest.contains(" = ") || rest.starts_with('[') => rest,
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = Config::from_toml(&uncommented, &path).unwrap();
+        assert_eq!(Config { source_path: None, ..c }, Config::default());
+    }
+}

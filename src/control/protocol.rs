@@ -1,0 +1,179 @@
+//! Wire types of the control protocol, shared by the server and the client.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Timestamp;
+use crate::decision::{Decision, Source};
+use crate::store::Upsert;
+
+/// The protocol version this build speaks. A request with a higher `v` is refused with
+/// [`ErrorCode::UnsupportedVersion`]; lower versions are answered as far as they go.
+pub const VERSION: u32 = 1;
+
+/// Longest request line the server reads; a longer one is discarded and answered with
+/// [`ErrorCode::TooLarge`].
+pub const MAX_LINE: usize = 1 << 20;
+
+/// A request, tagged by `cmd`. The envelope's `v` is checked before this is parsed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Ping,
+    Status,
+    List {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source: Option<Source>,
+    },
+    Query {
+        ip: String,
+    },
+    Ban {
+        /// Address or CIDR as typed; the daemon validates it again.
+        target: String,
+        /// Length in seconds; `None` means the configured `manual_bantime`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        for_secs: Option<u64>,
+        /// No expiry (overrides `for_secs`).
+        #[serde(default)]
+        permanent: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    Unban {
+        target: String,
+    },
+}
+
+/// One reply line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Reply {
+    pub v: u32,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+impl Reply {
+    pub fn ok(data: serde_json::Value) -> Reply {
+        Reply { v: VERSION, ok: true, data: Some(data), error: None }
+    }
+
+    pub fn err(error: ErrorBody) -> Reply {
+        Reply { v: VERSION, ok: false, data: None, error: Some(error) }
+    }
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ErrorBody { code, message: message.into() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not JSON, not an object, missing or mistyped fields, unknown command.
+    BadRequest,
+    /// The request's `v` is newer than this daemon.
+    UnsupportedVersion,
+    /// The request line exceeded [`MAX_LINE`].
+    TooLarge,
+    /// An address or CIDR that does not parse.
+    InvalidTarget,
+    /// The safety rules refuse it (loopback, allowlist, ...).
+    Refused,
+    /// Nothing to act on (unban of something not blocked).
+    NotFound,
+    /// The daemon failed (store or firewall).
+    Internal,
+}
+
+/// `status`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusData {
+    pub version: String,
+    pub pid: u32,
+    pub started: Timestamp,
+    pub uptime_secs: u64,
+    /// Where the config came from.
+    pub config: String,
+    pub config_loaded: Timestamp,
+    /// The last SIGHUP's error, while the old config stays in force.
+    pub reload_error: Option<String>,
+    pub state_db: String,
+    pub schema_version: i64,
+    pub firewall: FirewallStatus,
+    /// Decisions in force per source.
+    pub active: BTreeMap<Source, u64>,
+    pub allowlist_entries: usize,
+    pub host_addresses: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FirewallStatus {
+    pub backend: String,
+    pub elements: Option<usize>,
+    /// The last firewall failure, cleared by the next success.
+    pub last_error: Option<String>,
+}
+
+/// `list`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListData {
+    pub decisions: Vec<Decision>,
+}
+
+/// `query`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct QueryData {
+    pub ip: IpAddr,
+    pub blocked: bool,
+    /// Decisions in force whose target contains the address.
+    pub active: Vec<Decision>,
+    /// Recent lifted or expired decisions covering it, most recent first.
+    pub history: Vec<Decision>,
+    /// Set when the address can never be blocked, and why.
+    pub protected: Option<String>,
+}
+
+/// `ban`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BanData {
+    pub decision: Decision,
+    pub outcome: Upsert,
+}
+
+/// `unban`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UnbanData {
+    pub lifted: Vec<Decision>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_have_a_stable_wire_form() {
+        let req = Request::Ban { target: "203.0.113.7".into(), for_secs: Some(60), permanent: false, reason: None };
+        assert_eq!(
+            serde_json::to_string(&req).unwrap(),
+            r#"{"cmd":"ban","target":"203.0.113.7","for_secs":60,"permanent":false}"#
+        );
+        let back: Request = serde_json::from_str(r#"{"cmd":"list","source":"feed"}"#).unwrap();
+        assert_eq!(back, Request::List { source: Some(Source::Feed) });
+    }
+}

@@ -1,0 +1,367 @@
+//! The engine: the daemon's state (store, firewall, guard, config) and every operation on
+//! it. Operations are synchronous and short; the async side calls them on blocking
+//! threads. One mutex covers the store and the firewall together, which makes the daemon
+//! the single writer and fixes the order of effects: guard, commit, then enforce. A
+//! decision is acknowledged only after its commit, so a crash never loses an
+//! acknowledged ban; the firewall is rebuilt from the store at the next start.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use serde_json::Value;
+use tokio::sync::Notify;
+
+use crate::clock::Timestamp;
+use crate::config::{self, Config};
+use crate::control::protocol::{
+    BanData, ErrorBody, ErrorCode, FirewallStatus, ListData, QueryData, Request, StatusData, UnbanData,
+};
+use crate::control::server::Handler;
+use crate::decision::{Decision, Guard, NewDecision, Refusal, Source, parse_target, show_target};
+use crate::enforce::{Enforcer, FirewallError};
+use crate::hostaddr;
+use crate::store::{LiftReason, Store, StoreError, Upsert};
+
+/// How many past decisions `query` shows.
+const QUERY_HISTORY: usize = 5;
+
+pub struct Engine {
+    state: Mutex<State>,
+    info: RwLock<Info>,
+    started: Timestamp,
+    started_at: Instant,
+    /// Woken after each new decision so the expiry loop can recompute its deadline.
+    pub(super) expiry_wake: Notify,
+}
+
+/// Guarded by the engine's one mutex.
+struct State {
+    store: Store,
+    enforcer: Enforcer,
+    guard: Guard,
+    host: Vec<IpAddr>,
+    /// The last firewall failure, cleared by the next success (shown in `status`).
+    firewall_error: Option<String>,
+}
+
+/// The config in force and how it got there.
+struct Info {
+    config: Arc<Config>,
+    loaded: Timestamp,
+    reload_error: Option<String>,
+}
+
+/// The outcome of one proposed decision.
+pub type Outcome = Result<(Decision, Upsert), Refusal>;
+
+impl Engine {
+    pub fn new(config: Config, store: Store, enforcer: Enforcer, host: Vec<IpAddr>) -> Engine {
+        let guard = Guard::new(config.allowlist.clone(), host.clone());
+        let mut enforcer = enforcer;
+        enforcer.set_guard(guard.clone());
+        Engine {
+            state: Mutex::new(State { store, enforcer, guard, host, firewall_error: None }),
+            info: RwLock::new(Info { config: Arc::new(config), loaded: Timestamp::now(), reload_error: None }),
+            started: Timestamp::now(),
+            started_at: Instant::now(),
+            expiry_wake: Notify::new(),
+        }
+    }
+
+    /// The config in force.
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.info.read().unwrap_or_else(|e| e.into_inner()).config)
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves the store consistent (SQLite rolls back
+        // the open transaction), so a poisoned lock is safe to keep using.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// At start: lift what expired while the daemon was down and what the guard now
+    /// refuses, then rebuild the firewall from the store in one transaction.
+    pub fn startup(&self, now: Timestamp) -> Result<(), StoreError> {
+        let mut st = self.state();
+        let expired = st.store.lift_expired(now)?;
+        if !expired.is_empty() {
+            tracing::info!(count = expired.len(), "lifted decisions that expired while the daemon was stopped");
+        }
+        lift_guarded(&mut st, now)?;
+        let active = st.store.active(None, now)?;
+        let result = st.enforcer.reconcile(&active, now);
+        record_firewall(&mut st, result);
+        tracing::info!(active = active.len(), backend = st.enforcer.backend_name(), "firewall reconciled with the store");
+        Ok(())
+    }
+
+    /// Guards, commits and enforces a batch of proposed decisions. Returns one outcome
+    /// per proposal, in order.
+    pub fn decide(&self, proposals: Vec<NewDecision>, now: Timestamp) -> Result<Vec<Outcome>, StoreError> {
+        let mut st = self.state();
+        let checked: Vec<Result<NewDecision, Refusal>> =
+            proposals.into_iter().map(|p| st.guard.check(&p.target).map(|()| p)).collect();
+        let accepted: Vec<NewDecision> = checked.iter().filter_map(|c| c.as_ref().ok().cloned()).collect();
+        let mut committed = st.store.upsert_decisions(&accepted, now)?.into_iter();
+
+        let outcomes: Vec<Outcome> = checked
+            .into_iter()
+            .map(|c| c.map(|_| committed.next().expect("one commit per accepted proposal")))
+            .collect();
+        let changed: Vec<Decision> = outcomes
+            .iter()
+            .filter_map(|o| o.as_ref().ok())
+            .filter(|(_, u)| *u != Upsert::Unchanged)
+            .map(|(d, _)| d.clone())
+            .collect();
+        for d in &changed {
+            tracing::info!(ip = %d.target, source = %d.source, until = ?d.expires.map(|t| t.to_string()), reason = %d.reason, "blocked");
+        }
+        let result = st.enforcer.add(&changed, now);
+        record_firewall(&mut st, result);
+        drop(st);
+        self.expiry_wake.notify_one();
+        Ok(outcomes)
+    }
+
+    /// Lifts every decision whose time has come. Returns the next expiry.
+    pub fn expire_due(&self, now: Timestamp) -> Result<Option<Timestamp>, StoreError> {
+        let mut st = self.state();
+        let lifted = st.store.lift_expired(now)?;
+        for d in &lifted {
+            tracing::info!(ip = %d.target, source = %d.source, "ban expired");
+        }
+        let result = st.enforcer.remove(&lifted, now);
+        record_firewall(&mut st, result);
+        st.store.next_expiry()
+    }
+
+    /// Periodic upkeep: notice changes of the host's own addresses, prune old decisions.
+    pub fn maintain(&self, now: Timestamp, prune: bool) -> Result<(), StoreError> {
+        let host = match hostaddr::host_addresses() {
+            Ok(h) => Some(h),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read this host's addresses; keeping the last known ones");
+                None
+            }
+        };
+        let retention = self.config().decisions.retention;
+        let mut st = self.state();
+        if let Some(host) = host.filter(|h| *h != st.host) {
+            tracing::info!(addresses = host.len(), "this host's addresses changed");
+            let guard = Guard::new(self.config().allowlist.clone(), host.clone());
+            st.host = host;
+            set_guard(&mut st, guard, now)?;
+        }
+        if prune {
+            let before = Timestamp(now.0.saturating_sub(retention.as_millis() as i64));
+            let pruned = st.store.prune(before)?;
+            if pruned > 0 {
+                tracing::info!(count = pruned, "pruned old decisions");
+            }
+        }
+        Ok(())
+    }
+
+    /// Reloads the config from where it came from. An invalid file is logged and the
+    /// old config kept (shown in `status` until a reload succeeds).
+    pub fn reload(&self) {
+        let old = self.config();
+        let new = match config::load(old.source_path.as_deref()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "config reload failed; keeping the previous config");
+                self.info.write().unwrap_or_else(|e| e.into_inner()).reload_error = Some(e.to_string());
+                return;
+            }
+        };
+        for (what, changed) in [
+            ("state_dir", new.state_dir != old.state_dir),
+            ("socket", new.socket != old.socket),
+            ("firewall.backend", new.firewall != old.firewall),
+        ] {
+            if changed {
+                tracing::warn!(key = what, "changing this key takes a restart; the running daemon keeps the old value");
+            }
+        }
+        let now = Timestamp::now();
+        let mut st = self.state();
+        let guard = Guard::new(new.allowlist.clone(), st.host.clone());
+        if let Err(error) = set_guard(&mut st, guard, now) {
+            tracing::error!(%error, "applying the new allowlist failed");
+        }
+        drop(st);
+        tracing::info!(config = %new.origin(), "config reloaded");
+        let mut info = self.info.write().unwrap_or_else(|e| e.into_inner());
+        *info = Info { config: Arc::new(new), loaded: now, reload_error: None };
+    }
+
+    fn ban(&self, target: &str, for_secs: Option<u64>, permanent: bool, reason: Option<String>) -> Result<Value, ErrorBody> {
+        let target = parse_target(target).map_err(|m| ErrorBody::new(ErrorCode::InvalidTarget, m))?;
+        let duration = match (permanent, for_secs) {
+            (true, _) => None,
+            (false, Some(0)) => return Err(ErrorBody::new(ErrorCode::BadRequest, "a ban must last at least one second")),
+            (false, Some(secs)) => Some(Duration::from_secs(secs)),
+            (false, None) => self.config().decisions.manual_bantime,
+        };
+        let proposal = NewDecision {
+            target,
+            source: Source::Manual,
+            reason: reason.filter(|r| !r.trim().is_empty()).unwrap_or_else(|| "manual ban".into()),
+            category: None,
+            score: None,
+            duration,
+        };
+        let outcome = self.decide(vec![proposal], Timestamp::now()).map_err(internal)?.remove(0);
+        match outcome {
+            Ok((decision, outcome)) => to_value(BanData { decision, outcome }),
+            Err(refusal) => Err(ErrorBody::new(ErrorCode::Refused, format!("refused: {refusal}; banshare never blocks it"))),
+        }
+    }
+
+    fn unban(&self, target: &str) -> Result<Value, ErrorBody> {
+        let target = parse_target(target).map_err(|m| ErrorBody::new(ErrorCode::InvalidTarget, m))?;
+        let now = Timestamp::now();
+        let mut st = self.state();
+        let lifted = st.store.lift_target(&target, LiftReason::Unban, now).map_err(internal)?;
+        if lifted.is_empty() {
+            let covering = covering_nets(&st.store, &target, now).map_err(internal)?;
+            let message = if covering.is_empty() {
+                format!("{} is not blocked", show_target(&target))
+            } else {
+                format!(
+                    "{} is not blocked on its own; it is covered by {}: unban that to lift it",
+                    show_target(&target),
+                    covering.iter().map(|d| format!("{} ({})", show_target(&d.target), d.source)).collect::<Vec<_>>().join(", ")
+                )
+            };
+            return Err(ErrorBody::new(ErrorCode::NotFound, message));
+        }
+        for d in &lifted {
+            tracing::info!(ip = %d.target, source = %d.source, "unbanned by the operator");
+        }
+        let result = st.enforcer.remove(&lifted, now);
+        record_firewall(&mut st, result);
+        to_value(UnbanData { lifted })
+    }
+
+    fn query(&self, ip: &str) -> Result<Value, ErrorBody> {
+        let net = parse_target(ip).map_err(|m| ErrorBody::new(ErrorCode::InvalidTarget, m))?;
+        if net.prefix_len() != net.max_prefix_len() {
+            return Err(ErrorBody::new(ErrorCode::InvalidTarget, format!("`{ip}` is a network; query takes one address")));
+        }
+        let ip = net.addr();
+        let now = Timestamp::now();
+        let st = self.state();
+        let (active, history) = st.store.covering(ip, now, QUERY_HISTORY).map_err(internal)?;
+        let protected = st.guard.check(&net).err().map(|r| r.to_string());
+        to_value(QueryData { ip, blocked: !active.is_empty(), active, history, protected })
+    }
+
+    fn list(&self, source: Option<Source>) -> Result<Value, ErrorBody> {
+        let decisions = self.state().store.active(source, Timestamp::now()).map_err(internal)?;
+        to_value(ListData { decisions })
+    }
+
+    fn status(&self) -> Result<Value, ErrorBody> {
+        let now = Timestamp::now();
+        let (config, loaded, reload_error) = {
+            let info = self.info.read().unwrap_or_else(|e| e.into_inner());
+            (Arc::clone(&info.config), info.loaded, info.reload_error.clone())
+        };
+        let mut st = self.state();
+        let active = st.store.counts(now).map_err(internal)?;
+        let schema_version = st.store.schema_version().map_err(internal)?;
+        let elements = st.enforcer.element_count().ok();
+        to_value(StatusData {
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+            started: self.started,
+            uptime_secs: self.started_at.elapsed().as_secs(),
+            config: config.origin(),
+            config_loaded: loaded,
+            reload_error,
+            state_db: config.state_db().display().to_string(),
+            schema_version,
+            firewall: FirewallStatus {
+                backend: st.enforcer.backend_name().into(),
+                elements,
+                last_error: st.firewall_error.clone(),
+            },
+            active,
+            allowlist_entries: config.allowlist.len(),
+            host_addresses: st.host.len(),
+        })
+    }
+}
+
+impl Handler for Engine {
+    fn handle(&self, request: Request) -> Result<Value, ErrorBody> {
+        match request {
+            Request::Ping => Ok(Value::String("pong".into())),
+            Request::Status => self.status(),
+            Request::List { source } => self.list(source),
+            Request::Query { ip } => self.query(&ip),
+            Request::Ban { target, for_secs, permanent, reason } => self.ban(&target, for_secs, permanent, reason),
+            Request::Unban { target } => self.unban(&target),
+        }
+    }
+}
+
+/// Installs a new guard and lifts the live decisions it refuses.
+fn set_guard(st: &mut State, guard: Guard, now: Timestamp) -> Result<(), StoreError> {
+    st.enforcer.set_guard(guard.clone());
+    st.guard = guard;
+    lift_guarded(st, now)
+}
+
+/// Lifts live decisions that the guard refuses (an allowlist entry added, a new host
+/// address): the operator's latest word on what must never be blocked wins.
+fn lift_guarded(st: &mut State, now: Timestamp) -> Result<(), StoreError> {
+    let refused: Vec<Decision> = st
+        .store
+        .active(None, now)?
+        .into_iter()
+        .filter(|d| match st.guard.check(&d.target) {
+            Ok(()) => false,
+            Err(refusal) => {
+                tracing::warn!(ip = %d.target, source = %d.source, "lifting a block the safety rules now refuse: {refusal}");
+                true
+            }
+        })
+        .collect();
+    if refused.is_empty() {
+        return Ok(());
+    }
+    let lifted = st.store.lift(refused, LiftReason::Allowlisted, now)?;
+    let result = st.enforcer.remove(&lifted, now);
+    record_firewall(st, result);
+    Ok(())
+}
+
+fn record_firewall(st: &mut State, result: Result<(), FirewallError>) {
+    match result {
+        Ok(()) => st.firewall_error = None,
+        Err(error) => {
+            tracing::error!(%error, "firewall update failed; the store keeps the decisions and the next reconcile retries");
+            st.firewall_error = Some(error.to_string());
+        }
+    }
+}
+
+/// Live decisions whose (larger) target contains `target`.
+fn covering_nets(store: &Store, target: &IpNet, now: Timestamp) -> Result<Vec<Decision>, StoreError> {
+    let (active, _) = store.covering(target.network(), now, 0)?;
+    Ok(active.into_iter().filter(|d| d.target != *target && d.target.contains(target)).collect())
+}
+
+fn internal(e: StoreError) -> ErrorBody {
+    tracing::error!(error = %e, "state database failure");
+    ErrorBody::new(ErrorCode::Internal, e.to_string())
+}
+
+fn to_value(data: impl serde::Serialize) -> Result<Value, ErrorBody> {
+    serde_json::to_value(data).map_err(|e| ErrorBody::new(ErrorCode::Internal, e.to_string()))
+}

@@ -1,0 +1,201 @@
+//! The daemon: wiring, lifecycle and signals.
+//!
+//! [`start`] brings the daemon up in order: lock the state directory, open the store,
+//! pick the firewall backend, reconcile the kernel with the store, bind the control
+//! socket, and only then tell systemd it is ready. It returns a [`DaemonHandle`], which
+//! is all an in-process test needs; [`run`] adds the signals (SIGTERM/SIGINT drain and
+//! exit, SIGHUP reloads the config) for `banshare run`.
+//!
+//! Shutdown order: stop accepting, answer the requests in flight (each one commits
+//! before it replies), stop the timers, remove the socket file, release the lock.
+
+mod engine;
+mod lock;
+mod notify;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+pub use engine::Engine;
+pub use lock::LockError;
+pub use notify::notify;
+
+use crate::clock::Timestamp;
+use crate::config::Config;
+use crate::control;
+use crate::enforce::{self, Enforcer, FirewallError};
+use crate::hostaddr;
+use crate::store::{Store, StoreError};
+
+/// The longest the expiry loop sleeps without looking at the store again.
+const EXPIRY_IDLE: Duration = Duration::from_secs(60);
+/// How often the host's addresses are re-read.
+const MAINTAIN_EVERY: Duration = Duration::from_secs(30);
+/// How often old decisions are pruned (every Nth maintenance round: hourly).
+const PRUNE_EVERY_ROUNDS: u32 = 120;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("firewall: {0}")]
+    Firewall(#[from] FirewallError),
+    #[error("control socket {}: {source}", path.display())]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: cannot create the state directory: {source}", path.display())]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Runtime(String),
+}
+
+/// A running daemon.
+pub struct DaemonHandle {
+    engine: Arc<Engine>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    socket: PathBuf,
+    lock: lock::StateLock,
+}
+
+impl DaemonHandle {
+    /// The engine, for in-process callers.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Reloads the config, as SIGHUP does.
+    pub async fn reload(&self) {
+        let engine = Arc::clone(&self.engine);
+        let _ = tokio::task::spawn_blocking(move || engine.reload()).await;
+    }
+
+    /// Drains and stops the daemon; returns once every task has finished.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.tasks.join_next().await.is_some() {}
+        if let Err(error) = std::fs::remove_file(&self.socket) {
+            tracing::warn!(%error, path = %self.socket.display(), "cannot remove the control socket");
+        }
+        drop(self.lock);
+        tracing::info!("banshare stopped");
+    }
+}
+
+/// Starts the daemon and returns once it is ready (socket listening, firewall
+/// reconciled).
+pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
+    let state_dir = config.state_dir.clone();
+    std::fs::create_dir_all(&state_dir).map_err(|source| DaemonError::StateDir { path: state_dir.clone(), source })?;
+    let lock = lock::acquire(&state_dir)?;
+    let store = Store::open(&config.state_db())?;
+    let host = hostaddr::host_addresses().unwrap_or_else(|error| {
+        tracing::warn!(%error, "cannot read this host's addresses");
+        Vec::new()
+    });
+    let backend = enforce::select(&config)?;
+    let socket = config.socket.clone();
+    let group = config.socket_group.clone();
+    let origin = config.origin();
+    let engine = Arc::new(Engine::new(config, store, Enforcer::new(backend, Default::default()), host));
+
+    let startup = Arc::clone(&engine);
+    tokio::task::spawn_blocking(move || startup.startup(Timestamp::now()))
+        .await
+        .map_err(|e| DaemonError::Runtime(e.to_string()))??;
+
+    let listener = control::server::bind(&socket, &group).map_err(|source| DaemonError::Socket { path: socket.clone(), source })?;
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    tasks.spawn(control::server::serve(listener, engine.clone() as Arc<dyn control::server::Handler>, shutdown_rx.clone()));
+    tasks.spawn(expiry_loop(Arc::clone(&engine), shutdown_rx.clone()));
+    tasks.spawn(maintenance_loop(Arc::clone(&engine), shutdown_rx));
+
+    tracing::info!(config = %origin, socket = %socket.display(), "banshare ready");
+    notify("READY=1\nSTATUS=ready");
+    Ok(DaemonHandle { engine, shutdown, tasks, socket, lock })
+}
+
+/// `banshare run`: starts the daemon and serves until SIGTERM or SIGINT; SIGHUP reloads.
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    let signal_err = |e: std::io::Error| DaemonError::Runtime(format!("cannot install signal handlers: {e}"));
+    let mut term = signal(SignalKind::terminate()).map_err(signal_err)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(signal_err)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(signal_err)?;
+    let handle = start(config).await?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the config");
+                notify("RELOADING=1");
+                handle.reload().await;
+                notify("READY=1");
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("stopping: finishing requests in flight");
+    notify("STOPPING=1");
+    handle.shutdown().await;
+    Ok(())
+}
+
+/// Resolves once `shutdown` turns true (or its sender is gone).
+pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not Send; drop it here, not in the caller's future.
+    let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
+}
+
+/// Lifts decisions as they expire: sleeps until the next expiry (or a new decision, or
+/// at most [`EXPIRY_IDLE`]).
+async fn expiry_loop(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let e = Arc::clone(&engine);
+        let next = match tokio::task::spawn_blocking(move || e.expire_due(Timestamp::now())).await {
+            Ok(Ok(next)) => next,
+            Ok(Err(error)) => {
+                tracing::error!(%error, "expiring decisions failed; retrying");
+                Some(Timestamp::now().plus(Duration::from_secs(5)))
+            }
+            Err(_) => return,
+        };
+        let wait = next.map_or(EXPIRY_IDLE, |t| Timestamp::now().until(t).min(EXPIRY_IDLE));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = engine.expiry_wake.notified() => {}
+            _ = crate::daemon::stopped(&mut shutdown) => return,
+        }
+    }
+}
+
+/// Re-reads the host's addresses every [`MAINTAIN_EVERY`] and prunes hourly.
+async fn maintenance_loop(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
+    let mut round: u32 = 0;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(MAINTAIN_EVERY) => {}
+            _ = crate::daemon::stopped(&mut shutdown) => return,
+        }
+        round = round.wrapping_add(1);
+        let e = Arc::clone(&engine);
+        let prune = round % PRUNE_EVERY_ROUNDS == 1;
+        if let Ok(Err(error)) = tokio::task::spawn_blocking(move || e.maintain(Timestamp::now(), prune)).await {
+            tracing::error!(%error, "maintenance failed");
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! banshare: a host agent that bans attackers in the kernel and shares its bans with the
+//! WAYSCloud IP Intelligence community feed.
+//!
+//! # Architecture
+//!
+//! ```text
+//!  banshare ban/unban ──► control socket ──► decisions ──► store (SQLite) ──► enforce (dry-run | nftables | ipset)
+//! ```
+//!
+//! Every block, whatever produced it, is a [`decision::Decision`]. A decision is checked
+//! against the [`decision::Guard`] (loopback, link-local, the host's own addresses and the
+//! allowlist are never blocked), committed to the [`store`] (the truth about what is
+//! blocked), and only then handed to the firewall through the [`enforce::Firewall`] seam
+//! (the enforcement). The [`daemon`] owns the store and the firewall, lifts decisions when
+//! they expire and answers the CLI over the [`control`] socket.
+//!
+//! # Layout
+//!
+//! - [`config`]: `RawConfig` (serde mirror of the TOML file) converted once into `Config`.
+//! - [`decision`]: the `Decision` type, sources, target parsing, the allowlist guard.
+//! - [`store`]: SQLite schema, migrations and queries.
+//! - [`enforce`]: the `Firewall` trait, backend selection, the dry-run backend.
+//! - [`control`]: the versioned JSON-lines protocol, its server (daemon side) and client.
+//! - [`daemon`]: wiring, lifecycle, signals, expiry and pruning.
+//! - [`cli`]: clap definitions and the thin client-side commands.
+//! - [`clock`]: wall-clock timestamps (unix milliseconds, RFC 3339 on the wire).
+//! - [`hostaddr`]: the host's own interface addresses.
+
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod decision;
+pub mod enforce;
+pub mod hostaddr;
+pub mod store;

@@ -1,0 +1,511 @@
+//! The SQLite store: the truth about what is blocked.
+//!
+//! One file (`state.db` in the state directory) in WAL mode with a busy timeout, so the
+//! CLI can read (and the fail2ban hook can write) while the daemon runs. The daemon is the
+//! one regular writer; it commits a decision before it acknowledges it or touches the
+//! firewall, so a crash never loses an acknowledged ban. Schema changes are append-only
+//! migrations ([`schema::MIGRATIONS`]); a database from a newer banshare is refused.
+//!
+//! Neighbours: [`crate::daemon`] owns the store; [`crate::decision`] defines what is
+//! stored.
+
+mod schema;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+
+use crate::clock::Timestamp;
+use crate::decision::{Decision, NewDecision, Source};
+
+/// How long a writer waits for another (the CLI, the fail2ban hook) before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The schema version this binary writes.
+pub const SCHEMA_VERSION: i64 = schema::MIGRATIONS.len() as i64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: cannot open the state database: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "{path}: the state database has schema version {found}, but this banshare only knows \
+         versions up to {supported}; it was written by a newer banshare (upgrade banshare, or \
+         move the file away to start from an empty state)"
+    )]
+    TooNew { path: PathBuf, found: i64, supported: i64 },
+    #[error("{path}: migrating the state database to schema version {version} failed: {source}")]
+    Migrate {
+        path: PathBuf,
+        version: i64,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("state database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("state database: decision {id} has an unreadable {field}: {value:?}")]
+    Corrupt { id: i64, field: &'static str, value: String },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// What a ban did to the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Upsert {
+    /// A new decision.
+    Created,
+    /// An existing decision for the same target and source now lasts longer.
+    Extended,
+    /// An existing decision already lasted at least as long.
+    Unchanged,
+}
+
+/// Why a decision was lifted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LiftReason {
+    Expired,
+    Unban,
+    Allowlisted,
+}
+
+impl LiftReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            LiftReason::Expired => "expired",
+            LiftReason::Unban => "unban",
+            LiftReason::Allowlisted => "allowlisted",
+        }
+    }
+}
+
+const DECISION_COLUMNS: &str =
+    "id, target, source, reason, category, score, created_ms, expires_ms, lifted_ms";
+
+/// An open state database.
+pub struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Store> {
+        let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        // WAL: readers never block the writer. synchronous=NORMAL in WAL mode keeps every
+        // committed transaction across a process crash (kill -9); only a power loss can
+        // take the last few, and never corrupts the file.
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
+        let mut store = Store { conn };
+        store.migrate(path)?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self, path: &Path) -> Result<()> {
+        let found: i64 = self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if found > SCHEMA_VERSION {
+            return Err(StoreError::TooNew { path: path.to_path_buf(), found, supported: SCHEMA_VERSION });
+        }
+        for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(found as usize) {
+            let version = i as i64 + 1;
+            let migrate_err = |source| StoreError::Migrate { path: path.to_path_buf(), version, source };
+            let tx = self.conn.transaction().map_err(migrate_err)?;
+            tx.execute_batch(sql).map_err(migrate_err)?;
+            tx.pragma_update(None, "user_version", version).map_err(migrate_err)?;
+            tx.commit().map_err(migrate_err)?;
+        }
+        Ok(())
+    }
+
+    /// The schema version of the open database.
+    pub fn schema_version(&self) -> Result<i64> {
+        Ok(self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
+    }
+
+    /// Records one ban (see [`Store::upsert_decisions`]).
+    pub fn upsert_decision(&mut self, new: &NewDecision, now: Timestamp) -> Result<(Decision, Upsert)> {
+        let mut out = self.upsert_decisions(std::slice::from_ref(new), now)?;
+        Ok(out.remove(0))
+    }
+
+    /// Records bans in one transaction. A target that already has a live decision from the
+    /// same source is extended (the later expiry wins; permanent beats any expiry), so a
+    /// repeated ban never shortens a block.
+    pub fn upsert_decisions(&mut self, news: &[NewDecision], now: Timestamp) -> Result<Vec<(Decision, Upsert)>> {
+        let tx = self.conn.transaction()?;
+        let mut out = Vec::with_capacity(news.len());
+        for new in news {
+            out.push(upsert_in(&tx, new, now)?);
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Decisions in force at `now`, optionally of one source, oldest first.
+    pub fn active(&self, source: Option<Source>, now: Timestamp) -> Result<Vec<Decision>> {
+        let sql = format!(
+            "SELECT {DECISION_COLUMNS} FROM decisions
+             WHERE lifted_ms IS NULL AND (expires_ms IS NULL OR expires_ms > ?1)
+               AND (?2 IS NULL OR source = ?2)
+             ORDER BY id"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let rows = stmt.query_map(params![now.0, source.map(Source::as_str)], read_decision)?;
+        collect(rows)
+    }
+
+    /// Decisions whose target contains `ip`: those in force, then up to `history` lifted
+    /// or expired ones, most recent first.
+    pub fn covering(&self, ip: IpAddr, now: Timestamp, history: usize) -> Result<(Vec<Decision>, Vec<Decision>)> {
+        let key = range_key(ip).to_vec();
+        let sql = format!(
+            "SELECT {DECISION_COLUMNS} FROM decisions
+             WHERE range_start <= ?1 AND range_end >= ?1
+             ORDER BY created_ms DESC, id DESC"
+        );
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let all = collect(stmt.query_map(params![key], read_decision)?)?;
+        let (mut active, past): (Vec<_>, Vec<_>) = all.into_iter().partition(|d| d.is_active(now));
+        active.reverse();
+        Ok((active, past.into_iter().take(history).collect()))
+    }
+
+    /// Lifts every live decision for exactly `target` (any source). Returns them.
+    pub fn lift_target(&mut self, target: &IpNet, reason: LiftReason, now: Timestamp) -> Result<Vec<Decision>> {
+        let sql = format!("SELECT {DECISION_COLUMNS} FROM decisions WHERE target = ?1 AND lifted_ms IS NULL");
+        let tx = self.conn.transaction()?;
+        let live = collect(tx.prepare_cached(&sql)?.query_map(params![target.to_string()], read_decision)?)?;
+        let lifted = lift_in(&tx, live, reason, now)?;
+        tx.commit()?;
+        Ok(lifted)
+    }
+
+    /// Lifts the given decisions (by id) for `reason`.
+    pub fn lift(&mut self, decisions: Vec<Decision>, reason: LiftReason, now: Timestamp) -> Result<Vec<Decision>> {
+        let tx = self.conn.transaction()?;
+        let lifted = lift_in(&tx, decisions, reason, now)?;
+        tx.commit()?;
+        Ok(lifted)
+    }
+
+    /// Marks every decision whose expiry has passed as lifted (at its expiry time) and
+    /// returns them, so the caller can remove them from the firewall.
+    pub fn lift_expired(&mut self, now: Timestamp) -> Result<Vec<Decision>> {
+        let sql = format!(
+            "UPDATE decisions SET lifted_ms = expires_ms, lift_reason = 'expired'
+             WHERE lifted_ms IS NULL AND expires_ms <= ?1
+             RETURNING {DECISION_COLUMNS}"
+        );
+        let tx = self.conn.transaction()?;
+        let lifted = collect(tx.prepare_cached(&sql)?.query_map(params![now.0], read_decision)?)?;
+        tx.commit()?;
+        Ok(lifted)
+    }
+
+    /// The earliest expiry among live decisions.
+    pub fn next_expiry(&self) -> Result<Option<Timestamp>> {
+        let ms: Option<i64> = self.conn.query_row(
+            "SELECT MIN(expires_ms) FROM decisions WHERE lifted_ms IS NULL AND expires_ms IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(ms.map(Timestamp))
+    }
+
+    /// Deletes decisions lifted before `before`. Returns how many.
+    pub fn prune(&mut self, before: Timestamp) -> Result<usize> {
+        Ok(self.conn.execute("DELETE FROM decisions WHERE lifted_ms IS NOT NULL AND lifted_ms < ?1", params![before.0])?)
+    }
+
+    /// Number of decisions in force per source (every source present, zero or not).
+    pub fn counts(&self, now: Timestamp) -> Result<BTreeMap<Source, u64>> {
+        let mut out: BTreeMap<Source, u64> = Source::ALL.into_iter().map(|s| (s, 0)).collect();
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT source, COUNT(*) FROM decisions
+             WHERE lifted_ms IS NULL AND (expires_ms IS NULL OR expires_ms > ?1) GROUP BY source",
+        )?;
+        let rows = stmt.query_map(params![now.0], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        for row in rows {
+            let (source, n) = row?;
+            if let Ok(s) = source.parse::<Source>() {
+                out.insert(s, n as u64);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A value from the key/value table.
+    pub fn meta_get(&self, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Sets a value in the key/value table.
+    pub fn meta_set(&self, key: &str, value: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+}
+
+fn upsert_in(tx: &Transaction, new: &NewDecision, now: Timestamp) -> Result<(Decision, Upsert)> {
+    let target = new.target.to_string();
+    let expires = new.duration.map(|d| now.plus(d));
+    let existing: Option<Decision> = tx
+        .prepare_cached(&format!(
+            "SELECT {DECISION_COLUMNS} FROM decisions WHERE target = ?1 AND source = ?2 AND lifted_ms IS NULL"
+        ))?
+        .query_row(params![target, new.source.as_str()], read_decision)
+        .optional()?
+        .transpose()?;
+
+    if let Some(old) = existing {
+        if old.is_active(now) {
+            let later = match (old.expires, expires) {
+                (None, _) | (_, None) => None,
+                (Some(a), Some(b)) => Some(a.max(b)),
+            };
+            if later == old.expires {
+                return Ok((old, Upsert::Unchanged));
+            }
+            tx.prepare_cached(
+                "UPDATE decisions SET expires_ms = ?2, reason = ?3, category = COALESCE(?4, category),
+                 score = COALESCE(?5, score) WHERE id = ?1",
+            )?
+            .execute(params![old.id, later.map(|t| t.0), new.reason, new.category, new.score])?;
+            let updated = Decision {
+                expires: later,
+                reason: new.reason.clone(),
+                category: new.category.clone().or(old.category),
+                score: new.score.or(old.score),
+                ..old
+            };
+            return Ok((updated, Upsert::Extended));
+        }
+        // Expired but not yet lifted by the daemon: close it so the new one can start.
+        lift_in(tx, vec![old], LiftReason::Expired, now)?;
+    }
+
+    let (start, end) = range_keys(&new.target);
+    tx.prepare_cached(
+        "INSERT INTO decisions (target, range_start, range_end, source, reason, category, score, created_ms, expires_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    )?
+    .execute(params![
+        target,
+        start.to_vec(),
+        end.to_vec(),
+        new.source.as_str(),
+        new.reason,
+        new.category,
+        new.score,
+        now.0,
+        expires.map(|t| t.0)
+    ])?;
+    let decision = Decision {
+        id: tx.last_insert_rowid(),
+        target: new.target,
+        source: new.source,
+        reason: new.reason.clone(),
+        category: new.category.clone(),
+        score: new.score,
+        created: now,
+        expires,
+        lifted: None,
+    };
+    Ok((decision, Upsert::Created))
+}
+
+fn lift_in(tx: &Transaction, decisions: Vec<Decision>, reason: LiftReason, now: Timestamp) -> Result<Vec<Decision>> {
+    let mut stmt = tx.prepare_cached(
+        "UPDATE decisions SET lifted_ms = ?2, lift_reason = ?3 WHERE id = ?1 AND lifted_ms IS NULL",
+    )?;
+    let mut out = Vec::with_capacity(decisions.len());
+    for mut d in decisions {
+        // An expired decision is lifted as of its expiry, not of when we noticed.
+        let at = match (reason, d.expires) {
+            (LiftReason::Expired, Some(e)) => e.min(now),
+            _ => now,
+        };
+        if stmt.execute(params![d.id, at.0, reason.as_str()])? == 1 {
+            d.lifted = Some(at);
+            out.push(d);
+        }
+    }
+    Ok(out)
+}
+
+/// Reads a row selected with [`DECISION_COLUMNS`]. The outer `Result` is SQLite's; the
+/// inner one reports a row whose text columns do not parse.
+fn read_decision(r: &Row) -> rusqlite::Result<Result<Decision>> {
+    let id: i64 = r.get(0)?;
+    let target: String = r.get(1)?;
+    let source: String = r.get(2)?;
+    let score: Option<i64> = r.get(5)?;
+    let decision = (|| {
+        Ok(Decision {
+            id,
+            target: IpNet::from_str(&target).map_err(|_| StoreError::Corrupt { id, field: "target", value: target.clone() })?,
+            source: source.parse().map_err(|_| StoreError::Corrupt { id, field: "source", value: source.clone() })?,
+            reason: r.get(3)?,
+            category: r.get(4)?,
+            score: score.map(|s| s.clamp(0, 100) as u8),
+            created: Timestamp(r.get(6)?),
+            expires: r.get::<_, Option<i64>>(7)?.map(Timestamp),
+            lifted: r.get::<_, Option<i64>>(8)?.map(Timestamp),
+        })
+    })();
+    Ok(decision)
+}
+
+fn collect(rows: impl Iterator<Item = rusqlite::Result<Result<Decision>>>) -> Result<Vec<Decision>> {
+    rows.map(|r| r?).collect()
+}
+
+/// An address as a 16-byte key that sorts like the address (IPv4 mapped into IPv6).
+fn range_key(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+/// First and last address of a network, as [`range_key`]s.
+fn range_keys(net: &IpNet) -> ([u8; 16], [u8; 16]) {
+    (range_key(net.network()), range_key(net.broadcast()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::parse_target;
+
+    fn open() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("state.db")).unwrap();
+        (dir, store)
+    }
+
+    fn ban(target: &str, source: Source, secs: Option<u64>) -> NewDecision {
+        NewDecision {
+            target: parse_target(target).unwrap(),
+            source,
+            reason: "test".into(),
+            category: None,
+            score: None,
+            duration: secs.map(Duration::from_secs),
+        }
+    }
+
+    #[test]
+    fn opens_in_wal_mode_at_the_current_schema() {
+        let (dir, store) = open();
+        let mode: String = store.conn.pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+        drop(store);
+        // Reopening an up-to-date database runs no migration and keeps the data.
+        let mut store = Store::open(&dir.path().join("state.db")).unwrap();
+        store.upsert_decision(&ban("203.0.113.7", Source::Manual, Some(60)), Timestamp::now()).unwrap();
+    }
+
+    #[test]
+    fn refuses_a_database_from_a_newer_banshare() {
+        let (dir, store) = open();
+        store.conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
+        drop(store);
+        let err = Store::open(&dir.path().join("state.db")).err().unwrap().to_string();
+        assert!(err.contains(&format!("schema version {}", SCHEMA_VERSION + 1)), "{err}");
+        assert!(err.contains("written by a newer banshare"), "{err}");
+    }
+
+    #[test]
+    fn a_second_ban_extends_and_never_shortens() {
+        let (_dir, mut store) = open();
+        let now = Timestamp(1_000_000);
+        let (d1, u1) = store.upsert_decision(&ban("203.0.113.7", Source::Manual, Some(60)), now).unwrap();
+        assert_eq!(u1, Upsert::Created);
+        let (d2, u2) = store.upsert_decision(&ban("203.0.113.7", Source::Manual, Some(30)), now).unwrap();
+        assert_eq!((u2, d2.id, d2.expires), (Upsert::Unchanged, d1.id, d1.expires));
+        let (d3, u3) = store.upsert_decision(&ban("203.0.113.7", Source::Manual, None), now).unwrap();
+        assert_eq!((u3, d3.id, d3.expires), (Upsert::Extended, d1.id, None));
+        // Another source holds its own decision on the same target.
+        let (d4, u4) = store.upsert_decision(&ban("203.0.113.7", Source::Feed, Some(60)), now).unwrap();
+        assert_eq!(u4, Upsert::Created);
+        assert_ne!(d4.id, d1.id);
+        assert_eq!(store.active(None, now).unwrap().len(), 2);
+        assert_eq!(store.active(Some(Source::Feed), now).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn covering_finds_addresses_inside_cidrs() {
+        let (_dir, mut store) = open();
+        let now = Timestamp(1_000_000);
+        store.upsert_decision(&ban("198.51.100.0/24", Source::Manual, Some(60)), now).unwrap();
+        store.upsert_decision(&ban("2001:db8:1::/48", Source::Detect, Some(60)), now).unwrap();
+        store.upsert_decision(&ban("198.51.101.1", Source::Manual, Some(60)), now).unwrap();
+        let hit = |ip: &str| store.covering(ip.parse().unwrap(), now, 5).unwrap().0;
+        assert_eq!(hit("198.51.100.200")[0].target.to_string(), "198.51.100.0/24");
+        assert_eq!(hit("2001:db8:1:ffff::9")[0].target.to_string(), "2001:db8:1::/48");
+        assert!(hit("198.51.99.255").is_empty());
+        assert!(hit("198.51.101.2").is_empty());
+        assert!(hit("::ffff:c633:6401").len() == 1, "mapped form of 198.51.100.1");
+    }
+
+    #[test]
+    fn expiry_lifts_and_reports_history() {
+        let (_dir, mut store) = open();
+        let t0 = Timestamp(1_000_000);
+        store.upsert_decision(&ban("203.0.113.7", Source::Detect, Some(2)), t0).unwrap();
+        store.upsert_decision(&ban("203.0.113.8", Source::Detect, Some(10)), t0).unwrap();
+        assert_eq!(store.next_expiry().unwrap(), Some(t0.plus(Duration::from_secs(2))));
+        let later = t0.plus(Duration::from_secs(3));
+        let lifted = store.lift_expired(later).unwrap();
+        assert_eq!(lifted.len(), 1);
+        assert_eq!(lifted[0].lifted, Some(t0.plus(Duration::from_secs(2))));
+        let (active, past) = store.covering("203.0.113.7".parse().unwrap(), later, 5).unwrap();
+        assert!(active.is_empty());
+        assert_eq!(past.len(), 1);
+        assert_eq!(store.prune(later).unwrap(), 1);
+        assert_eq!(store.counts(later).unwrap()[&Source::Detect], 1);
+    }
+
+    #[test]
+    fn lift_target_lifts_every_source() {
+        let (_dir, mut store) = open();
+        let now = Timestamp(1_000_000);
+        store.upsert_decision(&ban("203.0.113.7", Source::Manual, None), now).unwrap();
+        store.upsert_decision(&ban("203.0.113.7", Source::Feed, Some(60)), now).unwrap();
+        let lifted = store.lift_target(&parse_target("203.0.113.7").unwrap(), LiftReason::Unban, now).unwrap();
+        assert_eq!(lifted.len(), 2);
+        assert!(store.active(None, now).unwrap().is_empty());
+        // A new ban after an unban is a new decision.
+        let (_, u) = store.upsert_decision(&ban("203.0.113.7", Source::Manual, None), now).unwrap();
+        assert_eq!(u, Upsert::Created);
+    }
+
+    #[test]
+    fn meta_round_trips() {
+        let (_dir, store) = open();
+        assert_eq!(store.meta_get("k").unwrap(), None);
+        store.meta_set("k", "v1").unwrap();
+        store.meta_set("k", "v2").unwrap();
+        assert_eq!(store.meta_get("k").unwrap().as_deref(), Some("v2"));
+    }
+}

@@ -1,0 +1,61 @@
+//! Schema migrations, keyed by SQLite's `user_version`.
+//!
+//! Append-only: a migration that has shipped is never edited or removed (a host may be on
+//! any version); a change is a new entry at the end. A database whose `user_version` is
+//! higher than `MIGRATIONS.len()` was written by a newer banshare and is refused.
+
+/// `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: decisions, report outbox, tail checkpoints, key/value meta.
+    r#"
+    CREATE TABLE decisions (
+        id           INTEGER PRIMARY KEY,
+        target       TEXT    NOT NULL,            -- canonical CIDR, e.g. 203.0.113.7/32
+        range_start  BLOB    NOT NULL,            -- 16 bytes, IPv4 mapped into ::ffff:0:0/96
+        range_end    BLOB    NOT NULL,
+        source       TEXT    NOT NULL CHECK (source IN ('detect', 'fail2ban', 'manual', 'feed')),
+        reason       TEXT    NOT NULL DEFAULT '',
+        category     TEXT,
+        score        INTEGER,
+        created_ms   INTEGER NOT NULL,
+        expires_ms   INTEGER,                     -- NULL: permanent
+        lifted_ms    INTEGER,                     -- NULL: not lifted
+        lift_reason  TEXT                         -- expired | unban | allowlisted
+    );
+    -- At most one live decision per target and source; a second ban extends it.
+    CREATE UNIQUE INDEX decisions_live ON decisions (target, source) WHERE lifted_ms IS NULL;
+    CREATE INDEX decisions_range ON decisions (range_start, range_end);
+    CREATE INDEX decisions_expiry ON decisions (expires_ms) WHERE lifted_ms IS NULL;
+    CREATE INDEX decisions_lifted ON decisions (lifted_ms) WHERE lifted_ms IS NOT NULL;
+
+    CREATE TABLE outbox (
+        id           INTEGER PRIMARY KEY,         -- order of sending
+        decision_id  INTEGER REFERENCES decisions (id) ON DELETE SET NULL,
+        ip           TEXT    NOT NULL,
+        category     TEXT    NOT NULL,
+        payload      TEXT    NOT NULL,            -- JSON body, already sanitised
+        created_ms   INTEGER NOT NULL,
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        next_try_ms  INTEGER NOT NULL DEFAULT 0,
+        sent_ms      INTEGER,
+        failed_ms    INTEGER,
+        last_error   TEXT
+    );
+    CREATE INDEX outbox_pending ON outbox (id) WHERE sent_ms IS NULL AND failed_ms IS NULL;
+
+    CREATE TABLE checkpoints (
+        source       TEXT    PRIMARY KEY,         -- file path or journal match
+        device       INTEGER,
+        inode        INTEGER,
+        offset       INTEGER,
+        head_hash    TEXT,
+        cursor       TEXT,                        -- journald cursor
+        updated_ms   INTEGER NOT NULL
+    );
+
+    CREATE TABLE meta (
+        key          TEXT    PRIMARY KEY,
+        value        TEXT    NOT NULL
+    );
+    "#,
+];
