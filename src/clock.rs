@@ -46,7 +46,11 @@ impl Timestamp {
 impl fmt::Display for Timestamp {
     /// RFC 3339 in UTC, to the second (`2026-11-23T13:13:35Z`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", humantime::format_rfc3339_seconds(self.to_system_time()))
+        write!(
+            f,
+            "{}",
+            humantime::format_rfc3339_seconds(self.to_system_time())
+        )
     }
 }
 
@@ -94,7 +98,7 @@ mod tests {
     fn round_trips_through_rfc3339() {
         let t = Timestamp(1_795_000_000_123);
         let json = serde_json::to_string(&t).unwrap();
-        assert_eq!(json, "\"2026-11-19T06:26:40.123Z\"");
+        assert_eq!(json, "\"2026-11-18T11:06:40.123Z\"");
         let back: Timestamp = serde_json::from_str(&json).unwrap();
         assert_eq!(back, t);
     }

@@ -1,6 +1,7 @@
 //! The `banshare` binary: parse the command line, set up logging, dispatch, and turn the
 //! outcome into an exit code and one line on stderr. See [`banshare::cli`].
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -26,17 +27,26 @@ fn main() -> ExitCode {
 /// takes an `EnvFilter` directive (e.g. `debug`, `banshare=trace`).
 fn init_logging(daemon: bool) {
     let default = if daemon { "info" } else { "warn" };
-    let filter = EnvFilter::try_from_env("BANSHARE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let filter =
+        EnvFilter::try_from_env("BANSHARE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let journald = if daemon && std::env::var_os("JOURNAL_STREAM").is_some() {
         tracing_journald::layer().ok()
     } else {
         None
     };
     match journald {
-        Some(layer) => tracing_subscriber::registry().with(filter).with(layer).init(),
+        Some(layer) => tracing_subscriber::registry()
+            .with(filter)
+            .with(layer)
+            .init(),
         None => tracing_subscriber::registry()
             .with(filter)
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_target(false),
+            )
             .init(),
     }
 }

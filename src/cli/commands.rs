@@ -9,7 +9,9 @@ use super::{Cli, Command, ConfigCommand, exit, output};
 use crate::clock::{Timestamp, parse_duration};
 use crate::config::{self, Config};
 use crate::control::client::{Client, ClientError};
-use crate::control::protocol::{BanData, ErrorCode, ListData, QueryData, Request, StatusData, UnbanData};
+use crate::control::protocol::{
+    BanData, ErrorCode, ListData, QueryData, Request, StatusData, UnbanData,
+};
 use crate::decision::{parse_target, show_target};
 use crate::store::Upsert;
 
@@ -25,7 +27,10 @@ pub struct CliError {
 
 impl CliError {
     fn new(code: u8, message: impl Into<String>) -> Self {
-        CliError { code, message: message.into() }
+        CliError {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -34,7 +39,9 @@ impl From<ClientError> for CliError {
         let code = match &e {
             ClientError::NotRunning { .. } => exit::NOT_RUNNING,
             ClientError::Daemon(body) => match body.code {
-                ErrorCode::BadRequest | ErrorCode::InvalidTarget | ErrorCode::TooLarge => exit::BAD_INPUT,
+                ErrorCode::BadRequest | ErrorCode::InvalidTarget | ErrorCode::TooLarge => {
+                    exit::BAD_INPUT
+                }
                 ErrorCode::Refused => exit::REFUSED,
                 ErrorCode::NotFound => exit::NO,
                 ErrorCode::UnsupportedVersion | ErrorCode::Internal => exit::FAILURE,
@@ -53,24 +60,35 @@ impl From<ClientError> for CliError {
 pub fn execute(cli: Cli) -> Result<u8, CliError> {
     match cli.command {
         Command::Run => run(cli.config.as_deref()),
-        Command::Config { action: ConfigCommand::Check } => config_check(cli.config.as_deref()),
+        Command::Config {
+            action: ConfigCommand::Check,
+        } => config_check(cli.config.as_deref()),
         Command::Status { json } => {
             let s: StatusData = connect(&cli.config, &cli.socket)?.call_as(&Request::Status)?;
             print(json, &s, || output::status(&s));
             Ok(exit::OK)
         }
         Command::List { source, json } => {
-            let l: ListData = connect(&cli.config, &cli.socket)?.call_as(&Request::List { source })?;
-            print(json, &l, || output::decision_table(&l.decisions, Timestamp::now()));
+            let l: ListData =
+                connect(&cli.config, &cli.socket)?.call_as(&Request::List { source })?;
+            print(json, &l, || {
+                output::decision_table(&l.decisions, Timestamp::now())
+            });
             Ok(exit::OK)
         }
         Command::Query { ip, json } => {
             parse_target(&ip).map_err(|m| CliError::new(exit::BAD_INPUT, m))?;
-            let q: QueryData = connect(&cli.config, &cli.socket)?.call_as(&Request::Query { ip })?;
+            let q: QueryData =
+                connect(&cli.config, &cli.socket)?.call_as(&Request::Query { ip })?;
             print(json, &q, || output::query(&q, Timestamp::now()));
             Ok(if q.blocked { exit::OK } else { exit::NO })
         }
-        Command::Ban { target, length, reason, json } => {
+        Command::Ban {
+            target,
+            length,
+            reason,
+            json,
+        } => {
             let request = ban_request(target, length, reason)?;
             let b: BanData = connect(&cli.config, &cli.socket)?.call_as(&request)?;
             print(json, &b, || {
@@ -80,15 +98,26 @@ pub fn execute(cli: Cli) -> Result<u8, CliError> {
                     Upsert::Extended => "extended the ban of",
                     Upsert::Unchanged => "already banned:",
                 };
-                format!("{what} {} ({}) {}\n", show_target(&d.target), d.source, output::until(d.expires, Timestamp::now()))
+                format!(
+                    "{what} {} ({}) {}\n",
+                    show_target(&d.target),
+                    d.source,
+                    output::until(d.expires, Timestamp::now())
+                )
             });
             Ok(exit::OK)
         }
         Command::Unban { target, json } => {
-            let target = parse_target(&target).map_err(|m| CliError::new(exit::BAD_INPUT, m))?.to_string();
-            let u: UnbanData = connect(&cli.config, &cli.socket)?.call_as(&Request::Unban { target })?;
+            let target = parse_target(&target)
+                .map_err(|m| CliError::new(exit::BAD_INPUT, m))?
+                .to_string();
+            let u: UnbanData =
+                connect(&cli.config, &cli.socket)?.call_as(&Request::Unban { target })?;
             print(json, &u, || {
-                u.lifted.iter().map(|d| format!("unbanned {} ({})\n", show_target(&d.target), d.source)).collect()
+                u.lifted
+                    .iter()
+                    .map(|d| format!("unbanned {} ({})\n", show_target(&d.target), d.source))
+                    .collect()
             });
             Ok(exit::OK)
         }
@@ -96,8 +125,14 @@ pub fn execute(cli: Cli) -> Result<u8, CliError> {
 }
 
 /// Validates `ban`'s arguments into a request, before any connection.
-fn ban_request(target: String, length: Option<String>, reason: Option<String>) -> Result<Request, CliError> {
-    let target = parse_target(&target).map_err(|m| CliError::new(exit::BAD_INPUT, m))?.to_string();
+fn ban_request(
+    target: String,
+    length: Option<String>,
+    reason: Option<String>,
+) -> Result<Request, CliError> {
+    let target = parse_target(&target)
+        .map_err(|m| CliError::new(exit::BAD_INPUT, m))?
+        .to_string();
     let (for_secs, permanent) = match length.as_deref() {
         None => (None, false),
         Some("permanent" | "forever") => (None, true),
@@ -106,12 +141,19 @@ fn ban_request(target: String, length: Option<String>, reason: Option<String>) -
             _ => {
                 return Err(CliError::new(
                     exit::BAD_INPUT,
-                    format!("--for {text:?}: expected a duration of at least 1s like 90s, 10m, 1h, 7d, or \"permanent\""),
+                    format!(
+                        "--for {text:?}: expected a duration of at least 1s like 90s, 10m, 1h, 7d, or \"permanent\""
+                    ),
                 ));
             }
         },
     };
-    Ok(Request::Ban { target, for_secs, permanent, reason })
+    Ok(Request::Ban {
+        target,
+        for_secs,
+        permanent,
+        reason,
+    })
 }
 
 fn run(config_path: Option<&Path>) -> Result<u8, CliError> {
@@ -122,7 +164,9 @@ fn run(config_path: Option<&Path>) -> Result<u8, CliError> {
         .thread_name("banshare")
         .build()
         .map_err(|e| CliError::new(exit::FAILURE, format!("cannot start the runtime: {e}")))?;
-    runtime.block_on(crate::daemon::run(config)).map_err(|e| CliError::new(exit::FAILURE, e.to_string()))?;
+    runtime
+        .block_on(crate::daemon::run(config))
+        .map_err(|e| CliError::new(exit::FAILURE, e.to_string()))?;
     Ok(exit::OK)
 }
 

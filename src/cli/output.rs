@@ -26,21 +26,48 @@ pub fn decision_table(decisions: &[Decision], now: Timestamp) -> String {
                 None => "never".into(),
                 Some(t) => format!("{t} (in {})", human_duration(now.until(t))),
             };
-            [show_target(&d.target), d.source.to_string(), expires, d.reason.clone()]
+            [
+                show_target(&d.target),
+                d.source.to_string(),
+                expires,
+                d.reason.clone(),
+            ]
         })
         .collect();
     let header = ["TARGET", "SOURCE", "EXPIRES", "REASON"];
-    let widths: Vec<usize> =
-        (0..3).map(|i| rows.iter().map(|r| r[i].len()).chain([header[i].len()]).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..3)
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
     let mut out = String::new();
     let mut line = |cols: [&str; 4]| {
-        let _ = writeln!(out, "{:w0$}  {:w1$}  {:w2$}  {}", cols[0], cols[1], cols[2], cols[3], w0 = widths[0], w1 = widths[1], w2 = widths[2]);
+        let _ = writeln!(
+            out,
+            "{:w0$}  {:w1$}  {:w2$}  {}",
+            cols[0],
+            cols[1],
+            cols[2],
+            cols[3],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2]
+        );
     };
     line(header);
     for r in &rows {
         line([&r[0], &r[1], &r[2], &r[3]]);
     }
-    let _ = writeln!(out, "{} block{}", rows.len(), if rows.len() == 1 { "" } else { "s" });
+    let _ = writeln!(
+        out,
+        "{} block{}",
+        rows.len(),
+        if rows.len() == 1 { "" } else { "s" }
+    );
     out
 }
 
@@ -59,7 +86,14 @@ pub fn query(q: &QueryData, now: Timestamp) -> String {
         } else {
             format!(" as part of {}", d.target)
         };
-        let _ = writeln!(out, "{} is blocked{by} by {} since {}, {}", q.ip, d.source, d.created, until(d.expires, now));
+        let _ = writeln!(
+            out,
+            "{} is blocked{by} by {} since {}, {}",
+            q.ip,
+            d.source,
+            d.created,
+            until(d.expires, now)
+        );
         let _ = writeln!(out, "  reason: {}", d.reason);
         if let Some(c) = &d.category {
             let _ = writeln!(out, "  category: {c}");
@@ -69,8 +103,19 @@ pub fn query(q: &QueryData, now: Timestamp) -> String {
         }
     }
     for d in &q.history {
-        let ended = d.lifted.or(d.expires).map(|t| t.to_string()).unwrap_or_default();
-        let _ = writeln!(out, "  earlier: {} by {} from {} to {ended} ({})", show_target(&d.target), d.source, d.created, d.reason);
+        let ended = d
+            .lifted
+            .or(d.expires)
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  earlier: {} by {} from {} to {ended} ({})",
+            show_target(&d.target),
+            d.source,
+            d.created,
+            d.reason
+        );
     }
     out
 }
@@ -78,20 +123,45 @@ pub fn query(q: &QueryData, now: Timestamp) -> String {
 /// The `status` report.
 pub fn status(s: &StatusData) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "banshare {} running (pid {}, up {})", s.version, s.pid, human_duration(std::time::Duration::from_secs(s.uptime_secs)));
+    let _ = writeln!(
+        out,
+        "banshare {} running (pid {}, up {})",
+        s.version,
+        s.pid,
+        human_duration(std::time::Duration::from_secs(s.uptime_secs))
+    );
     let _ = writeln!(out, "config:    {} (loaded {})", s.config, s.config_loaded);
     if let Some(e) = &s.reload_error {
-        let _ = writeln!(out, "           last reload FAILED, previous config kept: {e}");
+        let _ = writeln!(
+            out,
+            "           last reload FAILED, previous config kept: {e}"
+        );
     }
-    let _ = writeln!(out, "state:     {} (schema {})", s.state_db, s.schema_version);
-    let elements = s.firewall.elements.map(|n| format!(", {n} elements")).unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "state:     {} (schema {})",
+        s.state_db, s.schema_version
+    );
+    let elements = s
+        .firewall
+        .elements
+        .map(|n| format!(", {n} element{}", if n == 1 { "" } else { "s" }))
+        .unwrap_or_default();
     let _ = writeln!(out, "firewall:  {}{elements}", s.firewall.backend);
     if let Some(e) = &s.firewall.last_error {
         let _ = writeln!(out, "           last error: {e}");
     }
     let total: u64 = s.active.values().sum();
-    let per: Vec<String> = s.active.iter().map(|(src, n)| format!("{src} {n}")).collect();
+    let per: Vec<String> = s
+        .active
+        .iter()
+        .map(|(src, n)| format!("{src} {n}"))
+        .collect();
     let _ = writeln!(out, "blocks:    {total} ({})", per.join(", "));
-    let _ = writeln!(out, "protected: {} allowlist entries, {} host addresses, loopback and link-local", s.allowlist_entries, s.host_addresses);
+    let _ = writeln!(
+        out,
+        "protected: {} allowlist entries, {} host addresses, loopback and link-local",
+        s.allowlist_entries, s.host_addresses
+    );
     out
 }

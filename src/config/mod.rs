@@ -89,7 +89,9 @@ impl Default for Config {
             socket: PathBuf::from("/run/banshare/control.sock"),
             socket_group: "banshare".into(),
             allowlist: Vec::new(),
-            firewall: FirewallConfig { backend: Backend::Auto },
+            firewall: FirewallConfig {
+                backend: Backend::Auto,
+            },
             decisions: DecisionConfig {
                 manual_bantime: Some(Duration::from_secs(24 * 3600)),
                 ipv6_prefix: 64,
@@ -186,14 +188,23 @@ impl Config {
         let socket = absolute_path(raw.socket, defaults.socket)
             .map_err(|got| invalid("socket", "an absolute path", &got))?;
         if socket.as_os_str().len() > MAX_SOCKET_PATH {
-            let expected = format!("a path of at most {MAX_SOCKET_PATH} bytes (a Unix socket limit)");
-            return Err(invalid("socket", &expected, &format!("{} bytes", socket.as_os_str().len())));
+            let expected =
+                format!("a path of at most {MAX_SOCKET_PATH} bytes (a Unix socket limit)");
+            return Err(invalid(
+                "socket",
+                &expected,
+                &format!("{} bytes", socket.as_os_str().len()),
+            ));
         }
 
         let mut allowlist = Vec::new();
         for (i, entry) in raw.allowlist.unwrap_or_default().iter().enumerate() {
             let net = parse_target(entry).map_err(|_| {
-                invalid(&format!("allowlist[{i}]"), "an IP address or CIDR like 192.0.2.0/24", &format!("{entry:?}"))
+                invalid(
+                    &format!("allowlist[{i}]"),
+                    "an IP address or CIDR like 192.0.2.0/24",
+                    &format!("{entry:?}"),
+                )
             })?;
             allowlist.push(net);
         }
@@ -202,7 +213,11 @@ impl Config {
         let backend = match raw_fw.backend {
             None => defaults.firewall.backend,
             Some(text) => Backend::parse(&text).ok_or_else(|| {
-                invalid("firewall.backend", "one of \"auto\", \"nftables\", \"ipset\", \"dry-run\"", &format!("{text:?}"))
+                invalid(
+                    "firewall.backend",
+                    "one of \"auto\", \"nftables\", \"ipset\", \"dry-run\"",
+                    &format!("{text:?}"),
+                )
             })?,
         };
 
@@ -210,13 +225,23 @@ impl Config {
         let manual_bantime = match raw_dec.manual_bantime {
             None => defaults.decisions.manual_bantime,
             Some(d) => bantime(&d).map_err(|got| {
-                invalid("decisions.manual_bantime", "a duration like \"24h\" or \"permanent\"", &got)
+                invalid(
+                    "decisions.manual_bantime",
+                    "a duration like \"24h\" or \"permanent\"",
+                    &got,
+                )
             })?,
         };
         let ipv6_prefix = match raw_dec.ipv6_prefix {
             None => defaults.decisions.ipv6_prefix,
             Some(p) if (1..=128).contains(&p) => p as u8,
-            Some(p) => return Err(invalid("decisions.ipv6_prefix", "a prefix length from 1 to 128", &p)),
+            Some(p) => {
+                return Err(invalid(
+                    "decisions.ipv6_prefix",
+                    "a prefix length from 1 to 128",
+                    &p,
+                ));
+            }
         };
         let retention = match raw_dec.retention {
             None => defaults.decisions.retention,
@@ -287,7 +312,13 @@ mod tests {
     #[test]
     fn empty_file_is_the_defaults() {
         let c = parse("").unwrap();
-        assert_eq!(Config { source_path: None, ..c }, Config::default());
+        assert_eq!(
+            Config {
+                source_path: None,
+                ..c
+            },
+            Config::default()
+        );
     }
 
     #[test]
@@ -324,11 +355,22 @@ mod tests {
         let e = parse("[decisions]\nipv6_prefix = \"wide\"").unwrap_err();
         assert!(e.starts_with("/etc/banshare/banshare.toml: line 2, column 15: key `decisions.ipv6_prefix`: invalid type: string \"wide\", expected"), "{e}");
         let e = parse("[firewall]\nbackend = \"pf\"").unwrap_err();
-        assert!(e.contains("key `firewall.backend`: expected one of \"auto\""), "{e}");
+        assert!(
+            e.contains("key `firewall.backend`: expected one of \"auto\""),
+            "{e}"
+        );
         let e = parse("[decisions]\nretention = \"a while\"").unwrap_err();
-        assert!(e.contains("key `decisions.retention`: expected a duration like \"30d\", got \"a while\""), "{e}");
+        assert!(
+            e.contains(
+                "key `decisions.retention`: expected a duration like \"30d\", got \"a while\""
+            ),
+            "{e}"
+        );
         let e = parse("state_dir = \"relative/dir\"").unwrap_err();
-        assert!(e.contains("key `state_dir`: expected an absolute path"), "{e}");
+        assert!(
+            e.contains("key `state_dir`: expected an absolute path"),
+            "{e}"
+        );
         let long = format!("socket = \"/{}\"", "s".repeat(120));
         assert!(parse(&long).unwrap_err().contains("at most 107 bytes"));
     }
@@ -336,7 +378,7 @@ mod tests {
     #[test]
     fn unknown_keys_are_errors() {
         let e = parse("[firewall]\nbackend = \"auto\"\nbackned = \"x\"").unwrap_err();
-        assert!(e.starts_with("/etc/banshare/banshare.toml: line 3, column 1: key `firewall`: unknown field `backned`, expected `backend`"), "{e}");
+        assert!(e.starts_with("/etc/banshare/banshare.toml: line 3, column 1: key `firewall.backned`: unknown field `backned`, expected `backend`"), "{e}");
         let e = parse("statedir = \"/x\"").unwrap_err();
         assert!(e.contains("unknown field `statedir`"), "{e}");
     }
@@ -352,7 +394,13 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/banshare.toml");
         let text = std::fs::read_to_string(&path).unwrap();
         let c = Config::from_toml(&text, &path).unwrap();
-        assert_eq!(Config { source_path: None, ..c }, Config::default());
+        assert_eq!(
+            Config {
+                source_path: None,
+                ..c
+            },
+            Config::default()
+        );
         // The file documents the defaults in commented-out lines; uncommenting every
         // `# key = value` line must still give the defaults.
         let uncommented: String = text
@@ -364,6 +412,12 @@ mod tests {
             .collect::<Vec<_>>()
             .join("\n");
         let c = Config::from_toml(&uncommented, &path).unwrap();
-        assert_eq!(Config { source_path: None, ..c }, Config::default());
+        assert_eq!(
+            Config {
+                source_path: None,
+                ..c
+            },
+            Config::default()
+        );
     }
 }

@@ -66,7 +66,8 @@ impl<'de> Deserialize<'de> for RawDuration {
 
 /// Parses the file, reporting the line, column and key path of the first error.
 pub fn parse(text: &str) -> Result<RawConfig, (Location, String)> {
-    let de = toml::Deserializer::parse(text).map_err(|e| (location(text, &e, None), e.message().to_string()))?;
+    let de = toml::Deserializer::parse(text)
+        .map_err(|e| (location(text, &e, None), e.message().to_string()))?;
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let key = (path != ".").then_some(path);

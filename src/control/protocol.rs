@@ -60,11 +60,21 @@ pub struct Reply {
 
 impl Reply {
     pub fn ok(data: serde_json::Value) -> Reply {
-        Reply { v: VERSION, ok: true, data: Some(data), error: None }
+        Reply {
+            v: VERSION,
+            ok: true,
+            data: Some(data),
+            error: None,
+        }
     }
 
     pub fn err(error: ErrorBody) -> Reply {
-        Reply { v: VERSION, ok: false, data: None, error: Some(error) }
+        Reply {
+            v: VERSION,
+            ok: false,
+            data: None,
+            error: Some(error),
+        }
     }
 }
 
@@ -78,7 +88,10 @@ pub struct ErrorBody {
 
 impl ErrorBody {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ErrorBody { code, message: message.into() }
+        ErrorBody {
+            code,
+            message: message.into(),
+        }
     }
 }
 
@@ -168,12 +181,22 @@ mod tests {
 
     #[test]
     fn requests_have_a_stable_wire_form() {
-        let req = Request::Ban { target: "203.0.113.7".into(), for_secs: Some(60), permanent: false, reason: None };
+        let req = Request::Ban {
+            target: "203.0.113.7".into(),
+            for_secs: Some(60),
+            permanent: false,
+            reason: None,
+        };
         assert_eq!(
             serde_json::to_string(&req).unwrap(),
             r#"{"cmd":"ban","target":"203.0.113.7","for_secs":60,"permanent":false}"#
         );
         let back: Request = serde_json::from_str(r#"{"cmd":"list","source":"feed"}"#).unwrap();
-        assert_eq!(back, Request::List { source: Some(Source::Feed) });
+        assert_eq!(
+            back,
+            Request::List {
+                source: Some(Source::Feed)
+            }
+        );
     }
 }

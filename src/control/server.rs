@@ -37,7 +37,10 @@ pub fn bind(path: &Path, group: &str) -> io::Result<UnixListener> {
             std::fs::remove_file(path)?;
         }
         Ok(_) => {
-            return Err(io::Error::new(io::ErrorKind::AlreadyExists, "exists and is not a socket; refusing to replace it"));
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "exists and is not a socket; refusing to replace it",
+            ));
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
@@ -52,7 +55,11 @@ pub fn bind(path: &Path, group: &str) -> io::Result<UnixListener> {
 
 /// Accepts connections until `shutdown` turns true, then waits for the connections in
 /// flight to finish their current request.
-pub async fn serve(listener: UnixListener, handler: Arc<dyn Handler>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: UnixListener,
+    handler: Arc<dyn Handler>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     // Each connection task holds a clone of `done_tx`; when all are dropped, `done_rx`
     // yields None and every request in flight has been answered.
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
@@ -83,7 +90,11 @@ pub async fn serve(listener: UnixListener, handler: Arc<dyn Handler>, mut shutdo
     let _ = done_rx.recv().await;
 }
 
-async fn connection(stream: UnixStream, handler: Arc<dyn Handler>, mut shutdown: watch::Receiver<bool>) -> io::Result<()> {
+async fn connection(
+    stream: UnixStream,
+    handler: Arc<dyn Handler>,
+    mut shutdown: watch::Receiver<bool>,
+) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut line = Vec::new();
@@ -106,13 +117,17 @@ async fn connection(stream: UnixStream, handler: Arc<dyn Handler>, mut shutdown:
                     match result {
                         Ok(Ok(data)) => Reply::ok(data),
                         Ok(Err(e)) => Reply::err(e),
-                        Err(join) => Reply::err(ErrorBody::new(ErrorCode::Internal, format!("request handler failed: {join}"))),
+                        Err(join) => Reply::err(ErrorBody::new(
+                            ErrorCode::Internal,
+                            format!("request handler failed: {join}"),
+                        )),
                     }
                 }
                 Err(e) => Reply::err(e),
             },
         };
-        let mut out = serde_json::to_vec(&reply).unwrap_or_else(|_| b"{\"v\":1,\"ok\":false}".to_vec());
+        let mut out =
+            serde_json::to_vec(&reply).unwrap_or_else(|_| b"{\"v\":1,\"ok\":false}".to_vec());
         out.push(b'\n');
         write.write_all(&out).await?;
     }
@@ -121,23 +136,38 @@ async fn connection(stream: UnixStream, handler: Arc<dyn Handler>, mut shutdown:
 /// Parses one request line: JSON object, supported `v`, known `cmd`, valid fields.
 pub fn parse_request(line: &[u8]) -> Result<Request, ErrorBody> {
     let bad = |m: String| ErrorBody::new(ErrorCode::BadRequest, m);
-    let value: Value = serde_json::from_slice(line).map_err(|e| bad(format!("request is not valid JSON: {e}")))?;
+    let value: Value =
+        serde_json::from_slice(line).map_err(|e| bad(format!("request is not valid JSON: {e}")))?;
     let Value::Object(mut map) = value else {
-        return Err(bad("request must be a JSON object like {\"v\":1,\"cmd\":\"status\"}".into()));
+        return Err(bad(
+            "request must be a JSON object like {\"v\":1,\"cmd\":\"status\"}".into(),
+        ));
     };
     match map.remove("v") {
         Some(Value::Number(n)) if n.as_u64().is_some_and(|v| v > u64::from(VERSION)) => {
             return Err(ErrorBody::new(
                 ErrorCode::UnsupportedVersion,
-                format!("protocol version {n} is newer than this daemon's ({VERSION}); upgrade the daemon or use a matching banshare CLI"),
+                format!(
+                    "protocol version {n} is newer than this daemon's ({VERSION}); upgrade the daemon or use a matching banshare CLI"
+                ),
             ));
         }
         Some(Value::Number(n)) if n.as_u64().is_some() => {}
-        Some(other) => return Err(bad(format!("`v` must be a protocol version number, got {other}"))),
-        None => return Err(bad(format!("missing protocol version `v` (this daemon speaks {VERSION})"))),
+        Some(other) => {
+            return Err(bad(format!(
+                "`v` must be a protocol version number, got {other}"
+            )));
+        }
+        None => {
+            return Err(bad(format!(
+                "missing protocol version `v` (this daemon speaks {VERSION})"
+            )));
+        }
     }
     if !map.get("cmd").is_some_and(Value::is_string) {
-        return Err(bad("missing `cmd` (a command name such as \"status\")".into()));
+        return Err(bad(
+            "missing `cmd` (a command name such as \"status\")".into()
+        ));
     }
     serde_json::from_value(Value::Object(map)).map_err(|e| bad(format!("bad request: {e}")))
 }
@@ -150,7 +180,11 @@ enum Line {
 
 /// Reads up to and including `\n` into `buf`, holding at most `max` bytes: a longer line
 /// is consumed to its end and reported as [`Line::TooLong`], so the stream stays in step.
-async fn read_line(r: &mut (impl AsyncBufRead + Unpin), buf: &mut Vec<u8>, max: usize) -> io::Result<Line> {
+async fn read_line(
+    r: &mut (impl AsyncBufRead + Unpin),
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<Line> {
     buf.clear();
     let mut too_long = false;
     loop {
@@ -176,7 +210,11 @@ async fn read_line(r: &mut (impl AsyncBufRead + Unpin), buf: &mut Vec<u8>, max: 
         }
         r.consume(take);
         if done {
-            return Ok(if too_long { Line::TooLong } else { Line::Complete });
+            return Ok(if too_long {
+                Line::TooLong
+            } else {
+                Line::Complete
+            });
         }
     }
 }
@@ -191,19 +229,53 @@ mod tests {
 
     #[test]
     fn malformed_requests_get_precise_errors() {
-        assert!(err("hello").message.starts_with("request is not valid JSON"));
-        assert!(err("[1,2]").message.starts_with("request must be a JSON object"));
-        assert!(err(r#"{"cmd":"status"}"#).message.starts_with("missing protocol version"));
-        assert_eq!(err(r#"{"v":2,"cmd":"status"}"#).code, ErrorCode::UnsupportedVersion);
-        assert!(err(r#"{"v":"one","cmd":"status"}"#).message.contains("`v` must be"));
+        assert!(
+            err("hello")
+                .message
+                .starts_with("request is not valid JSON")
+        );
+        assert!(
+            err("[1,2]")
+                .message
+                .starts_with("request must be a JSON object")
+        );
+        assert!(
+            err(r#"{"cmd":"status"}"#)
+                .message
+                .starts_with("missing protocol version")
+        );
+        assert_eq!(
+            err(r#"{"v":2,"cmd":"status"}"#).code,
+            ErrorCode::UnsupportedVersion
+        );
+        assert!(
+            err(r#"{"v":"one","cmd":"status"}"#)
+                .message
+                .contains("`v` must be")
+        );
         assert!(err(r#"{"v":1}"#).message.starts_with("missing `cmd`"));
         let e = err(r#"{"v":1,"cmd":"explode"}"#);
-        assert!(e.message.contains("unknown variant `explode`"), "{}", e.message);
+        assert!(
+            e.message.contains("unknown variant `explode`"),
+            "{}",
+            e.message
+        );
         let e = err(r#"{"v":1,"cmd":"ban"}"#);
-        assert!(e.message.contains("missing field `target`"), "{}", e.message);
+        assert!(
+            e.message.contains("missing field `target`"),
+            "{}",
+            e.message
+        );
         let e = err(r#"{"v":1,"cmd":"ban","target":"1.2.3.4","forever":true}"#);
-        assert!(e.message.contains("unknown field `forever`"), "{}", e.message);
-        assert_eq!(parse_request(br#"{"v":1,"cmd":"status"}"#).unwrap(), Request::Status);
+        assert!(
+            e.message.contains("unknown field `forever`"),
+            "{}",
+            e.message
+        );
+        assert_eq!(
+            parse_request(br#"{"v":1,"cmd":"status"}"#).unwrap(),
+            Request::Status
+        );
     }
 
     #[tokio::test]
@@ -211,9 +283,18 @@ mod tests {
         let input = format!("{}\nshort\n", "x".repeat(100));
         let mut r = BufReader::with_capacity(16, input.as_bytes());
         let mut buf = Vec::new();
-        assert!(matches!(read_line(&mut r, &mut buf, 50).await.unwrap(), Line::TooLong));
-        assert!(matches!(read_line(&mut r, &mut buf, 50).await.unwrap(), Line::Complete));
+        assert!(matches!(
+            read_line(&mut r, &mut buf, 50).await.unwrap(),
+            Line::TooLong
+        ));
+        assert!(matches!(
+            read_line(&mut r, &mut buf, 50).await.unwrap(),
+            Line::Complete
+        ));
         assert_eq!(buf, b"short\n");
-        assert!(matches!(read_line(&mut r, &mut buf, 50).await.unwrap(), Line::Eof));
+        assert!(matches!(
+            read_line(&mut r, &mut buf, 50).await.unwrap(),
+            Line::Eof
+        ));
     }
 }

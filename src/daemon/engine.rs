@@ -16,7 +16,8 @@ use tokio::sync::Notify;
 use crate::clock::Timestamp;
 use crate::config::{self, Config};
 use crate::control::protocol::{
-    BanData, ErrorBody, ErrorCode, FirewallStatus, ListData, QueryData, Request, StatusData, UnbanData,
+    BanData, ErrorBody, ErrorCode, FirewallStatus, ListData, QueryData, Request, StatusData,
+    UnbanData,
 };
 use crate::control::server::Handler;
 use crate::decision::{Decision, Guard, NewDecision, Refusal, Source, parse_target, show_target};
@@ -62,8 +63,18 @@ impl Engine {
         let mut enforcer = enforcer;
         enforcer.set_guard(guard.clone());
         Engine {
-            state: Mutex::new(State { store, enforcer, guard, host, firewall_error: None }),
-            info: RwLock::new(Info { config: Arc::new(config), loaded: Timestamp::now(), reload_error: None }),
+            state: Mutex::new(State {
+                store,
+                enforcer,
+                guard,
+                host,
+                firewall_error: None,
+            }),
+            info: RwLock::new(Info {
+                config: Arc::new(config),
+                loaded: Timestamp::now(),
+                reload_error: None,
+            }),
             started: Timestamp::now(),
             started_at: Instant::now(),
             expiry_wake: Notify::new(),
@@ -87,23 +98,39 @@ impl Engine {
         let mut st = self.state();
         let expired = st.store.lift_expired(now)?;
         if !expired.is_empty() {
-            tracing::info!(count = expired.len(), "lifted decisions that expired while the daemon was stopped");
+            tracing::info!(
+                count = expired.len(),
+                "lifted decisions that expired while the daemon was stopped"
+            );
         }
         lift_guarded(&mut st, now)?;
         let active = st.store.active(None, now)?;
         let result = st.enforcer.reconcile(&active, now);
         record_firewall(&mut st, result);
-        tracing::info!(active = active.len(), backend = st.enforcer.backend_name(), "firewall reconciled with the store");
+        tracing::info!(
+            active = active.len(),
+            backend = st.enforcer.backend_name(),
+            "firewall reconciled with the store"
+        );
         Ok(())
     }
 
     /// Guards, commits and enforces a batch of proposed decisions. Returns one outcome
     /// per proposal, in order.
-    pub fn decide(&self, proposals: Vec<NewDecision>, now: Timestamp) -> Result<Vec<Outcome>, StoreError> {
+    pub fn decide(
+        &self,
+        proposals: Vec<NewDecision>,
+        now: Timestamp,
+    ) -> Result<Vec<Outcome>, StoreError> {
         let mut st = self.state();
-        let checked: Vec<Result<NewDecision, Refusal>> =
-            proposals.into_iter().map(|p| st.guard.check(&p.target).map(|()| p)).collect();
-        let accepted: Vec<NewDecision> = checked.iter().filter_map(|c| c.as_ref().ok().cloned()).collect();
+        let checked: Vec<Result<NewDecision, Refusal>> = proposals
+            .into_iter()
+            .map(|p| st.guard.check(&p.target).map(|()| p))
+            .collect();
+        let accepted: Vec<NewDecision> = checked
+            .iter()
+            .filter_map(|c| c.as_ref().ok().cloned())
+            .collect();
         let mut committed = st.store.upsert_decisions(&accepted, now)?.into_iter();
 
         let outcomes: Vec<Outcome> = checked
@@ -117,7 +144,7 @@ impl Engine {
             .map(|(d, _)| d.clone())
             .collect();
         for d in &changed {
-            tracing::info!(ip = %d.target, source = %d.source, until = ?d.expires.map(|t| t.to_string()), reason = %d.reason, "blocked");
+            tracing::info!(ip = %d.target, source = %d.source, until = %d.expires.map_or("never".to_string(), |t| t.to_string()), reason = %d.reason, "blocked");
         }
         let result = st.enforcer.add(&changed, now);
         record_firewall(&mut st, result);
@@ -173,7 +200,10 @@ impl Engine {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "config reload failed; keeping the previous config");
-                self.info.write().unwrap_or_else(|e| e.into_inner()).reload_error = Some(e.to_string());
+                self.info
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .reload_error = Some(e.to_string());
                 return;
             }
         };
@@ -183,7 +213,10 @@ impl Engine {
             ("firewall.backend", new.firewall != old.firewall),
         ] {
             if changed {
-                tracing::warn!(key = what, "changing this key takes a restart; the running daemon keeps the old value");
+                tracing::warn!(
+                    key = what,
+                    "changing this key takes a restart; the running daemon keeps the old value"
+                );
             }
         }
         let now = Timestamp::now();
@@ -195,37 +228,65 @@ impl Engine {
         drop(st);
         tracing::info!(config = %new.origin(), "config reloaded");
         let mut info = self.info.write().unwrap_or_else(|e| e.into_inner());
-        *info = Info { config: Arc::new(new), loaded: now, reload_error: None };
+        *info = Info {
+            config: Arc::new(new),
+            loaded: now,
+            reload_error: None,
+        };
     }
 
-    fn ban(&self, target: &str, for_secs: Option<u64>, permanent: bool, reason: Option<String>) -> Result<Value, ErrorBody> {
-        let target = parse_target(target).map_err(|m| ErrorBody::new(ErrorCode::InvalidTarget, m))?;
+    fn ban(
+        &self,
+        target: &str,
+        for_secs: Option<u64>,
+        permanent: bool,
+        reason: Option<String>,
+    ) -> Result<Value, ErrorBody> {
+        let target =
+            parse_target(target).map_err(|m| ErrorBody::new(ErrorCode::InvalidTarget, m))?;
         let duration = match (permanent, for_secs) {
             (true, _) => None,
-            (false, Some(0)) => return Err(ErrorBody::new(ErrorCode::BadRequest, "a ban must last at least one second")),
+            (false, Some(0)) => {
+                return Err(ErrorBody::new(
+                    ErrorCode::BadRequest,
+                    "a ban must last at least one second",
+                ));
+            }
             (false, Some(secs)) => Some(Duration::from_secs(secs)),
             (false, None) => self.config().decisions.manual_bantime,
         };
         let proposal = NewDecision {
             target,
             source: Source::Manual,
-            reason: reason.filter(|r| !r.trim().is_empty()).unwrap_or_else(|| "manual ban".into()),
+            reason: reason
+                .filter(|r| !r.trim().is_empty())
+                .unwrap_or_else(|| "manual ban".into()),
             category: None,
             score: None,
             duration,
         };
-        let outcome = self.decide(vec![proposal], Timestamp::now()).map_err(internal)?.remove(0);
+        let outcome = self
+            .decide(vec![proposal], Timestamp::now())
+            .map_err(internal)?
+            .remove(0);
         match outcome {
             Ok((decision, outcome)) => to_value(BanData { decision, outcome }),
-            Err(refusal) => Err(ErrorBody::new(ErrorCode::Refused, format!("refused: {refusal}; banshare never blocks it"))),
+            Err(refusal) => Err(ErrorBody::new(
+                ErrorCode::Refused,
+                format!("refused: {refusal}; banshare never blocks it"),
+            )),
         }
     }
 
     fn unban(&self, target: &str) -> Result<Value, ErrorBody> {
-        let target = parse_target(target).map_err(|m| ErrorBody::new(ErrorCode::InvalidTarget, m))?;
+        let target =
+            parse_target(target).map_err(|m| ErrorBody::new(ErrorCode::InvalidTarget, m))?;
         let now = Timestamp::now();
         let mut st = self.state();
-        let lifted = st.store.lift_target(&target, LiftReason::Unban, now).map_err(internal)?;
+        let lifted = st
+            .store
+            .lift_target(&target, LiftReason::Unban, now)
+            .map_err(internal)?;
         if lifted.is_empty() {
             let covering = covering_nets(&st.store, &target, now).map_err(internal)?;
             let message = if covering.is_empty() {
@@ -234,7 +295,11 @@ impl Engine {
                 format!(
                     "{} is not blocked on its own; it is covered by {}: unban that to lift it",
                     show_target(&target),
-                    covering.iter().map(|d| format!("{} ({})", show_target(&d.target), d.source)).collect::<Vec<_>>().join(", ")
+                    covering
+                        .iter()
+                        .map(|d| format!("{} ({})", show_target(&d.target), d.source))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 )
             };
             return Err(ErrorBody::new(ErrorCode::NotFound, message));
@@ -250,18 +315,34 @@ impl Engine {
     fn query(&self, ip: &str) -> Result<Value, ErrorBody> {
         let net = parse_target(ip).map_err(|m| ErrorBody::new(ErrorCode::InvalidTarget, m))?;
         if net.prefix_len() != net.max_prefix_len() {
-            return Err(ErrorBody::new(ErrorCode::InvalidTarget, format!("`{ip}` is a network; query takes one address")));
+            return Err(ErrorBody::new(
+                ErrorCode::InvalidTarget,
+                format!("`{ip}` is a network; query takes one address"),
+            ));
         }
         let ip = net.addr();
         let now = Timestamp::now();
         let st = self.state();
-        let (active, history) = st.store.covering(ip, now, QUERY_HISTORY).map_err(internal)?;
+        let (active, history) = st
+            .store
+            .covering(ip, now, QUERY_HISTORY)
+            .map_err(internal)?;
         let protected = st.guard.check(&net).err().map(|r| r.to_string());
-        to_value(QueryData { ip, blocked: !active.is_empty(), active, history, protected })
+        to_value(QueryData {
+            ip,
+            blocked: !active.is_empty(),
+            active,
+            history,
+            protected,
+        })
     }
 
     fn list(&self, source: Option<Source>) -> Result<Value, ErrorBody> {
-        let decisions = self.state().store.active(source, Timestamp::now()).map_err(internal)?;
+        let decisions = self
+            .state()
+            .store
+            .active(source, Timestamp::now())
+            .map_err(internal)?;
         to_value(ListData { decisions })
     }
 
@@ -269,7 +350,11 @@ impl Engine {
         let now = Timestamp::now();
         let (config, loaded, reload_error) = {
             let info = self.info.read().unwrap_or_else(|e| e.into_inner());
-            (Arc::clone(&info.config), info.loaded, info.reload_error.clone())
+            (
+                Arc::clone(&info.config),
+                info.loaded,
+                info.reload_error.clone(),
+            )
         };
         let mut st = self.state();
         let active = st.store.counts(now).map_err(internal)?;
@@ -304,7 +389,12 @@ impl Handler for Engine {
             Request::Status => self.status(),
             Request::List { source } => self.list(source),
             Request::Query { ip } => self.query(&ip),
-            Request::Ban { target, for_secs, permanent, reason } => self.ban(&target, for_secs, permanent, reason),
+            Request::Ban {
+                target,
+                for_secs,
+                permanent,
+                reason,
+            } => self.ban(&target, for_secs, permanent, reason),
             Request::Unban { target } => self.unban(&target),
         }
     }
@@ -352,9 +442,16 @@ fn record_firewall(st: &mut State, result: Result<(), FirewallError>) {
 }
 
 /// Live decisions whose (larger) target contains `target`.
-fn covering_nets(store: &Store, target: &IpNet, now: Timestamp) -> Result<Vec<Decision>, StoreError> {
+fn covering_nets(
+    store: &Store,
+    target: &IpNet,
+    now: Timestamp,
+) -> Result<Vec<Decision>, StoreError> {
     let (active, _) = store.covering(target.network(), now, 0)?;
-    Ok(active.into_iter().filter(|d| d.target != *target && d.target.contains(target)).collect())
+    Ok(active
+        .into_iter()
+        .filter(|d| d.target != *target && d.target.contains(target))
+        .collect())
 }
 
 fn internal(e: StoreError) -> ErrorBody {

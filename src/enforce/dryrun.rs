@@ -27,8 +27,15 @@ impl DryRun {
             .create(true)
             .append(true)
             .open(path)
-            .map_err(|source| FirewallError::Io { context: format!("{}: cannot open the dry-run log", path.display()), source })?;
-        Ok(DryRun { log, path: path.to_path_buf(), held: BTreeMap::new() })
+            .map_err(|source| FirewallError::Io {
+                context: format!("{}: cannot open the dry-run log", path.display()),
+                source,
+            })?;
+        Ok(DryRun {
+            log,
+            path: path.to_path_buf(),
+            held: BTreeMap::new(),
+        })
     }
 
     fn record(&mut self, line: serde_json::Value) -> Result<(), FirewallError> {
@@ -36,7 +43,10 @@ impl DryRun {
         text.push('\n');
         self.log
             .write_all(text.as_bytes())
-            .map_err(|source| FirewallError::Io { context: format!("{}: cannot write the dry-run log", self.path.display()), source })
+            .map_err(|source| FirewallError::Io {
+                context: format!("{}: cannot write the dry-run log", self.path.display()),
+                source,
+            })
     }
 }
 
@@ -50,9 +60,18 @@ impl Firewall for DryRun {
     }
 
     fn reconcile(&mut self, elements: &[Element], now: Timestamp) -> Result<(), FirewallError> {
-        self.held = elements.iter().map(|e| ((e.source, e.target), e.expires)).collect();
-        let targets: Vec<String> = elements.iter().map(|e| format!("{}:{}", e.source, e.target)).collect();
-        tracing::info!(elements = elements.len(), "dry-run: would rebuild the firewall sets");
+        self.held = elements
+            .iter()
+            .map(|e| ((e.source, e.target), e.expires))
+            .collect();
+        let targets: Vec<String> = elements
+            .iter()
+            .map(|e| format!("{}:{}", e.source, e.target))
+            .collect();
+        tracing::info!(
+            elements = elements.len(),
+            "dry-run: would rebuild the firewall sets"
+        );
         self.record(json!({ "at": now, "op": "reconcile", "elements": targets }))
     }
 

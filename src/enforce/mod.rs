@@ -34,7 +34,11 @@ pub struct Element {
 
 impl From<&Decision> for Element {
     fn from(d: &Decision) -> Self {
-        Element { source: d.source, target: d.target, expires: d.expires }
+        Element {
+            source: d.source,
+            target: d.target,
+            expires: d.expires,
+        }
     }
 }
 
@@ -127,14 +131,21 @@ impl Enforcer {
 
     /// Rebuilds the kernel state from the store's active decisions.
     pub fn reconcile(&mut self, active: &[Decision], now: Timestamp) -> Result<(), FirewallError> {
-        let elements: Vec<Element> = active.iter().filter(|d| self.allowed(d)).map(Element::from).collect();
+        let elements: Vec<Element> = active
+            .iter()
+            .filter(|d| self.allowed(d))
+            .map(Element::from)
+            .collect();
         self.backend.reconcile(&elements, now)
     }
 
     /// Blocks `decisions` (those the guard allows).
     pub fn add(&mut self, decisions: &[Decision], now: Timestamp) -> Result<(), FirewallError> {
-        let changes: Vec<Change> =
-            decisions.iter().filter(|d| self.allowed(d)).map(|d| Change::Add(d.into())).collect();
+        let changes: Vec<Change> = decisions
+            .iter()
+            .filter(|d| self.allowed(d))
+            .map(|d| Change::Add(d.into()))
+            .collect();
         self.apply(&changes, now)
     }
 
@@ -191,7 +202,12 @@ mod tests {
         let backend = DryRun::open(&dir.path().join("log")).unwrap();
         let guard = Guard::new(vec![parse_target("192.0.2.0/24").unwrap()], vec![]);
         let mut enforcer = Enforcer::new(Box::new(backend), guard);
-        let batch = [decision("127.0.0.1"), decision("192.0.2.9"), decision("203.0.113.7"), decision("::/0")];
+        let batch = [
+            decision("127.0.0.1"),
+            decision("192.0.2.9"),
+            decision("203.0.113.7"),
+            decision("::/0"),
+        ];
         enforcer.add(&batch, Timestamp(0)).unwrap();
         assert_eq!(enforcer.element_count().unwrap(), 1);
         enforcer.reconcile(&batch, Timestamp(0)).unwrap();

@@ -1,0 +1,11 @@
+//! banshare's integration tests, one binary so they build and link once.
+//!
+//! Each test gets its own temporary state directory and socket; the daemon runs either
+//! in-process ([`support::Env::start_in_process`]) or as a real `banshare run` process
+//! when the test needs signals or a hard kill.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod bad_input;
+mod daemon;
