@@ -393,3 +393,27 @@ fn commands_say_in_one_line_when_the_daemon_is_not_running() {
         );
     }
 }
+
+#[test]
+fn systemd_is_told_ready_reloading_and_stopping() {
+    let env = Env::new("");
+    let notify_path = env.dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let daemon = env.spawn_daemon_with(&[("NOTIFY_SOCKET", &notify_path)]);
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).expect("a readiness message");
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(msg.starts_with("READY=1"), "{msg}");
+    env.cli(&["status"]).expect_code(0);
+    daemon.signal(Signal::SIGHUP);
+    let n = notify.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"RELOADING=1");
+    let n = notify.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"READY=1");
+    daemon.signal(Signal::SIGTERM);
+    let n = notify.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"STOPPING=1");
+}

@@ -98,10 +98,16 @@ impl Env {
 
     /// Starts `banshare run` as a child process and waits until it answers.
     pub fn spawn_daemon(&self) -> DaemonProcess {
+        self.spawn_daemon_with(&[])
+    }
+
+    /// Like [`Env::spawn_daemon`], with extra environment variables.
+    pub fn spawn_daemon_with(&self, vars: &[(&str, &Path)]) -> DaemonProcess {
         let log = std::fs::File::create(self.dir.path().join("daemon.log")).expect("daemon log");
         let child = Command::new(BIN)
             .arg("run")
             .env("BANSHARE_CONFIG", &self.config_path)
+            .envs(vars.iter().map(|(k, v)| (*k, *v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
