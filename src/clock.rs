@@ -16,9 +16,7 @@ pub struct Timestamp(pub i64);
 impl Timestamp {
     /// The current wall-clock time.
     pub fn now() -> Self {
-        let since = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO);
+        let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
         Timestamp(since.as_millis() as i64)
     }
 
@@ -46,11 +44,7 @@ impl Timestamp {
 impl fmt::Display for Timestamp {
     /// RFC 3339 in UTC, to the second (`2026-11-23T13:13:35Z`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}",
-            humantime::format_rfc3339_seconds(self.to_system_time())
-        )
+        write!(f, "{}", humantime::format_rfc3339_seconds(self.to_system_time()))
     }
 }
 
@@ -65,10 +59,8 @@ impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
         let t = humantime::parse_rfc3339_weak(&text).map_err(serde::de::Error::custom)?;
-        let ms = t
-            .duration_since(UNIX_EPOCH)
-            .map_err(|_| serde::de::Error::custom("timestamp before 1970"))?
-            .as_millis();
+        let ms =
+            t.duration_since(UNIX_EPOCH).map_err(|_| serde::de::Error::custom("timestamp before 1970"))?.as_millis();
         Ok(Timestamp(ms as i64))
     }
 }

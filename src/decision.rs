@@ -33,12 +33,7 @@ pub enum Source {
 
 impl Source {
     /// Every source, in display order.
-    pub const ALL: [Source; 4] = [
-        Source::Detect,
-        Source::Fail2ban,
-        Source::Manual,
-        Source::Feed,
-    ];
+    pub const ALL: [Source; 4] = [Source::Detect, Source::Fail2ban, Source::Manual, Source::Feed];
 
     /// The name used in the store, on the wire and in firewall set names.
     pub fn as_str(self) -> &'static str {
@@ -63,9 +58,7 @@ impl FromStr for Source {
         Source::ALL
             .into_iter()
             .find(|src| src.as_str() == s)
-            .ok_or_else(|| {
-                format!("unknown source `{s}`: expected detect, fail2ban, manual or feed")
-            })
+            .ok_or_else(|| format!("unknown source `{s}`: expected detect, fail2ban, manual or feed"))
     }
 }
 
@@ -115,22 +108,18 @@ pub struct NewDecision {
 /// IPv4-mapped IPv6 address becomes the IPv4 address it carries.
 pub fn parse_target(text: &str) -> Result<IpNet, String> {
     let text = text.trim();
-    let net = if text.contains('/') {
-        IpNet::from_str(text).ok()
-    } else {
-        IpAddr::from_str(text).ok().map(IpNet::from)
-    };
-    net.map(normalize)
-        .ok_or_else(|| format!("`{text}` is not an IP address or CIDR (expected e.g. 203.0.113.7, 203.0.113.0/24 or 2001:db8::/48)"))
+    let net =
+        if text.contains('/') { IpNet::from_str(text).ok() } else { IpAddr::from_str(text).ok().map(IpNet::from) };
+    net.map(normalize).ok_or_else(|| {
+        format!("`{text}` is not an IP address or CIDR (expected e.g. 203.0.113.7, 203.0.113.0/24 or 2001:db8::/48)")
+    })
 }
 
 /// Canonical form of a target: host bits cleared, IPv4-mapped IPv6 turned into IPv4.
 pub fn normalize(net: IpNet) -> IpNet {
     match net {
         IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
-            Some(v4) => Ipv4Net::new(v4, v6.prefix_len() - 96)
-                .map(|n| IpNet::V4(n.trunc()))
-                .unwrap_or(net),
+            Some(v4) => Ipv4Net::new(v4, v6.prefix_len() - 96).map(|n| IpNet::V4(n.trunc())).unwrap_or(net),
             None => net.trunc(),
         },
         _ => net.trunc(),
@@ -139,11 +128,7 @@ pub fn normalize(net: IpNet) -> IpNet {
 
 /// An address without its `/32` or `/128`, a network as a CIDR: how people write them.
 pub fn show_target(net: &IpNet) -> String {
-    if net.prefix_len() == net.max_prefix_len() {
-        net.addr().to_string()
-    } else {
-        net.to_string()
-    }
+    if net.prefix_len() == net.max_prefix_len() { net.addr().to_string() } else { net.to_string() }
 }
 
 /// The target a ban of `addr` from `source` covers. Local detection widens IPv6 to
@@ -155,9 +140,9 @@ pub fn ban_target(addr: IpAddr, source: Source, ipv6_prefix: u8) -> IpNet {
         v4 => v4,
     };
     match (addr, source) {
-        (IpAddr::V6(v6), Source::Detect) => Ipv6Net::new(v6, ipv6_prefix.min(128))
-            .map(|n| IpNet::V6(n.trunc()))
-            .unwrap_or_else(|_| IpNet::from(addr)),
+        (IpAddr::V6(v6), Source::Detect) => {
+            Ipv6Net::new(v6, ipv6_prefix.min(128)).map(|n| IpNet::V6(n.trunc())).unwrap_or_else(|_| IpNet::from(addr))
+        }
         _ => IpNet::from(addr),
     }
 }
@@ -190,28 +175,14 @@ fn protected_ranges() -> [(IpNet, RefusalFor); 9] {
     let v4 = |a, b, c, d| IpAddr::V4(Ipv4Addr::new(a, b, c, d));
     let v6 = |seg0| IpAddr::V6(Ipv6Addr::new(seg0, 0, 0, 0, 0, 0, 0, 0));
     [
-        (net(v4(127, 0, 0, 0), 8), |target| Refusal::Loopback {
-            target,
-        }),
-        (net(IpAddr::V6(Ipv6Addr::LOCALHOST), 128), |target| {
-            Refusal::Loopback { target }
-        }),
-        (net(v4(169, 254, 0, 0), 16), |target| Refusal::LinkLocal {
-            target,
-        }),
+        (net(v4(127, 0, 0, 0), 8), |target| Refusal::Loopback { target }),
+        (net(IpAddr::V6(Ipv6Addr::LOCALHOST), 128), |target| Refusal::Loopback { target }),
+        (net(v4(169, 254, 0, 0), 16), |target| Refusal::LinkLocal { target }),
         (net(v6(0xfe80), 10), |target| Refusal::LinkLocal { target }),
-        (net(v4(0, 0, 0, 0), 32), |target| Refusal::Unspecified {
-            target,
-        }),
-        (net(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 128), |target| {
-            Refusal::Unspecified { target }
-        }),
-        (net(v4(224, 0, 0, 0), 4), |target| Refusal::Multicast {
-            target,
-        }),
-        (net(v4(255, 255, 255, 255), 32), |target| {
-            Refusal::Multicast { target }
-        }),
+        (net(v4(0, 0, 0, 0), 32), |target| Refusal::Unspecified { target }),
+        (net(IpAddr::V6(Ipv6Addr::UNSPECIFIED), 128), |target| Refusal::Unspecified { target }),
+        (net(v4(224, 0, 0, 0), 4), |target| Refusal::Multicast { target }),
+        (net(v4(255, 255, 255, 255), 32), |target| Refusal::Multicast { target }),
         (net(v6(0xff00), 8), |target| Refusal::Multicast { target }),
     ]
 }
@@ -246,16 +217,10 @@ impl Guard {
             }
         }
         if let Some(addr) = self.host.iter().find(|a| target.contains(*a)) {
-            return Err(Refusal::HostAddress {
-                target,
-                addr: *addr,
-            });
+            return Err(Refusal::HostAddress { target, addr: *addr });
         }
         if let Some(entry) = self.allowlist.iter().find(|e| overlaps(e, &target)) {
-            return Err(Refusal::Allowlisted {
-                target,
-                entry: *entry,
-            });
+            return Err(Refusal::Allowlisted { target, entry: *entry });
         }
         Ok(())
     }
@@ -276,10 +241,7 @@ mod tests {
         assert_eq!(t("::ffff:198.51.100.9").to_string(), "198.51.100.9/32");
         assert_eq!(t("2001:db8::1").to_string(), "2001:db8::1/128");
         let err = parse_target("300.1.1.1").unwrap_err();
-        assert!(
-            err.contains("`300.1.1.1` is not an IP address or CIDR"),
-            "{err}"
-        );
+        assert!(err.contains("`300.1.1.1` is not an IP address or CIDR"), "{err}");
         assert!(parse_target("1.2.3.4/33").is_err());
         assert!(parse_target("").is_err());
     }
@@ -287,83 +249,32 @@ mod tests {
     #[test]
     fn detection_widens_ipv6_and_nothing_else() {
         let v6: IpAddr = "2001:db8:1:2:3:4:5:6".parse().unwrap();
-        assert_eq!(
-            ban_target(v6, Source::Detect, 64).to_string(),
-            "2001:db8:1:2::/64"
-        );
-        assert_eq!(
-            ban_target(v6, Source::Manual, 64).to_string(),
-            "2001:db8:1:2:3:4:5:6/128"
-        );
+        assert_eq!(ban_target(v6, Source::Detect, 64).to_string(), "2001:db8:1:2::/64");
+        assert_eq!(ban_target(v6, Source::Manual, 64).to_string(), "2001:db8:1:2:3:4:5:6/128");
         let v4: IpAddr = "203.0.113.7".parse().unwrap();
-        assert_eq!(
-            ban_target(v4, Source::Detect, 64).to_string(),
-            "203.0.113.7/32"
-        );
+        assert_eq!(ban_target(v4, Source::Detect, 64).to_string(), "203.0.113.7/32");
         let mapped: IpAddr = "::ffff:203.0.113.7".parse().unwrap();
-        assert_eq!(
-            ban_target(mapped, Source::Detect, 64).to_string(),
-            "203.0.113.7/32"
-        );
+        assert_eq!(ban_target(mapped, Source::Detect, 64).to_string(), "203.0.113.7/32");
     }
 
     #[test]
     fn guard_refuses_what_would_lock_the_operator_out() {
-        let guard = Guard::new(
-            vec![t("192.0.2.0/24"), t("2001:db8::/32")],
-            vec!["198.51.100.10".parse().unwrap()],
-        );
+        let guard = Guard::new(vec![t("192.0.2.0/24"), t("2001:db8::/32")], vec!["198.51.100.10".parse().unwrap()]);
         let refused = |s: &str| guard.check(&t(s)).unwrap_err().to_string();
-        assert_eq!(
-            refused("127.0.0.1"),
-            "127.0.0.1/32 is or covers a loopback address"
-        );
+        assert_eq!(refused("127.0.0.1"), "127.0.0.1/32 is or covers a loopback address");
         assert_eq!(refused("::1"), "::1/128 is or covers a loopback address");
-        assert_eq!(
-            refused("fe80::1"),
-            "fe80::1/128 is or covers a link-local address"
-        );
-        assert_eq!(
-            refused("169.254.1.1"),
-            "169.254.1.1/32 is or covers a link-local address"
-        );
-        assert_eq!(
-            refused("0.0.0.0"),
-            "0.0.0.0/32 is or covers the unspecified address"
-        );
-        assert_eq!(
-            refused("239.1.1.1"),
-            "239.1.1.1/32 is or covers multicast or broadcast addresses"
-        );
-        assert_eq!(
-            refused("0.0.0.0/0"),
-            "0.0.0.0/0 is or covers a loopback address"
-        );
-        assert_eq!(
-            refused("198.51.100.0/24"),
-            "198.51.100.0/24 is or covers 198.51.100.10, an address of this host"
-        );
-        assert_eq!(
-            refused("192.0.2.55"),
-            "192.0.2.55/32 overlaps the allowlist entry 192.0.2.0/24"
-        );
-        assert_eq!(
-            refused("192.0.0.0/16"),
-            "192.0.0.0/16 overlaps the allowlist entry 192.0.2.0/24"
-        );
-        assert_eq!(
-            refused("2001:db8:5::1"),
-            "2001:db8:5::1/128 overlaps the allowlist entry 2001:db8::/32"
-        );
-        assert_eq!(
-            refused("::ffff:127.0.0.1"),
-            "127.0.0.1/32 is or covers a loopback address"
-        );
+        assert_eq!(refused("fe80::1"), "fe80::1/128 is or covers a link-local address");
+        assert_eq!(refused("169.254.1.1"), "169.254.1.1/32 is or covers a link-local address");
+        assert_eq!(refused("0.0.0.0"), "0.0.0.0/32 is or covers the unspecified address");
+        assert_eq!(refused("239.1.1.1"), "239.1.1.1/32 is or covers multicast or broadcast addresses");
+        assert_eq!(refused("0.0.0.0/0"), "0.0.0.0/0 is or covers a loopback address");
+        assert_eq!(refused("198.51.100.0/24"), "198.51.100.0/24 is or covers 198.51.100.10, an address of this host");
+        assert_eq!(refused("192.0.2.55"), "192.0.2.55/32 overlaps the allowlist entry 192.0.2.0/24");
+        assert_eq!(refused("192.0.0.0/16"), "192.0.0.0/16 overlaps the allowlist entry 192.0.2.0/24");
+        assert_eq!(refused("2001:db8:5::1"), "2001:db8:5::1/128 overlaps the allowlist entry 2001:db8::/32");
+        assert_eq!(refused("::ffff:127.0.0.1"), "127.0.0.1/32 is or covers a loopback address");
         assert!(guard.check(&t("203.0.113.7")).is_ok());
-        assert!(
-            guard.check(&t("10.1.2.3")).is_ok(),
-            "private ranges may be blocked locally"
-        );
+        assert!(guard.check(&t("10.1.2.3")).is_ok(), "private ranges may be blocked locally");
         assert!(guard.check(&t("2a00:1450::/32")).is_ok());
     }
 
@@ -372,11 +283,6 @@ mod tests {
         for s in Source::ALL {
             assert_eq!(s.as_str().parse::<Source>().unwrap(), s);
         }
-        assert!(
-            "sshd"
-                .parse::<Source>()
-                .unwrap_err()
-                .contains("expected detect")
-        );
+        assert!("sshd".parse::<Source>().unwrap_err().contains("expected detect"));
     }
 }

@@ -27,18 +27,11 @@ fn main() -> ExitCode {
 /// takes an `EnvFilter` directive (e.g. `debug`, `banshare=trace`).
 fn init_logging(daemon: bool) {
     let default = if daemon { "info" } else { "warn" };
-    let filter =
-        EnvFilter::try_from_env("BANSHARE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    let journald = if daemon && std::env::var_os("JOURNAL_STREAM").is_some() {
-        tracing_journald::layer().ok()
-    } else {
-        None
-    };
+    let filter = EnvFilter::try_from_env("BANSHARE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let journald =
+        if daemon && std::env::var_os("JOURNAL_STREAM").is_some() { tracing_journald::layer().ok() } else { None };
     match journald {
-        Some(layer) => tracing_subscriber::registry()
-            .with(filter)
-            .with(layer)
-            .init(),
+        Some(layer) => tracing_subscriber::registry().with(filter).with(layer).init(),
         None => tracing_subscriber::registry()
             .with(filter)
             .with(

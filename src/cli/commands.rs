@@ -5,14 +5,13 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{Cli, Command, ConfigCommand, exit, output};
+use super::{Cli, Command, ConfigCommand, FirewallCommand, exit, output};
 use crate::clock::{Timestamp, parse_duration};
-use crate::config::{self, Config};
+use crate::config::{self, Backend, Config};
 use crate::control::client::{Client, ClientError};
-use crate::control::protocol::{
-    BanData, ErrorCode, ListData, QueryData, Request, StatusData, UnbanData,
-};
+use crate::control::protocol::{BanData, ErrorCode, ImportData, ListData, QueryData, Request, StatusData, UnbanData};
 use crate::decision::{parse_target, show_target};
+use crate::enforce::FirewallError;
 use crate::store::Upsert;
 
 /// How long the CLI waits for the daemon before giving up.
@@ -27,10 +26,7 @@ pub struct CliError {
 
 impl CliError {
     fn new(code: u8, message: impl Into<String>) -> Self {
-        CliError {
-            code,
-            message: message.into(),
-        }
+        CliError { code, message: message.into() }
     }
 }
 
@@ -39,9 +35,7 @@ impl From<ClientError> for CliError {
         let code = match &e {
             ClientError::NotRunning { .. } => exit::NOT_RUNNING,
             ClientError::Daemon(body) => match body.code {
-                ErrorCode::BadRequest | ErrorCode::InvalidTarget | ErrorCode::TooLarge => {
-                    exit::BAD_INPUT
-                }
+                ErrorCode::BadRequest | ErrorCode::InvalidTarget | ErrorCode::TooLarge => exit::BAD_INPUT,
                 ErrorCode::Refused => exit::REFUSED,
                 ErrorCode::NotFound => exit::NO,
                 ErrorCode::UnsupportedVersion | ErrorCode::Internal => exit::FAILURE,
@@ -60,35 +54,24 @@ impl From<ClientError> for CliError {
 pub fn execute(cli: Cli) -> Result<u8, CliError> {
     match cli.command {
         Command::Run => run(cli.config.as_deref()),
-        Command::Config {
-            action: ConfigCommand::Check,
-        } => config_check(cli.config.as_deref()),
+        Command::Config { action: ConfigCommand::Check } => config_check(cli.config.as_deref()),
         Command::Status { json } => {
             let s: StatusData = connect(&cli.config, &cli.socket)?.call_as(&Request::Status)?;
             print(json, &s, || output::status(&s));
             Ok(exit::OK)
         }
         Command::List { source, json } => {
-            let l: ListData =
-                connect(&cli.config, &cli.socket)?.call_as(&Request::List { source })?;
-            print(json, &l, || {
-                output::decision_table(&l.decisions, Timestamp::now())
-            });
+            let l: ListData = connect(&cli.config, &cli.socket)?.call_as(&Request::List { source })?;
+            print(json, &l, || output::decision_table(&l.decisions, Timestamp::now()));
             Ok(exit::OK)
         }
         Command::Query { ip, json } => {
             parse_target(&ip).map_err(|m| CliError::new(exit::BAD_INPUT, m))?;
-            let q: QueryData =
-                connect(&cli.config, &cli.socket)?.call_as(&Request::Query { ip })?;
+            let q: QueryData = connect(&cli.config, &cli.socket)?.call_as(&Request::Query { ip })?;
             print(json, &q, || output::query(&q, Timestamp::now()));
             Ok(if q.blocked { exit::OK } else { exit::NO })
         }
-        Command::Ban {
-            target,
-            length,
-            reason,
-            json,
-        } => {
+        Command::Ban { target, length, reason, json } => {
             let request = ban_request(target, length, reason)?;
             let b: BanData = connect(&cli.config, &cli.socket)?.call_as(&request)?;
             print(json, &b, || {
@@ -107,17 +90,14 @@ pub fn execute(cli: Cli) -> Result<u8, CliError> {
             });
             Ok(exit::OK)
         }
+        Command::Import { file, length, reason, json } => import(&cli.config, &cli.socket, &file, length, reason, json),
+        Command::Firewall { action: FirewallCommand::Show { json } } => firewall_show(cli.config.as_deref(), json),
+        Command::Firewall { action: FirewallCommand::Teardown } => firewall_teardown(),
         Command::Unban { target, json } => {
-            let target = parse_target(&target)
-                .map_err(|m| CliError::new(exit::BAD_INPUT, m))?
-                .to_string();
-            let u: UnbanData =
-                connect(&cli.config, &cli.socket)?.call_as(&Request::Unban { target })?;
+            let target = parse_target(&target).map_err(|m| CliError::new(exit::BAD_INPUT, m))?.to_string();
+            let u: UnbanData = connect(&cli.config, &cli.socket)?.call_as(&Request::Unban { target })?;
             print(json, &u, || {
-                u.lifted
-                    .iter()
-                    .map(|d| format!("unbanned {} ({})\n", show_target(&d.target), d.source))
-                    .collect()
+                u.lifted.iter().map(|d| format!("unbanned {} ({})\n", show_target(&d.target), d.source)).collect()
             });
             Ok(exit::OK)
         }
@@ -125,15 +105,15 @@ pub fn execute(cli: Cli) -> Result<u8, CliError> {
 }
 
 /// Validates `ban`'s arguments into a request, before any connection.
-fn ban_request(
-    target: String,
-    length: Option<String>,
-    reason: Option<String>,
-) -> Result<Request, CliError> {
-    let target = parse_target(&target)
-        .map_err(|m| CliError::new(exit::BAD_INPUT, m))?
-        .to_string();
-    let (for_secs, permanent) = match length.as_deref() {
+fn ban_request(target: String, length: Option<String>, reason: Option<String>) -> Result<Request, CliError> {
+    let target = parse_target(&target).map_err(|m| CliError::new(exit::BAD_INPUT, m))?.to_string();
+    let (for_secs, permanent) = ban_length(length.as_deref())?;
+    Ok(Request::Ban { target, for_secs, permanent, reason })
+}
+
+/// `--for`: seconds, or permanent.
+fn ban_length(length: Option<&str>) -> Result<(Option<u64>, bool), CliError> {
+    Ok(match length {
         None => (None, false),
         Some("permanent" | "forever") => (None, true),
         Some(text) => match parse_duration(text) {
@@ -147,13 +127,117 @@ fn ban_request(
                 ));
             }
         },
-    };
-    Ok(Request::Ban {
-        target,
-        for_secs,
-        permanent,
-        reason,
     })
+}
+
+fn import(
+    config: &Option<PathBuf>,
+    socket: &Option<PathBuf>,
+    file: &Path,
+    length: Option<String>,
+    reason: Option<String>,
+    json: bool,
+) -> Result<u8, CliError> {
+    let (for_secs, permanent) = ban_length(length.as_deref())?;
+    let bytes = if file == Path::new("-") {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf).map(|_| buf)
+    } else {
+        std::fs::read(file)
+    }
+    .map_err(|e| CliError::new(exit::BAD_INPUT, format!("{}: cannot read: {e}", file.display())))?;
+    let (targets, invalid) = parse_import(&String::from_utf8_lossy(&bytes));
+    for line in invalid.iter().take(20) {
+        eprintln!("banshare: {}: {line}", file.display());
+    }
+    if invalid.len() > 20 {
+        eprintln!("banshare: {}: ... and {} more invalid lines", file.display(), invalid.len() - 20);
+    }
+    let data: ImportData =
+        connect(config, socket)?.call_as(&Request::Import { targets, for_secs, permanent, reason })?;
+    print(json, &data, || output::import(&data, invalid.len()));
+    Ok(if invalid.is_empty() { exit::OK } else { exit::BAD_INPUT })
+}
+
+/// Reads an import file: the JSON of `banshare list --json` (or an array of targets), or
+/// one address or CIDR per line with `#` comments. Returns the valid targets and one
+/// message per invalid entry.
+pub fn parse_import(text: &str) -> (Vec<String>, Vec<String>) {
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('{') || trimmed.starts_with('[') {
+        return parse_import_json(trimmed);
+    }
+    let mut targets = Vec::new();
+    let mut invalid = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let content = line.split('#').next().unwrap_or("");
+        let Some(token) = content.split_whitespace().next() else { continue };
+        match parse_target(token) {
+            Ok(t) => targets.push(t.to_string()),
+            Err(m) => invalid.push(format!("line {}: {m}", i + 1)),
+        }
+    }
+    (targets, invalid)
+}
+
+fn parse_import_json(text: &str) -> (Vec<String>, Vec<String>) {
+    let value: serde_json::Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => return (Vec::new(), vec![format!("not valid JSON: {e}")]),
+    };
+    let items = match &value {
+        serde_json::Value::Array(a) => a.as_slice(),
+        other => match other["decisions"].as_array() {
+            Some(a) => a.as_slice(),
+            None => {
+                let message = "JSON without a `decisions` array (expected the output of `banshare list --json`)";
+                return (Vec::new(), vec![message.into()]);
+            }
+        },
+    };
+    let mut targets = Vec::new();
+    let mut invalid = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match item.as_str().or_else(|| item["target"].as_str()).map(parse_target) {
+            Some(Ok(t)) => targets.push(t.to_string()),
+            Some(Err(m)) => invalid.push(format!("item {}: {m}", i + 1)),
+            None => invalid.push(format!("item {}: no `target`", i + 1)),
+        }
+    }
+    (targets, invalid)
+}
+
+fn firewall_show(config_path: Option<&Path>, json: bool) -> Result<u8, CliError> {
+    let config = load_config(config_path)?;
+    let backends: &[&str] = match config.firewall.backend {
+        Backend::Nftables => &["nftables"],
+        Backend::Ipset => &["ipset"],
+        Backend::Auto => &["nftables", "ipset"],
+        Backend::DryRun => &[],
+    };
+    let mut found = Vec::new();
+    for backend in backends {
+        match crate::enforce::stats(backend) {
+            Ok(Some(sets)) => found.extend(sets),
+            Ok(None) => {}
+            // With `auto`, a backend whose tools are missing simply has nothing.
+            Err(FirewallError::Unavailable(_)) if backends.len() > 1 => {}
+            Err(e) => return Err(CliError::new(exit::FAILURE, e.to_string())),
+        }
+    }
+    print(json, &found, || output::sets(&found, backends.is_empty()));
+    Ok(exit::OK)
+}
+
+fn firewall_teardown() -> Result<u8, CliError> {
+    let removed = crate::enforce::teardown().map_err(|e| CliError::new(exit::FAILURE, e.to_string()))?;
+    if removed.is_empty() {
+        println!("nothing of banshare's was in the kernel");
+    }
+    for backend in removed {
+        println!("removed banshare's {backend} rules and sets");
+    }
+    Ok(exit::OK)
 }
 
 fn run(config_path: Option<&Path>) -> Result<u8, CliError> {
@@ -164,9 +248,7 @@ fn run(config_path: Option<&Path>) -> Result<u8, CliError> {
         .thread_name("banshare")
         .build()
         .map_err(|e| CliError::new(exit::FAILURE, format!("cannot start the runtime: {e}")))?;
-    runtime
-        .block_on(crate::daemon::run(config))
-        .map_err(|e| CliError::new(exit::FAILURE, e.to_string()))?;
+    runtime.block_on(crate::daemon::run(config)).map_err(|e| CliError::new(exit::FAILURE, e.to_string()))?;
     Ok(exit::OK)
 }
 
@@ -195,5 +277,34 @@ fn print<T: Serialize>(json: bool, data: &T, human: impl FnOnce() -> String) {
         println!("{}", serde_json::to_string_pretty(data).unwrap_or_default());
     } else {
         print!("{}", human());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn import_reads_lists_with_comments_and_reports_bad_lines() {
+        let (targets, invalid) = parse_import(
+            "# fail2ban export\n203.0.113.7\n\n198.51.100.0/24   # a range\nnot-an-ip\n  2001:db8::1 trailing words\n",
+        );
+        assert_eq!(targets, ["203.0.113.7/32", "198.51.100.0/24", "2001:db8::1/128"]);
+        assert_eq!(invalid.len(), 1);
+        assert!(invalid[0].starts_with("line 5: `not-an-ip` is not an IP address"), "{invalid:?}");
+    }
+
+    #[test]
+    fn import_reads_the_json_of_list() {
+        let json = r#"{"decisions":[{"target":"203.0.113.7/32","source":"manual"},{"target":"bogus"},{"nope":1}]}"#;
+        let (targets, invalid) = parse_import(json);
+        assert_eq!(targets, ["203.0.113.7/32"]);
+        assert_eq!(invalid.len(), 2);
+        assert!(invalid[0].starts_with("item 2: `bogus`"), "{invalid:?}");
+        assert_eq!(invalid[1], "item 3: no `target`");
+        let (targets, _) = parse_import(r#"["203.0.113.9", "198.51.100.0/24"]"#);
+        assert_eq!(targets.len(), 2);
+        let (_, invalid) = parse_import("{ broken");
+        assert!(invalid[0].starts_with("not valid JSON"));
     }
 }

@@ -94,11 +94,44 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Bulk-load addresses and CIDRs as manual bans, in one batch
+    ///
+    /// FILE (or - for stdin) holds one address or CIDR per line (`#` starts a comment),
+    /// or the JSON that `banshare list --json` prints. Invalid lines are reported with
+    /// their line number and skipped; the rest is imported (exit 2 if any were invalid).
+    Import {
+        /// The file to read, or - for stdin
+        file: PathBuf,
+        /// How long: 90s, 10m, 1h, 7d, or "permanent" [default: decisions.manual_bantime]
+        #[arg(long = "for", value_name = "DURATION")]
+        length: Option<String>,
+        /// A note kept with every imported block
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// What banshare holds in the kernel (runs locally, as root)
+    Firewall {
+        #[command(subcommand)]
+        action: FirewallCommand,
+    },
     /// Configuration tools
     Config {
         #[command(subcommand)]
         action: ConfigCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FirewallCommand {
+    /// Print banshare's sets in the kernel with their sizes and drop counters
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove banshare's nftables table and ipset sets and rules (package removal does this)
+    Teardown,
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,8 +3,9 @@
 use std::fmt::Write;
 
 use crate::clock::{Timestamp, human_duration};
-use crate::control::protocol::{QueryData, StatusData};
+use crate::control::protocol::{ImportData, QueryData, StatusData};
 use crate::decision::{Decision, show_target};
+use crate::enforce::SetStats;
 
 /// `until 2026-11-24T13:00:00Z (in 23h 59m)`, or `permanently`.
 pub fn until(expires: Option<Timestamp>, now: Timestamp) -> String {
@@ -26,24 +27,12 @@ pub fn decision_table(decisions: &[Decision], now: Timestamp) -> String {
                 None => "never".into(),
                 Some(t) => format!("{t} (in {})", human_duration(now.until(t))),
             };
-            [
-                show_target(&d.target),
-                d.source.to_string(),
-                expires,
-                d.reason.clone(),
-            ]
+            [show_target(&d.target), d.source.to_string(), expires, d.reason.clone()]
         })
         .collect();
     let header = ["TARGET", "SOURCE", "EXPIRES", "REASON"];
-    let widths: Vec<usize> = (0..3)
-        .map(|i| {
-            rows.iter()
-                .map(|r| r[i].len())
-                .chain([header[i].len()])
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
+    let widths: Vec<usize> =
+        (0..3).map(|i| rows.iter().map(|r| r[i].len()).chain([header[i].len()]).max().unwrap_or(0)).collect();
     let mut out = String::new();
     let mut line = |cols: [&str; 4]| {
         let _ = writeln!(
@@ -62,12 +51,7 @@ pub fn decision_table(decisions: &[Decision], now: Timestamp) -> String {
     for r in &rows {
         line([&r[0], &r[1], &r[2], &r[3]]);
     }
-    let _ = writeln!(
-        out,
-        "{} block{}",
-        rows.len(),
-        if rows.len() == 1 { "" } else { "s" }
-    );
+    let _ = writeln!(out, "{} block{}", rows.len(), if rows.len() == 1 { "" } else { "s" });
     out
 }
 
@@ -86,14 +70,7 @@ pub fn query(q: &QueryData, now: Timestamp) -> String {
         } else {
             format!(" as part of {}", d.target)
         };
-        let _ = writeln!(
-            out,
-            "{} is blocked{by} by {} since {}, {}",
-            q.ip,
-            d.source,
-            d.created,
-            until(d.expires, now)
-        );
+        let _ = writeln!(out, "{} is blocked{by} by {} since {}, {}", q.ip, d.source, d.created, until(d.expires, now));
         let _ = writeln!(out, "  reason: {}", d.reason);
         if let Some(c) = &d.category {
             let _ = writeln!(out, "  category: {c}");
@@ -103,11 +80,7 @@ pub fn query(q: &QueryData, now: Timestamp) -> String {
         }
     }
     for d in &q.history {
-        let ended = d
-            .lifted
-            .or(d.expires)
-            .map(|t| t.to_string())
-            .unwrap_or_default();
+        let ended = d.lifted.or(d.expires).map(|t| t.to_string()).unwrap_or_default();
         let _ = writeln!(
             out,
             "  earlier: {} by {} from {} to {ended} ({})",
@@ -132,36 +105,62 @@ pub fn status(s: &StatusData) -> String {
     );
     let _ = writeln!(out, "config:    {} (loaded {})", s.config, s.config_loaded);
     if let Some(e) = &s.reload_error {
-        let _ = writeln!(
-            out,
-            "           last reload FAILED, previous config kept: {e}"
-        );
+        let _ = writeln!(out, "           last reload FAILED, previous config kept: {e}");
     }
-    let _ = writeln!(
-        out,
-        "state:     {} (schema {})",
-        s.state_db, s.schema_version
-    );
-    let elements = s
-        .firewall
-        .elements
-        .map(|n| format!(", {n} element{}", if n == 1 { "" } else { "s" }))
-        .unwrap_or_default();
+    let _ = writeln!(out, "state:     {} (schema {})", s.state_db, s.schema_version);
+    let elements =
+        s.firewall.elements.map(|n| format!(", {n} element{}", if n == 1 { "" } else { "s" })).unwrap_or_default();
     let _ = writeln!(out, "firewall:  {}{elements}", s.firewall.backend);
+    if let Some(sets) = &s.firewall.sets {
+        let dropped: Vec<String> = sets
+            .iter()
+            .filter(|set| set.packets > 0)
+            .map(|set| format!("{} {} packets ({} bytes)", set.name, set.packets, set.bytes))
+            .collect();
+        let dropped = if dropped.is_empty() { "nothing yet".to_string() } else { dropped.join(", ") };
+        let _ = writeln!(out, "dropped:   {dropped}");
+    }
     if let Some(e) = &s.firewall.last_error {
         let _ = writeln!(out, "           last error: {e}");
     }
     let total: u64 = s.active.values().sum();
-    let per: Vec<String> = s
-        .active
-        .iter()
-        .map(|(src, n)| format!("{src} {n}"))
-        .collect();
+    let per: Vec<String> = s.active.iter().map(|(src, n)| format!("{src} {n}")).collect();
     let _ = writeln!(out, "blocks:    {total} ({})", per.join(", "));
     let _ = writeln!(
         out,
         "protected: {} allowlist entries, {} host addresses, loopback and link-local",
         s.allowlist_entries, s.host_addresses
     );
+    out
+}
+
+/// The `import` summary.
+pub fn import(d: &ImportData, invalid_lines: usize) -> String {
+    let mut out = format!("imported {} new, {} extended, {} already banned", d.created, d.extended, d.unchanged);
+    if !d.refused.is_empty() {
+        let _ = write!(out, "; {} refused by the safety rules", d.refused.len());
+    }
+    if invalid_lines > 0 {
+        let _ = write!(out, "; {invalid_lines} invalid lines skipped");
+    }
+    out.push('\n');
+    for r in d.refused.iter().take(10) {
+        let _ = writeln!(out, "  refused: {r}");
+    }
+    out
+}
+
+/// The `firewall show` table.
+pub fn sets(sets: &[SetStats], dry_run: bool) -> String {
+    if dry_run {
+        return "the dry-run backend puts nothing in the kernel\n".into();
+    }
+    if sets.is_empty() {
+        return "banshare has nothing in the kernel (is the daemon running?)\n".into();
+    }
+    let mut out = format!("{:<20} {:>10} {:>12} {:>14}\n", "SET", "ELEMENTS", "PACKETS", "BYTES");
+    for s in sets {
+        let _ = writeln!(out, "{:<20} {:>10} {:>12} {:>14}", s.name, s.elements, s.packets, s.bytes);
+    }
     out
 }

@@ -16,6 +16,7 @@ use ipnet::IpNet;
 
 use crate::clock::parse_duration;
 use crate::decision::parse_target;
+use crate::enforce::{FirewallOptions, RuleAction};
 use raw::{RawConfig, RawDuration};
 
 /// Where the config lives unless `--config` or `BANSHARE_CONFIG` says otherwise.
@@ -45,6 +46,8 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FirewallConfig {
     pub backend: Backend,
+    /// `forward` (also block forwarded traffic) and `action` (drop or reject).
+    pub options: FirewallOptions,
 }
 
 /// Which firewall backend enforces decisions.
@@ -91,6 +94,7 @@ impl Default for Config {
             allowlist: Vec::new(),
             firewall: FirewallConfig {
                 backend: Backend::Auto,
+                options: FirewallOptions { forward: true, action: RuleAction::Drop },
             },
             decisions: DecisionConfig {
                 manual_bantime: Some(Duration::from_secs(24 * 3600)),
@@ -112,19 +116,10 @@ pub enum ConfigError {
     },
     /// TOML syntax, an unknown key or a wrong type.
     #[error("{path}: {location}{message}")]
-    Parse {
-        path: PathBuf,
-        location: Location,
-        message: String,
-    },
+    Parse { path: PathBuf, location: Location, message: String },
     /// A value of the right type that does not make sense.
     #[error("{path}: key `{key}`: expected {expected}, got {got}")]
-    Invalid {
-        path: PathBuf,
-        key: String,
-        expected: String,
-        got: String,
-    },
+    Invalid { path: PathBuf, key: String, expected: String, got: String },
 }
 
 /// Line, column and key of a parse error, each when known.
@@ -155,10 +150,7 @@ pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
         None if Path::new(DEFAULT_PATH).exists() => PathBuf::from(DEFAULT_PATH),
         None => return Ok(Config::default()),
     };
-    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
-        path: path.clone(),
-        source,
-    })?;
+    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
     Config::from_toml(&text, &path)
 }
 
@@ -185,26 +177,17 @@ impl Config {
 
         let state_dir = absolute_path(raw.state_dir, defaults.state_dir)
             .map_err(|got| invalid("state_dir", "an absolute path", &got))?;
-        let socket = absolute_path(raw.socket, defaults.socket)
-            .map_err(|got| invalid("socket", "an absolute path", &got))?;
+        let socket =
+            absolute_path(raw.socket, defaults.socket).map_err(|got| invalid("socket", "an absolute path", &got))?;
         if socket.as_os_str().len() > MAX_SOCKET_PATH {
-            let expected =
-                format!("a path of at most {MAX_SOCKET_PATH} bytes (a Unix socket limit)");
-            return Err(invalid(
-                "socket",
-                &expected,
-                &format!("{} bytes", socket.as_os_str().len()),
-            ));
+            let expected = format!("a path of at most {MAX_SOCKET_PATH} bytes (a Unix socket limit)");
+            return Err(invalid("socket", &expected, &format!("{} bytes", socket.as_os_str().len())));
         }
 
         let mut allowlist = Vec::new();
         for (i, entry) in raw.allowlist.unwrap_or_default().iter().enumerate() {
             let net = parse_target(entry).map_err(|_| {
-                invalid(
-                    &format!("allowlist[{i}]"),
-                    "an IP address or CIDR like 192.0.2.0/24",
-                    &format!("{entry:?}"),
-                )
+                invalid(&format!("allowlist[{i}]"), "an IP address or CIDR like 192.0.2.0/24", &format!("{entry:?}"))
             })?;
             allowlist.push(net);
         }
@@ -221,32 +204,30 @@ impl Config {
             })?,
         };
 
+        let action = match raw_fw.action.as_deref() {
+            None => defaults.firewall.options.action,
+            Some("drop") => RuleAction::Drop,
+            Some("reject") => RuleAction::Reject,
+            Some(other) => return Err(invalid("firewall.action", "\"drop\" or \"reject\"", &format!("{other:?}"))),
+        };
+        let options = FirewallOptions { forward: raw_fw.forward.unwrap_or(defaults.firewall.options.forward), action };
+
         let raw_dec = raw.decisions.unwrap_or_default();
         let manual_bantime = match raw_dec.manual_bantime {
             None => defaults.decisions.manual_bantime,
-            Some(d) => bantime(&d).map_err(|got| {
-                invalid(
-                    "decisions.manual_bantime",
-                    "a duration like \"24h\" or \"permanent\"",
-                    &got,
-                )
-            })?,
+            Some(d) => bantime(&d)
+                .map_err(|got| invalid("decisions.manual_bantime", "a duration like \"24h\" or \"permanent\"", &got))?,
         };
         let ipv6_prefix = match raw_dec.ipv6_prefix {
             None => defaults.decisions.ipv6_prefix,
             Some(p) if (1..=128).contains(&p) => p as u8,
             Some(p) => {
-                return Err(invalid(
-                    "decisions.ipv6_prefix",
-                    "a prefix length from 1 to 128",
-                    &p,
-                ));
+                return Err(invalid("decisions.ipv6_prefix", "a prefix length from 1 to 128", &p));
             }
         };
         let retention = match raw_dec.retention {
             None => defaults.decisions.retention,
-            Some(d) => duration(&d)
-                .map_err(|got| invalid("decisions.retention", "a duration like \"30d\"", &got))?,
+            Some(d) => duration(&d).map_err(|got| invalid("decisions.retention", "a duration like \"30d\"", &got))?,
         };
 
         Ok(Config {
@@ -255,12 +236,8 @@ impl Config {
             socket,
             socket_group: raw.socket_group.unwrap_or(defaults.socket_group),
             allowlist,
-            firewall: FirewallConfig { backend },
-            decisions: DecisionConfig {
-                manual_bantime,
-                ipv6_prefix,
-                retention,
-            },
+            firewall: FirewallConfig { backend, options },
+            decisions: DecisionConfig { manual_bantime, ipv6_prefix, retention },
         })
     }
 
@@ -312,13 +289,7 @@ mod tests {
     #[test]
     fn empty_file_is_the_defaults() {
         let c = parse("").unwrap();
-        assert_eq!(
-            Config {
-                source_path: None,
-                ..c
-            },
-            Config::default()
-        );
+        assert_eq!(Config { source_path: None, ..c }, Config::default());
     }
 
     #[test]
@@ -355,22 +326,13 @@ mod tests {
         let e = parse("[decisions]\nipv6_prefix = \"wide\"").unwrap_err();
         assert!(e.starts_with("/etc/banshare/banshare.toml: line 2, column 15: key `decisions.ipv6_prefix`: invalid type: string \"wide\", expected"), "{e}");
         let e = parse("[firewall]\nbackend = \"pf\"").unwrap_err();
-        assert!(
-            e.contains("key `firewall.backend`: expected one of \"auto\""),
-            "{e}"
-        );
+        assert!(e.contains("key `firewall.backend`: expected one of \"auto\""), "{e}");
+        let e = parse("[firewall]\naction = \"tarpit\"").unwrap_err();
+        assert!(e.contains("key `firewall.action`: expected \"drop\" or \"reject\", got \"tarpit\""), "{e}");
         let e = parse("[decisions]\nretention = \"a while\"").unwrap_err();
-        assert!(
-            e.contains(
-                "key `decisions.retention`: expected a duration like \"30d\", got \"a while\""
-            ),
-            "{e}"
-        );
+        assert!(e.contains("key `decisions.retention`: expected a duration like \"30d\", got \"a while\""), "{e}");
         let e = parse("state_dir = \"relative/dir\"").unwrap_err();
-        assert!(
-            e.contains("key `state_dir`: expected an absolute path"),
-            "{e}"
-        );
+        assert!(e.contains("key `state_dir`: expected an absolute path"), "{e}");
         let long = format!("socket = \"/{}\"", "s".repeat(120));
         assert!(parse(&long).unwrap_err().contains("at most 107 bytes"));
     }
@@ -378,7 +340,7 @@ mod tests {
     #[test]
     fn unknown_keys_are_errors() {
         let e = parse("[firewall]\nbackend = \"auto\"\nbackned = \"x\"").unwrap_err();
-        assert!(e.starts_with("/etc/banshare/banshare.toml: line 3, column 1: key `firewall.backned`: unknown field `backned`, expected `backend`"), "{e}");
+        assert!(e.starts_with("/etc/banshare/banshare.toml: line 3, column 1: key `firewall.backned`: unknown field `backned`, expected one of `backend`, `forward`, `action`"), "{e}");
         let e = parse("statedir = \"/x\"").unwrap_err();
         assert!(e.contains("unknown field `statedir`"), "{e}");
     }
@@ -394,13 +356,7 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/banshare.toml");
         let text = std::fs::read_to_string(&path).unwrap();
         let c = Config::from_toml(&text, &path).unwrap();
-        assert_eq!(
-            Config {
-                source_path: None,
-                ..c
-            },
-            Config::default()
-        );
+        assert_eq!(Config { source_path: None, ..c }, Config::default());
         // The file documents the defaults in commented-out lines; uncommenting every
         // `# key = value` line must still give the defaults.
         let uncommented: String = text
@@ -412,12 +368,6 @@ mod tests {
             .collect::<Vec<_>>()
             .join("\n");
         let c = Config::from_toml(&uncommented, &path).unwrap();
-        assert_eq!(
-            Config {
-                source_path: None,
-                ..c
-            },
-            Config::default()
-        );
+        assert_eq!(Config { source_path: None, ..c }, Config::default());
     }
 }

@@ -23,6 +23,8 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields)]
 pub struct RawFirewall {
     pub backend: Option<String>,
+    pub forward: Option<bool>,
+    pub action: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -66,8 +68,7 @@ impl<'de> Deserialize<'de> for RawDuration {
 
 /// Parses the file, reporting the line, column and key path of the first error.
 pub fn parse(text: &str) -> Result<RawConfig, (Location, String)> {
-    let de = toml::Deserializer::parse(text)
-        .map_err(|e| (location(text, &e, None), e.message().to_string()))?;
+    let de = toml::Deserializer::parse(text).map_err(|e| (location(text, &e, None), e.message().to_string()))?;
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let key = (path != ".").then_some(path);

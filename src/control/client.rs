@@ -41,35 +41,22 @@ impl Client {
     /// Connects to the daemon; every later read and write gives up after `timeout`.
     pub fn connect(socket: &Path, timeout: Duration) -> Result<Client, ClientError> {
         let stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
-            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ClientError::NotRunning {
-                socket: socket.to_path_buf(),
-            },
-            io::ErrorKind::PermissionDenied => ClientError::PermissionDenied {
-                socket: socket.to_path_buf(),
-            },
-            _ => ClientError::Io {
-                socket: socket.to_path_buf(),
-                source: e,
-            },
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+                ClientError::NotRunning { socket: socket.to_path_buf() }
+            }
+            io::ErrorKind::PermissionDenied => ClientError::PermissionDenied { socket: socket.to_path_buf() },
+            _ => ClientError::Io { socket: socket.to_path_buf(), source: e },
         })?;
-        let io_err = |source| ClientError::Io {
-            socket: socket.to_path_buf(),
-            source,
-        };
+        let io_err = |source| ClientError::Io { socket: socket.to_path_buf(), source };
         stream.set_read_timeout(Some(timeout)).map_err(io_err)?;
         stream.set_write_timeout(Some(timeout)).map_err(io_err)?;
         let writer = stream.try_clone().map_err(io_err)?;
-        Ok(Client {
-            socket: socket.to_path_buf(),
-            reader: BufReader::new(stream),
-            writer,
-        })
+        Ok(Client { socket: socket.to_path_buf(), reader: BufReader::new(stream), writer })
     }
 
     /// Sends one request and waits for its reply.
     pub fn call(&mut self, request: &Request) -> Result<serde_json::Value, ClientError> {
-        let mut value =
-            serde_json::to_value(request).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let mut value = serde_json::to_value(request).map_err(|e| ClientError::Protocol(e.to_string()))?;
         if let serde_json::Value::Object(map) = &mut value {
             map.insert("v".into(), VERSION.into());
         }
@@ -92,17 +79,12 @@ impl Client {
     /// Writes raw bytes (one or more lines) and reads one reply line. Used by `call`, and
     /// by tests that need to send what a well-behaved client never would.
     pub fn round_trip(&mut self, raw: &[u8]) -> Result<Reply, ClientError> {
-        let io_err = |source| ClientError::Io {
-            socket: self.socket.clone(),
-            source,
-        };
+        let io_err = |source| ClientError::Io { socket: self.socket.clone(), source };
         self.writer.write_all(raw).map_err(io_err)?;
         let mut line = String::new();
         let n = self.reader.read_line(&mut line).map_err(io_err)?;
         if n == 0 {
-            return Err(ClientError::Protocol(
-                "the daemon closed the connection".into(),
-            ));
+            return Err(ClientError::Protocol("the daemon closed the connection".into()));
         }
         serde_json::from_str(&line).map_err(|e| ClientError::Protocol(format!("{e}: {line:?}")))
     }

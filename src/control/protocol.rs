@@ -14,8 +14,8 @@ use crate::store::Upsert;
 pub const VERSION: u32 = 1;
 
 /// Longest request line the server reads; a longer one is discarded and answered with
-/// [`ErrorCode::TooLarge`].
-pub const MAX_LINE: usize = 1 << 20;
+/// [`ErrorCode::TooLarge`]. Sized for `import` of a million addresses.
+pub const MAX_LINE: usize = 64 << 20;
 
 /// A request, tagged by `cmd`. The envelope's `v` is checked before this is parsed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +45,16 @@ pub enum Request {
     Unban {
         target: String,
     },
+    /// Many manual bans in one store transaction and one firewall batch.
+    Import {
+        targets: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        for_secs: Option<u64>,
+        #[serde(default)]
+        permanent: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
 }
 
 /// One reply line.
@@ -60,21 +70,11 @@ pub struct Reply {
 
 impl Reply {
     pub fn ok(data: serde_json::Value) -> Reply {
-        Reply {
-            v: VERSION,
-            ok: true,
-            data: Some(data),
-            error: None,
-        }
+        Reply { v: VERSION, ok: true, data: Some(data), error: None }
     }
 
     pub fn err(error: ErrorBody) -> Reply {
-        Reply {
-            v: VERSION,
-            ok: false,
-            data: None,
-            error: Some(error),
-        }
+        Reply { v: VERSION, ok: false, data: None, error: Some(error) }
     }
 }
 
@@ -88,10 +88,7 @@ pub struct ErrorBody {
 
 impl ErrorBody {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ErrorBody {
-            code,
-            message: message.into(),
-        }
+        ErrorBody { code, message: message.into() }
     }
 }
 
@@ -139,6 +136,8 @@ pub struct StatusData {
 pub struct FirewallStatus {
     pub backend: String,
     pub elements: Option<usize>,
+    /// What the kernel holds per set, with drop counters (`None`: dry-run, or unreadable).
+    pub sets: Option<Vec<crate::enforce::SetStats>>,
     /// The last firewall failure, cleared by the next success.
     pub last_error: Option<String>,
 }
@@ -181,22 +180,24 @@ mod tests {
 
     #[test]
     fn requests_have_a_stable_wire_form() {
-        let req = Request::Ban {
-            target: "203.0.113.7".into(),
-            for_secs: Some(60),
-            permanent: false,
-            reason: None,
-        };
+        let req = Request::Ban { target: "203.0.113.7".into(), for_secs: Some(60), permanent: false, reason: None };
         assert_eq!(
             serde_json::to_string(&req).unwrap(),
             r#"{"cmd":"ban","target":"203.0.113.7","for_secs":60,"permanent":false}"#
         );
         let back: Request = serde_json::from_str(r#"{"cmd":"list","source":"feed"}"#).unwrap();
-        assert_eq!(
-            back,
-            Request::List {
-                source: Some(Source::Feed)
-            }
-        );
+        assert_eq!(back, Request::List { source: Some(Source::Feed) });
     }
+}
+
+/// `import`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ImportData {
+    pub created: usize,
+    pub extended: usize,
+    pub unchanged: usize,
+    /// Targets the safety rules refused, with the reason.
+    pub refused: Vec<String>,
+    /// Targets that did not parse.
+    pub invalid: Vec<String>,
 }

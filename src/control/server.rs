@@ -55,11 +55,7 @@ pub fn bind(path: &Path, group: &str) -> io::Result<UnixListener> {
 
 /// Accepts connections until `shutdown` turns true, then waits for the connections in
 /// flight to finish their current request.
-pub async fn serve(
-    listener: UnixListener,
-    handler: Arc<dyn Handler>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn serve(listener: UnixListener, handler: Arc<dyn Handler>, mut shutdown: watch::Receiver<bool>) {
     // Each connection task holds a clone of `done_tx`; when all are dropped, `done_rx`
     // yields None and every request in flight has been answered.
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
@@ -117,17 +113,15 @@ async fn connection(
                     match result {
                         Ok(Ok(data)) => Reply::ok(data),
                         Ok(Err(e)) => Reply::err(e),
-                        Err(join) => Reply::err(ErrorBody::new(
-                            ErrorCode::Internal,
-                            format!("request handler failed: {join}"),
-                        )),
+                        Err(join) => {
+                            Reply::err(ErrorBody::new(ErrorCode::Internal, format!("request handler failed: {join}")))
+                        }
                     }
                 }
                 Err(e) => Reply::err(e),
             },
         };
-        let mut out =
-            serde_json::to_vec(&reply).unwrap_or_else(|_| b"{\"v\":1,\"ok\":false}".to_vec());
+        let mut out = serde_json::to_vec(&reply).unwrap_or_else(|_| b"{\"v\":1,\"ok\":false}".to_vec());
         out.push(b'\n');
         write.write_all(&out).await?;
     }
@@ -136,12 +130,9 @@ async fn connection(
 /// Parses one request line: JSON object, supported `v`, known `cmd`, valid fields.
 pub fn parse_request(line: &[u8]) -> Result<Request, ErrorBody> {
     let bad = |m: String| ErrorBody::new(ErrorCode::BadRequest, m);
-    let value: Value =
-        serde_json::from_slice(line).map_err(|e| bad(format!("request is not valid JSON: {e}")))?;
+    let value: Value = serde_json::from_slice(line).map_err(|e| bad(format!("request is not valid JSON: {e}")))?;
     let Value::Object(mut map) = value else {
-        return Err(bad(
-            "request must be a JSON object like {\"v\":1,\"cmd\":\"status\"}".into(),
-        ));
+        return Err(bad("request must be a JSON object like {\"v\":1,\"cmd\":\"status\"}".into()));
     };
     match map.remove("v") {
         Some(Value::Number(n)) if n.as_u64().is_some_and(|v| v > u64::from(VERSION)) => {
@@ -154,20 +145,14 @@ pub fn parse_request(line: &[u8]) -> Result<Request, ErrorBody> {
         }
         Some(Value::Number(n)) if n.as_u64().is_some() => {}
         Some(other) => {
-            return Err(bad(format!(
-                "`v` must be a protocol version number, got {other}"
-            )));
+            return Err(bad(format!("`v` must be a protocol version number, got {other}")));
         }
         None => {
-            return Err(bad(format!(
-                "missing protocol version `v` (this daemon speaks {VERSION})"
-            )));
+            return Err(bad(format!("missing protocol version `v` (this daemon speaks {VERSION})")));
         }
     }
     if !map.get("cmd").is_some_and(Value::is_string) {
-        return Err(bad(
-            "missing `cmd` (a command name such as \"status\")".into()
-        ));
+        return Err(bad("missing `cmd` (a command name such as \"status\")".into()));
     }
     serde_json::from_value(Value::Object(map)).map_err(|e| bad(format!("bad request: {e}")))
 }
@@ -180,11 +165,7 @@ enum Line {
 
 /// Reads up to and including `\n` into `buf`, holding at most `max` bytes: a longer line
 /// is consumed to its end and reported as [`Line::TooLong`], so the stream stays in step.
-async fn read_line(
-    r: &mut (impl AsyncBufRead + Unpin),
-    buf: &mut Vec<u8>,
-    max: usize,
-) -> io::Result<Line> {
+async fn read_line(r: &mut (impl AsyncBufRead + Unpin), buf: &mut Vec<u8>, max: usize) -> io::Result<Line> {
     buf.clear();
     let mut too_long = false;
     loop {
@@ -210,11 +191,7 @@ async fn read_line(
         }
         r.consume(take);
         if done {
-            return Ok(if too_long {
-                Line::TooLong
-            } else {
-                Line::Complete
-            });
+            return Ok(if too_long { Line::TooLong } else { Line::Complete });
         }
     }
 }
@@ -229,53 +206,19 @@ mod tests {
 
     #[test]
     fn malformed_requests_get_precise_errors() {
-        assert!(
-            err("hello")
-                .message
-                .starts_with("request is not valid JSON")
-        );
-        assert!(
-            err("[1,2]")
-                .message
-                .starts_with("request must be a JSON object")
-        );
-        assert!(
-            err(r#"{"cmd":"status"}"#)
-                .message
-                .starts_with("missing protocol version")
-        );
-        assert_eq!(
-            err(r#"{"v":2,"cmd":"status"}"#).code,
-            ErrorCode::UnsupportedVersion
-        );
-        assert!(
-            err(r#"{"v":"one","cmd":"status"}"#)
-                .message
-                .contains("`v` must be")
-        );
+        assert!(err("hello").message.starts_with("request is not valid JSON"));
+        assert!(err("[1,2]").message.starts_with("request must be a JSON object"));
+        assert!(err(r#"{"cmd":"status"}"#).message.starts_with("missing protocol version"));
+        assert_eq!(err(r#"{"v":2,"cmd":"status"}"#).code, ErrorCode::UnsupportedVersion);
+        assert!(err(r#"{"v":"one","cmd":"status"}"#).message.contains("`v` must be"));
         assert!(err(r#"{"v":1}"#).message.starts_with("missing `cmd`"));
         let e = err(r#"{"v":1,"cmd":"explode"}"#);
-        assert!(
-            e.message.contains("unknown variant `explode`"),
-            "{}",
-            e.message
-        );
+        assert!(e.message.contains("unknown variant `explode`"), "{}", e.message);
         let e = err(r#"{"v":1,"cmd":"ban"}"#);
-        assert!(
-            e.message.contains("missing field `target`"),
-            "{}",
-            e.message
-        );
+        assert!(e.message.contains("missing field `target`"), "{}", e.message);
         let e = err(r#"{"v":1,"cmd":"ban","target":"1.2.3.4","forever":true}"#);
-        assert!(
-            e.message.contains("unknown field `forever`"),
-            "{}",
-            e.message
-        );
-        assert_eq!(
-            parse_request(br#"{"v":1,"cmd":"status"}"#).unwrap(),
-            Request::Status
-        );
+        assert!(e.message.contains("unknown field `forever`"), "{}", e.message);
+        assert_eq!(parse_request(br#"{"v":1,"cmd":"status"}"#).unwrap(), Request::Status);
     }
 
     #[tokio::test]
@@ -283,18 +226,9 @@ mod tests {
         let input = format!("{}\nshort\n", "x".repeat(100));
         let mut r = BufReader::with_capacity(16, input.as_bytes());
         let mut buf = Vec::new();
-        assert!(matches!(
-            read_line(&mut r, &mut buf, 50).await.unwrap(),
-            Line::TooLong
-        ));
-        assert!(matches!(
-            read_line(&mut r, &mut buf, 50).await.unwrap(),
-            Line::Complete
-        ));
+        assert!(matches!(read_line(&mut r, &mut buf, 50).await.unwrap(), Line::TooLong));
+        assert!(matches!(read_line(&mut r, &mut buf, 50).await.unwrap(), Line::Complete));
         assert_eq!(buf, b"short\n");
-        assert!(matches!(
-            read_line(&mut r, &mut buf, 50).await.unwrap(),
-            Line::Eof
-        ));
+        assert!(matches!(read_line(&mut r, &mut buf, 50).await.unwrap(), Line::Eof));
     }
 }

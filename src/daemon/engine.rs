@@ -16,8 +16,7 @@ use tokio::sync::Notify;
 use crate::clock::Timestamp;
 use crate::config::{self, Config};
 use crate::control::protocol::{
-    BanData, ErrorBody, ErrorCode, FirewallStatus, ListData, QueryData, Request, StatusData,
-    UnbanData,
+    BanData, ErrorBody, ErrorCode, FirewallStatus, ImportData, ListData, QueryData, Request, StatusData, UnbanData,
 };
 use crate::control::server::Handler;
 use crate::decision::{Decision, Guard, NewDecision, Refusal, Source, parse_target, show_target};
@@ -63,18 +62,8 @@ impl Engine {
         let mut enforcer = enforcer;
         enforcer.set_guard(guard.clone());
         Engine {
-            state: Mutex::new(State {
-                store,
-                enforcer,
-                guard,
-                host,
-                firewall_error: None,
-            }),
-            info: RwLock::new(Info {
-                config: Arc::new(config),
-                loaded: Timestamp::now(),
-                reload_error: None,
-            }),
+            state: Mutex::new(State { store, enforcer, guard, host, firewall_error: None }),
+            info: RwLock::new(Info { config: Arc::new(config), loaded: Timestamp::now(), reload_error: None }),
             started: Timestamp::now(),
             started_at: Instant::now(),
             expiry_wake: Notify::new(),
@@ -98,10 +87,7 @@ impl Engine {
         let mut st = self.state();
         let expired = st.store.lift_expired(now)?;
         if !expired.is_empty() {
-            tracing::info!(
-                count = expired.len(),
-                "lifted decisions that expired while the daemon was stopped"
-            );
+            tracing::info!(count = expired.len(), "lifted decisions that expired while the daemon was stopped");
         }
         lift_guarded(&mut st, now)?;
         let active = st.store.active(None, now)?;
@@ -117,20 +103,11 @@ impl Engine {
 
     /// Guards, commits and enforces a batch of proposed decisions. Returns one outcome
     /// per proposal, in order.
-    pub fn decide(
-        &self,
-        proposals: Vec<NewDecision>,
-        now: Timestamp,
-    ) -> Result<Vec<Outcome>, StoreError> {
+    pub fn decide(&self, proposals: Vec<NewDecision>, now: Timestamp) -> Result<Vec<Outcome>, StoreError> {
         let mut st = self.state();
-        let checked: Vec<Result<NewDecision, Refusal>> = proposals
-            .into_iter()
-            .map(|p| st.guard.check(&p.target).map(|()| p))
-            .collect();
-        let accepted: Vec<NewDecision> = checked
-            .iter()
-            .filter_map(|c| c.as_ref().ok().cloned())
-            .collect();
+        let checked: Vec<Result<NewDecision, Refusal>> =
+            proposals.into_iter().map(|p| st.guard.check(&p.target).map(|()| p)).collect();
+        let accepted: Vec<NewDecision> = checked.iter().filter_map(|c| c.as_ref().ok().cloned()).collect();
         let mut committed = st.store.upsert_decisions(&accepted, now)?.into_iter();
 
         let outcomes: Vec<Outcome> = checked
@@ -163,6 +140,35 @@ impl Engine {
         let result = st.enforcer.remove(&lifted, now);
         record_firewall(&mut st, result);
         st.store.next_expiry()
+    }
+
+    /// Checks that the firewall still holds banshare's table or sets (`nft flush ruleset`
+    /// and nftables restarts remove them) and rebuilds it from the store if not. With
+    /// `full`, rebuilds regardless: re-asserts kernel timeouts of long bans and removes
+    /// anything the kernel holds that the store has lifted.
+    pub fn check_firewall(&self, now: Timestamp, full: bool) -> Result<(), StoreError> {
+        let mut st = self.state();
+        let rebuild = full
+            || match st.enforcer.intact() {
+                Ok(intact) => {
+                    if !intact {
+                        tracing::warn!(
+                            "banshare's firewall rules are gone (nft flush ruleset? firewall restart?); restoring them"
+                        );
+                    }
+                    !intact
+                }
+                Err(error) => {
+                    record_firewall(&mut st, Err(error));
+                    false
+                }
+            };
+        if rebuild {
+            let active = st.store.active(None, now)?;
+            let result = st.enforcer.reconcile(&active, now);
+            record_firewall(&mut st, result);
+        }
+        Ok(())
     }
 
     /// Periodic upkeep: notice changes of the host's own addresses, prune old decisions.
@@ -200,10 +206,7 @@ impl Engine {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "config reload failed; keeping the previous config");
-                self.info
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .reload_error = Some(e.to_string());
+                self.info.write().unwrap_or_else(|e| e.into_inner()).reload_error = Some(e.to_string());
                 return;
             }
         };
@@ -213,10 +216,7 @@ impl Engine {
             ("firewall.backend", new.firewall != old.firewall),
         ] {
             if changed {
-                tracing::warn!(
-                    key = what,
-                    "changing this key takes a restart; the running daemon keeps the old value"
-                );
+                tracing::warn!(key = what, "changing this key takes a restart; the running daemon keeps the old value");
             }
         }
         let now = Timestamp::now();
@@ -228,11 +228,7 @@ impl Engine {
         drop(st);
         tracing::info!(config = %new.origin(), "config reloaded");
         let mut info = self.info.write().unwrap_or_else(|e| e.into_inner());
-        *info = Info {
-            config: Arc::new(new),
-            loaded: now,
-            reload_error: None,
-        };
+        *info = Info { config: Arc::new(new), loaded: now, reload_error: None };
     }
 
     fn ban(
@@ -242,15 +238,11 @@ impl Engine {
         permanent: bool,
         reason: Option<String>,
     ) -> Result<Value, ErrorBody> {
-        let target =
-            parse_target(target).map_err(|m| ErrorBody::new(ErrorCode::InvalidTarget, m))?;
+        let target = parse_target(target).map_err(|m| ErrorBody::new(ErrorCode::InvalidTarget, m))?;
         let duration = match (permanent, for_secs) {
             (true, _) => None,
             (false, Some(0)) => {
-                return Err(ErrorBody::new(
-                    ErrorCode::BadRequest,
-                    "a ban must last at least one second",
-                ));
+                return Err(ErrorBody::new(ErrorCode::BadRequest, "a ban must last at least one second"));
             }
             (false, Some(secs)) => Some(Duration::from_secs(secs)),
             (false, None) => self.config().decisions.manual_bantime,
@@ -258,35 +250,71 @@ impl Engine {
         let proposal = NewDecision {
             target,
             source: Source::Manual,
-            reason: reason
-                .filter(|r| !r.trim().is_empty())
-                .unwrap_or_else(|| "manual ban".into()),
+            reason: reason.filter(|r| !r.trim().is_empty()).unwrap_or_else(|| "manual ban".into()),
             category: None,
             score: None,
             duration,
         };
-        let outcome = self
-            .decide(vec![proposal], Timestamp::now())
-            .map_err(internal)?
-            .remove(0);
+        let outcome = self.decide(vec![proposal], Timestamp::now()).map_err(internal)?.remove(0);
         match outcome {
             Ok((decision, outcome)) => to_value(BanData { decision, outcome }),
-            Err(refusal) => Err(ErrorBody::new(
-                ErrorCode::Refused,
-                format!("refused: {refusal}; banshare never blocks it"),
-            )),
+            Err(refusal) => {
+                Err(ErrorBody::new(ErrorCode::Refused, format!("refused: {refusal}; banshare never blocks it")))
+            }
+        }
+    }
+
+    fn import(
+        &self,
+        targets: Vec<String>,
+        for_secs: Option<u64>,
+        permanent: bool,
+        reason: Option<String>,
+    ) -> Result<Value, ErrorBody> {
+        let duration = self.ban_length(for_secs, permanent)?;
+        let reason = reason.filter(|r| !r.trim().is_empty()).unwrap_or_else(|| "imported".into());
+        let mut data = ImportData::default();
+        let mut proposals = Vec::with_capacity(targets.len());
+        for text in &targets {
+            match parse_target(text) {
+                Ok(target) => proposals.push(NewDecision {
+                    target,
+                    source: Source::Manual,
+                    reason: reason.clone(),
+                    category: None,
+                    score: None,
+                    duration,
+                }),
+                Err(message) => data.invalid.push(message),
+            }
+        }
+        for outcome in self.decide(proposals, Timestamp::now()).map_err(internal)? {
+            match outcome {
+                Ok((_, Upsert::Created)) => data.created += 1,
+                Ok((_, Upsert::Extended)) => data.extended += 1,
+                Ok((_, Upsert::Unchanged)) => data.unchanged += 1,
+                Err(refusal) => data.refused.push(refusal.to_string()),
+            }
+        }
+        tracing::info!(created = data.created, extended = data.extended, refused = data.refused.len(), "import done");
+        to_value(data)
+    }
+
+    /// The length of a manual ban from the request's fields.
+    fn ban_length(&self, for_secs: Option<u64>, permanent: bool) -> Result<Option<Duration>, ErrorBody> {
+        match (permanent, for_secs) {
+            (true, _) => Ok(None),
+            (false, Some(0)) => Err(ErrorBody::new(ErrorCode::BadRequest, "a ban must last at least one second")),
+            (false, Some(secs)) => Ok(Some(Duration::from_secs(secs))),
+            (false, None) => Ok(self.config().decisions.manual_bantime),
         }
     }
 
     fn unban(&self, target: &str) -> Result<Value, ErrorBody> {
-        let target =
-            parse_target(target).map_err(|m| ErrorBody::new(ErrorCode::InvalidTarget, m))?;
+        let target = parse_target(target).map_err(|m| ErrorBody::new(ErrorCode::InvalidTarget, m))?;
         let now = Timestamp::now();
         let mut st = self.state();
-        let lifted = st
-            .store
-            .lift_target(&target, LiftReason::Unban, now)
-            .map_err(internal)?;
+        let lifted = st.store.lift_target(&target, LiftReason::Unban, now).map_err(internal)?;
         if lifted.is_empty() {
             let covering = covering_nets(&st.store, &target, now).map_err(internal)?;
             let message = if covering.is_empty() {
@@ -323,26 +351,13 @@ impl Engine {
         let ip = net.addr();
         let now = Timestamp::now();
         let st = self.state();
-        let (active, history) = st
-            .store
-            .covering(ip, now, QUERY_HISTORY)
-            .map_err(internal)?;
+        let (active, history) = st.store.covering(ip, now, QUERY_HISTORY).map_err(internal)?;
         let protected = st.guard.check(&net).err().map(|r| r.to_string());
-        to_value(QueryData {
-            ip,
-            blocked: !active.is_empty(),
-            active,
-            history,
-            protected,
-        })
+        to_value(QueryData { ip, blocked: !active.is_empty(), active, history, protected })
     }
 
     fn list(&self, source: Option<Source>) -> Result<Value, ErrorBody> {
-        let decisions = self
-            .state()
-            .store
-            .active(source, Timestamp::now())
-            .map_err(internal)?;
+        let decisions = self.state().store.active(source, Timestamp::now()).map_err(internal)?;
         to_value(ListData { decisions })
     }
 
@@ -350,16 +365,20 @@ impl Engine {
         let now = Timestamp::now();
         let (config, loaded, reload_error) = {
             let info = self.info.read().unwrap_or_else(|e| e.into_inner());
-            (
-                Arc::clone(&info.config),
-                info.loaded,
-                info.reload_error.clone(),
-            )
+            (Arc::clone(&info.config), info.loaded, info.reload_error.clone())
         };
         let mut st = self.state();
         let active = st.store.counts(now).map_err(internal)?;
         let schema_version = st.store.schema_version().map_err(internal)?;
         let elements = st.enforcer.element_count().ok();
+        let backend = st.enforcer.backend_name();
+        let last_error = st.firewall_error.clone();
+        let host_addresses = st.host.len();
+        drop(st); // reading kernel counters is slow at scale; bans must not wait for it
+        let sets = crate::enforce::stats(backend).unwrap_or_else(|error| {
+            tracing::warn!(%error, "cannot read firewall counters");
+            None
+        });
         to_value(StatusData {
             version: env!("CARGO_PKG_VERSION").into(),
             pid: std::process::id(),
@@ -370,14 +389,10 @@ impl Engine {
             reload_error,
             state_db: config.state_db().display().to_string(),
             schema_version,
-            firewall: FirewallStatus {
-                backend: st.enforcer.backend_name().into(),
-                elements,
-                last_error: st.firewall_error.clone(),
-            },
+            firewall: FirewallStatus { backend: backend.into(), elements, sets, last_error },
             active,
             allowlist_entries: config.allowlist.len(),
-            host_addresses: st.host.len(),
+            host_addresses,
         })
     }
 }
@@ -389,13 +404,11 @@ impl Handler for Engine {
             Request::Status => self.status(),
             Request::List { source } => self.list(source),
             Request::Query { ip } => self.query(&ip),
-            Request::Ban {
-                target,
-                for_secs,
-                permanent,
-                reason,
-            } => self.ban(&target, for_secs, permanent, reason),
+            Request::Ban { target, for_secs, permanent, reason } => self.ban(&target, for_secs, permanent, reason),
             Request::Unban { target } => self.unban(&target),
+            Request::Import { targets, for_secs, permanent, reason } => {
+                self.import(targets, for_secs, permanent, reason)
+            }
         }
     }
 }
@@ -442,16 +455,9 @@ fn record_firewall(st: &mut State, result: Result<(), FirewallError>) {
 }
 
 /// Live decisions whose (larger) target contains `target`.
-fn covering_nets(
-    store: &Store,
-    target: &IpNet,
-    now: Timestamp,
-) -> Result<Vec<Decision>, StoreError> {
+fn covering_nets(store: &Store, target: &IpNet, now: Timestamp) -> Result<Vec<Decision>, StoreError> {
     let (active, _) = store.covering(target.network(), now, 0)?;
-    Ok(active
-        .into_iter()
-        .filter(|d| d.target != *target && d.target.contains(target))
-        .collect())
+    Ok(active.into_iter().filter(|d| d.target != *target && d.target.contains(target)).collect())
 }
 
 fn internal(e: StoreError) -> ErrorBody {

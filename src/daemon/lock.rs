@@ -31,26 +31,14 @@ pub struct StateLock {
 /// Takes the lock in `state_dir`, or says which process holds it.
 pub fn acquire(state_dir: &Path) -> Result<StateLock, LockError> {
     let path = state_dir.join("banshare.lock");
-    let io_err = |source| LockError::Io {
-        path: path.clone(),
-        source,
-    };
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(io_err)?;
+    let io_err = |source| LockError::Io { path: path.clone(), source };
+    let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io_err)?;
     let mut file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
         Ok(locked) => locked,
         Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
             let mut text = String::new();
             let _ = file.read_to_string(&mut text);
-            return Err(LockError::Held {
-                path,
-                holder: text.trim().parse().ok(),
-            });
+            return Err(LockError::Held { path, holder: text.trim().parse().ok() });
         }
         Err((_, errno)) => return Err(io_err(std::io::Error::from(errno))),
     };
@@ -69,10 +57,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = acquire(dir.path()).unwrap();
         let err = acquire(dir.path()).unwrap_err().to_string();
-        assert!(
-            err.contains(&format!("(pid {})", std::process::id())),
-            "{err}"
-        );
+        assert!(err.contains(&format!("(pid {})", std::process::id())), "{err}");
         drop(first);
         acquire(dir.path()).expect("released on drop");
     }

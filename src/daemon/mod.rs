@@ -38,6 +38,12 @@ const EXPIRY_IDLE: Duration = Duration::from_secs(60);
 const MAINTAIN_EVERY: Duration = Duration::from_secs(30);
 /// How often old decisions are pruned (every Nth maintenance round: hourly).
 const PRUNE_EVERY_ROUNDS: u32 = 120;
+/// How often the firewall is checked for banshare's table (restored within 10 s of
+/// `nft flush ruleset`).
+const FIREWALL_CHECK_EVERY: Duration = Duration::from_secs(5);
+/// Every Nth firewall check is a full reconcile (hourly): re-asserts kernel timeouts of
+/// long bans (capped in the kernel) and removes drift.
+const FULL_RECONCILE_EVERY_ROUNDS: u32 = 720;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -100,10 +106,7 @@ impl DaemonHandle {
 /// reconciled).
 pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
     let state_dir = config.state_dir.clone();
-    std::fs::create_dir_all(&state_dir).map_err(|source| DaemonError::StateDir {
-        path: state_dir.clone(),
-        source,
-    })?;
+    std::fs::create_dir_all(&state_dir).map_err(|source| DaemonError::StateDir { path: state_dir.clone(), source })?;
     let lock = lock::acquire(&state_dir)?;
     let store = Store::open(&config.state_db())?;
     let host = hostaddr::host_addresses().unwrap_or_else(|error| {
@@ -114,23 +117,15 @@ pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
     let socket = config.socket.clone();
     let group = config.socket_group.clone();
     let origin = config.origin();
-    let engine = Arc::new(Engine::new(
-        config,
-        store,
-        Enforcer::new(backend, Default::default()),
-        host,
-    ));
+    let engine = Arc::new(Engine::new(config, store, Enforcer::new(backend, Default::default()), host));
 
     let startup = Arc::clone(&engine);
     tokio::task::spawn_blocking(move || startup.startup(Timestamp::now()))
         .await
         .map_err(|e| DaemonError::Runtime(e.to_string()))??;
 
-    let listener =
-        control::server::bind(&socket, &group).map_err(|source| DaemonError::Socket {
-            path: socket.clone(),
-            source,
-        })?;
+    let listener = control::server::bind(&socket, &group)
+        .map_err(|source| DaemonError::Socket { path: socket.clone(), source })?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
     tasks.spawn(control::server::serve(
@@ -139,23 +134,17 @@ pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
         shutdown_rx.clone(),
     ));
     tasks.spawn(expiry_loop(Arc::clone(&engine), shutdown_rx.clone()));
-    tasks.spawn(maintenance_loop(Arc::clone(&engine), shutdown_rx));
+    tasks.spawn(maintenance_loop(Arc::clone(&engine), shutdown_rx.clone()));
+    tasks.spawn(firewall_loop(Arc::clone(&engine), shutdown_rx));
 
     tracing::info!(config = %origin, socket = %socket.display(), "banshare ready");
     notify("READY=1\nSTATUS=ready");
-    Ok(DaemonHandle {
-        engine,
-        shutdown,
-        tasks,
-        socket,
-        lock,
-    })
+    Ok(DaemonHandle { engine, shutdown, tasks, socket, lock })
 }
 
 /// `banshare run`: starts the daemon and serves until SIGTERM or SIGINT; SIGHUP reloads.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
-    let signal_err =
-        |e: std::io::Error| DaemonError::Runtime(format!("cannot install signal handlers: {e}"));
+    let signal_err = |e: std::io::Error| DaemonError::Runtime(format!("cannot install signal handlers: {e}"));
     let mut term = signal(SignalKind::terminate()).map_err(signal_err)?;
     let mut int = signal(SignalKind::interrupt()).map_err(signal_err)?;
     let mut hup = signal(SignalKind::hangup()).map_err(signal_err)?;
@@ -217,10 +206,25 @@ async fn maintenance_loop(engine: Arc<Engine>, mut shutdown: watch::Receiver<boo
         round = round.wrapping_add(1);
         let e = Arc::clone(&engine);
         let prune = round % PRUNE_EVERY_ROUNDS == 1;
-        if let Ok(Err(error)) =
-            tokio::task::spawn_blocking(move || e.maintain(Timestamp::now(), prune)).await
-        {
+        if let Ok(Err(error)) = tokio::task::spawn_blocking(move || e.maintain(Timestamp::now(), prune)).await {
             tracing::error!(%error, "maintenance failed");
+        }
+    }
+}
+
+/// Checks the firewall every [`FIREWALL_CHECK_EVERY`], reconciling fully every hour.
+async fn firewall_loop(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
+    let mut round: u32 = 0;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(FIREWALL_CHECK_EVERY) => {}
+            _ = stopped(&mut shutdown) => return,
+        }
+        round = round.wrapping_add(1);
+        let full = round % FULL_RECONCILE_EVERY_ROUNDS == 0;
+        let e = Arc::clone(&engine);
+        if let Ok(Err(error)) = tokio::task::spawn_blocking(move || e.check_firewall(Timestamp::now(), full)).await {
+            tracing::error!(%error, "firewall check failed");
         }
     }
 }

@@ -23,30 +23,20 @@ pub struct DryRun {
 
 impl DryRun {
     pub fn open(path: &Path) -> Result<DryRun, FirewallError> {
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|source| FirewallError::Io {
-                context: format!("{}: cannot open the dry-run log", path.display()),
-                source,
-            })?;
-        Ok(DryRun {
-            log,
-            path: path.to_path_buf(),
-            held: BTreeMap::new(),
-        })
+        let log = OpenOptions::new().create(true).append(true).open(path).map_err(|source| FirewallError::Io {
+            context: format!("{}: cannot open the dry-run log", path.display()),
+            source,
+        })?;
+        Ok(DryRun { log, path: path.to_path_buf(), held: BTreeMap::new() })
     }
 
     fn record(&mut self, line: serde_json::Value) -> Result<(), FirewallError> {
         let mut text = line.to_string();
         text.push('\n');
-        self.log
-            .write_all(text.as_bytes())
-            .map_err(|source| FirewallError::Io {
-                context: format!("{}: cannot write the dry-run log", self.path.display()),
-                source,
-            })
+        self.log.write_all(text.as_bytes()).map_err(|source| FirewallError::Io {
+            context: format!("{}: cannot write the dry-run log", self.path.display()),
+            source,
+        })
     }
 }
 
@@ -60,18 +50,9 @@ impl Firewall for DryRun {
     }
 
     fn reconcile(&mut self, elements: &[Element], now: Timestamp) -> Result<(), FirewallError> {
-        self.held = elements
-            .iter()
-            .map(|e| ((e.source, e.target), e.expires))
-            .collect();
-        let targets: Vec<String> = elements
-            .iter()
-            .map(|e| format!("{}:{}", e.source, e.target))
-            .collect();
-        tracing::info!(
-            elements = elements.len(),
-            "dry-run: would rebuild the firewall sets"
-        );
+        self.held = elements.iter().map(|e| ((e.source, e.target), e.expires)).collect();
+        let targets: Vec<String> = elements.iter().map(|e| format!("{}:{}", e.source, e.target)).collect();
+        tracing::info!(elements = elements.len(), "dry-run: would rebuild the firewall sets");
         self.record(json!({ "at": now, "op": "reconcile", "elements": targets }))
     }
 
@@ -96,5 +77,9 @@ impl Firewall for DryRun {
 
     fn element_count(&mut self) -> Result<usize, FirewallError> {
         Ok(self.held.len())
+    }
+
+    fn intact(&mut self) -> Result<bool, FirewallError> {
+        Ok(true)
     }
 }

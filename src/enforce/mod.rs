@@ -10,7 +10,10 @@
 //! [`crate::store`], which stays the truth; the kernel is only the enforcement, rebuilt
 //! from the store by [`Enforcer::reconcile`].
 
+mod command;
 mod dryrun;
+pub mod ipset;
+pub mod nftables;
 
 use std::path::Path;
 
@@ -19,9 +22,36 @@ use serde::Serialize;
 
 use crate::clock::Timestamp;
 use crate::config::{Backend, Config};
-use crate::decision::{Decision, Guard, Source};
+use crate::decision::{Decision, Guard, Source, show_target};
 
 pub use dryrun::DryRun;
+
+/// What the rules do to a blocked source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleAction {
+    Drop,
+    Reject,
+}
+
+/// Backend settings from `[firewall]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FirewallOptions {
+    /// Also block forwarded traffic (containers, Docker-published ports).
+    pub forward: bool,
+    pub action: RuleAction,
+}
+
+/// One kernel set as `status` and `firewall show` report it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct SetStats {
+    pub name: String,
+    /// The source the set belongs to (`None` for ipset's shared sets).
+    pub source: Option<Source>,
+    pub elements: usize,
+    /// Packets and bytes dropped by the set's rules since they were created.
+    pub packets: u64,
+    pub bytes: u64,
+}
 
 /// One entry in a firewall set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -34,11 +64,7 @@ pub struct Element {
 
 impl From<&Decision> for Element {
     fn from(d: &Decision) -> Self {
-        Element {
-            source: d.source,
-            target: d.target,
-            expires: d.expires,
-        }
+        Element { source: d.source, target: d.target, expires: d.expires }
     }
 }
 
@@ -57,6 +83,9 @@ pub enum FirewallError {
     /// A command was refused; keeps its stderr.
     #[error("`{command}` failed: {stderr}")]
     Command { command: String, stderr: String },
+    /// One element was refused even on its own.
+    #[error("{op} {target} ({from}) refused: {message}")]
+    Element { op: &'static str, target: String, from: Source, message: String },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -78,30 +107,96 @@ pub trait Firewall: Send {
     /// Applies a batch of additions and removals.
     fn apply(&mut self, changes: &[Change], now: Timestamp) -> Result<(), FirewallError>;
 
-    /// Number of elements the backend holds, per source.
+    /// Number of elements the backend holds.
     fn element_count(&mut self) -> Result<usize, FirewallError>;
+
+    /// Whether banshare's table or sets and rules are still in the kernel (an
+    /// `nft flush ruleset` or an nftables restart removes them). Cheap: run every few
+    /// seconds.
+    fn intact(&mut self) -> Result<bool, FirewallError>;
 }
 
-/// Picks the backend the config asks for.
-pub fn select(config: &Config) -> Result<Box<dyn Firewall>, FirewallError> {
-    let dry_run = || -> Result<Box<dyn Firewall>, FirewallError> {
-        Ok(Box::new(DryRun::open(&dry_run_log(&config.state_dir))?))
-    };
-    match config.firewall.backend {
-        Backend::DryRun => dry_run(),
-        Backend::Auto => {
-            tracing::warn!(
-                "no kernel firewall backend is built into this banshare yet; \
-                 firewall.backend = \"auto\" runs the dry-run backend (nothing is blocked)"
-            );
-            dry_run()
+/// Applies `changes` with `apply`; when a batch is refused, applies its halves on their
+/// own, down to single elements, so one bad element cannot block the rest. Each element
+/// refused on its own is logged with the backend's message; the first such error is
+/// returned after everything else went through.
+pub(crate) fn apply_bisecting(
+    changes: &[Change],
+    apply: &mut dyn FnMut(&[Change]) -> Result<(), FirewallError>,
+) -> Result<(), FirewallError> {
+    match apply(changes) {
+        Ok(()) => Ok(()),
+        Err(e @ (FirewallError::Unavailable(_) | FirewallError::Io { .. })) => Err(e),
+        Err(e) if changes.len() <= 1 => {
+            let Some(change) = changes.first() else { return Err(e) };
+            let (op, el) = match change {
+                Change::Add(el) => ("adding", el),
+                Change::Remove(el) => ("removing", el),
+            };
+            let message = match e {
+                FirewallError::Command { stderr, .. } => stderr,
+                other => other.to_string(),
+            };
+            let error = FirewallError::Element { op, target: show_target(&el.target), from: el.source, message };
+            tracing::error!(%error, "firewall refused an element");
+            Err(error)
         }
-        Backend::Nftables | Backend::Ipset => Err(FirewallError::Unavailable(
-            "the nftables and ipset backends are not built into this banshare yet; \
-             set firewall.backend = \"dry-run\" or \"auto\""
-                .into(),
-        )),
+        Err(_) => {
+            let (a, b) = changes.split_at(changes.len() / 2);
+            let first = apply_bisecting(a, apply);
+            let second = apply_bisecting(b, apply);
+            first.and(second)
+        }
     }
+}
+
+/// Picks the backend the config asks for: the one place that decides.
+pub fn select(config: &Config) -> Result<Box<dyn Firewall>, FirewallError> {
+    let opts = config.firewall.options;
+    match config.firewall.backend {
+        Backend::DryRun => Ok(Box::new(DryRun::open(&dry_run_log(&config.state_dir))?)),
+        Backend::Nftables => Ok(Box::new(nftables::Nftables::probe(opts)?)),
+        Backend::Ipset => Ok(Box::new(ipset::Ipset::probe(opts)?)),
+        Backend::Auto => match nftables::Nftables::probe(opts) {
+            Ok(nft) => Ok(Box::new(nft)),
+            Err(nft_error) => match ipset::Ipset::probe(opts) {
+                Ok(ipset) => {
+                    tracing::info!(reason = %nft_error, "nftables unavailable; using ipset and iptables");
+                    Ok(Box::new(ipset))
+                }
+                Err(ipset_error) => Err(FirewallError::Unavailable(format!(
+                    "no firewall backend works here. nftables: {nft_error}. ipset: {ipset_error}. \
+                     Install one (apt install nftables, or apt install ipset iptables) and run as root, \
+                     or set firewall.backend = \"dry-run\" to try banshare without blocking"
+                ))),
+            },
+        },
+    }
+}
+
+/// Per-set statistics of whatever banshare has in the kernel under `backend`'s name.
+/// Runs without the daemon's lock (reading counters costs about 0.6 s at 100,000
+/// elements). `None` when banshare has nothing in the kernel.
+pub fn stats(backend: &str) -> Result<Option<Vec<SetStats>>, FirewallError> {
+    match backend {
+        "nftables" => nftables::stats(),
+        "ipset" => ipset::stats(),
+        _ => Ok(None),
+    }
+}
+
+/// Removes everything banshare put in the kernel, with either backend (package removal).
+/// Returns what was removed, by backend. A backend whose tools are missing has nothing.
+pub fn teardown() -> Result<Vec<&'static str>, FirewallError> {
+    let mut removed = Vec::new();
+    for (name, result) in [("nftables", nftables::teardown()), ("ipset", ipset::teardown())] {
+        match result {
+            Ok(true) => removed.push(name),
+            Ok(false) | Err(FirewallError::Unavailable(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(removed)
 }
 
 /// Where the dry-run backend records what it would do.
@@ -131,21 +226,14 @@ impl Enforcer {
 
     /// Rebuilds the kernel state from the store's active decisions.
     pub fn reconcile(&mut self, active: &[Decision], now: Timestamp) -> Result<(), FirewallError> {
-        let elements: Vec<Element> = active
-            .iter()
-            .filter(|d| self.allowed(d))
-            .map(Element::from)
-            .collect();
+        let elements: Vec<Element> = active.iter().filter(|d| self.allowed(d)).map(Element::from).collect();
         self.backend.reconcile(&elements, now)
     }
 
     /// Blocks `decisions` (those the guard allows).
     pub fn add(&mut self, decisions: &[Decision], now: Timestamp) -> Result<(), FirewallError> {
-        let changes: Vec<Change> = decisions
-            .iter()
-            .filter(|d| self.allowed(d))
-            .map(|d| Change::Add(d.into()))
-            .collect();
+        let changes: Vec<Change> =
+            decisions.iter().filter(|d| self.allowed(d)).map(|d| Change::Add(d.into())).collect();
         self.apply(&changes, now)
     }
 
@@ -157,6 +245,10 @@ impl Enforcer {
 
     pub fn element_count(&mut self) -> Result<usize, FirewallError> {
         self.backend.element_count()
+    }
+
+    pub fn intact(&mut self) -> Result<bool, FirewallError> {
+        self.backend.intact()
     }
 
     fn apply(&mut self, changes: &[Change], now: Timestamp) -> Result<(), FirewallError> {
@@ -202,12 +294,7 @@ mod tests {
         let backend = DryRun::open(&dir.path().join("log")).unwrap();
         let guard = Guard::new(vec![parse_target("192.0.2.0/24").unwrap()], vec![]);
         let mut enforcer = Enforcer::new(Box::new(backend), guard);
-        let batch = [
-            decision("127.0.0.1"),
-            decision("192.0.2.9"),
-            decision("203.0.113.7"),
-            decision("::/0"),
-        ];
+        let batch = [decision("127.0.0.1"), decision("192.0.2.9"), decision("203.0.113.7"), decision("::/0")];
         enforcer.add(&batch, Timestamp(0)).unwrap();
         assert_eq!(enforcer.element_count().unwrap(), 1);
         enforcer.reconcile(&batch, Timestamp(0)).unwrap();

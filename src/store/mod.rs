@@ -42,11 +42,7 @@ pub enum StoreError {
          versions up to {supported}; it was written by a newer banshare (upgrade banshare, or \
          move the file away to start from an empty state)"
     )]
-    TooNew {
-        path: PathBuf,
-        found: i64,
-        supported: i64,
-    },
+    TooNew { path: PathBuf, found: i64, supported: i64 },
     #[error("{path}: migrating the state database to schema version {version} failed: {source}")]
     Migrate {
         path: PathBuf,
@@ -57,11 +53,7 @@ pub enum StoreError {
     #[error("state database: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error("state database: decision {id} has an unreadable {field}: {value:?}")]
-    Corrupt {
-        id: i64,
-        field: &'static str,
-        value: String,
-    },
+    Corrupt { id: i64, field: &'static str, value: String },
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -96,8 +88,7 @@ impl LiftReason {
     }
 }
 
-const DECISION_COLUMNS: &str =
-    "id, target, source, reason, category, score, created_ms, expires_ms, lifted_ms";
+const DECISION_COLUMNS: &str = "id, target, source, reason, category, score, created_ms, expires_ms, lifted_ms";
 
 /// An open state database.
 pub struct Store {
@@ -107,48 +98,31 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Store> {
-        let open_err = |source| StoreError::Open {
-            path: path.to_path_buf(),
-            source,
-        };
+        let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
         let conn = Connection::open(path).map_err(open_err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
         // WAL: readers never block the writer. synchronous=NORMAL in WAL mode keeps every
         // committed transaction across a process crash (kill -9); only a power loss can
         // take the last few, and never corrupts the file.
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(open_err)?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(open_err)?;
         let mut store = Store { conn };
         store.migrate(path)?;
         Ok(store)
     }
 
     fn migrate(&mut self, path: &Path) -> Result<()> {
-        let found: i64 = self
-            .conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let found: i64 = self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if found > SCHEMA_VERSION {
-            return Err(StoreError::TooNew {
-                path: path.to_path_buf(),
-                found,
-                supported: SCHEMA_VERSION,
-            });
+            return Err(StoreError::TooNew { path: path.to_path_buf(), found, supported: SCHEMA_VERSION });
         }
         for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(found as usize) {
             let version = i as i64 + 1;
-            let migrate_err = |source| StoreError::Migrate {
-                path: path.to_path_buf(),
-                version,
-                source,
-            };
+            let migrate_err = |source| StoreError::Migrate { path: path.to_path_buf(), version, source };
             let tx = self.conn.transaction().map_err(migrate_err)?;
             tx.execute_batch(sql).map_err(migrate_err)?;
-            tx.pragma_update(None, "user_version", version)
-                .map_err(migrate_err)?;
+            tx.pragma_update(None, "user_version", version).map_err(migrate_err)?;
             tx.commit().map_err(migrate_err)?;
         }
         Ok(())
@@ -156,17 +130,11 @@ impl Store {
 
     /// The schema version of the open database.
     pub fn schema_version(&self) -> Result<i64> {
-        Ok(self
-            .conn
-            .pragma_query_value(None, "user_version", |r| r.get(0))?)
+        Ok(self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?)
     }
 
     /// Records one ban (see [`Store::upsert_decisions`]).
-    pub fn upsert_decision(
-        &mut self,
-        new: &NewDecision,
-        now: Timestamp,
-    ) -> Result<(Decision, Upsert)> {
+    pub fn upsert_decision(&mut self, new: &NewDecision, now: Timestamp) -> Result<(Decision, Upsert)> {
         let mut out = self.upsert_decisions(std::slice::from_ref(new), now)?;
         Ok(out.remove(0))
     }
@@ -174,11 +142,7 @@ impl Store {
     /// Records bans in one transaction. A target that already has a live decision from the
     /// same source is extended (the later expiry wins; permanent beats any expiry), so a
     /// repeated ban never shortens a block.
-    pub fn upsert_decisions(
-        &mut self,
-        news: &[NewDecision],
-        now: Timestamp,
-    ) -> Result<Vec<(Decision, Upsert)>> {
+    pub fn upsert_decisions(&mut self, news: &[NewDecision], now: Timestamp) -> Result<Vec<(Decision, Upsert)>> {
         let tx = self.conn.transaction()?;
         let mut out = Vec::with_capacity(news.len());
         for new in news {
@@ -203,12 +167,7 @@ impl Store {
 
     /// Decisions whose target contains `ip`: those in force, then up to `history` lifted
     /// or expired ones, most recent first.
-    pub fn covering(
-        &self,
-        ip: IpAddr,
-        now: Timestamp,
-        history: usize,
-    ) -> Result<(Vec<Decision>, Vec<Decision>)> {
+    pub fn covering(&self, ip: IpAddr, now: Timestamp, history: usize) -> Result<(Vec<Decision>, Vec<Decision>)> {
         let key = range_key(ip).to_vec();
         let sql = format!(
             "SELECT {DECISION_COLUMNS} FROM decisions
@@ -223,32 +182,17 @@ impl Store {
     }
 
     /// Lifts every live decision for exactly `target` (any source). Returns them.
-    pub fn lift_target(
-        &mut self,
-        target: &IpNet,
-        reason: LiftReason,
-        now: Timestamp,
-    ) -> Result<Vec<Decision>> {
-        let sql = format!(
-            "SELECT {DECISION_COLUMNS} FROM decisions WHERE target = ?1 AND lifted_ms IS NULL"
-        );
+    pub fn lift_target(&mut self, target: &IpNet, reason: LiftReason, now: Timestamp) -> Result<Vec<Decision>> {
+        let sql = format!("SELECT {DECISION_COLUMNS} FROM decisions WHERE target = ?1 AND lifted_ms IS NULL");
         let tx = self.conn.transaction()?;
-        let live = collect(
-            tx.prepare_cached(&sql)?
-                .query_map(params![target.to_string()], read_decision)?,
-        )?;
+        let live = collect(tx.prepare_cached(&sql)?.query_map(params![target.to_string()], read_decision)?)?;
         let lifted = lift_in(&tx, live, reason, now)?;
         tx.commit()?;
         Ok(lifted)
     }
 
     /// Lifts the given decisions (by id) for `reason`.
-    pub fn lift(
-        &mut self,
-        decisions: Vec<Decision>,
-        reason: LiftReason,
-        now: Timestamp,
-    ) -> Result<Vec<Decision>> {
+    pub fn lift(&mut self, decisions: Vec<Decision>, reason: LiftReason, now: Timestamp) -> Result<Vec<Decision>> {
         let tx = self.conn.transaction()?;
         let lifted = lift_in(&tx, decisions, reason, now)?;
         tx.commit()?;
@@ -264,10 +208,7 @@ impl Store {
              RETURNING {DECISION_COLUMNS}"
         );
         let tx = self.conn.transaction()?;
-        let lifted = collect(
-            tx.prepare_cached(&sql)?
-                .query_map(params![now.0], read_decision)?,
-        )?;
+        let lifted = collect(tx.prepare_cached(&sql)?.query_map(params![now.0], read_decision)?)?;
         tx.commit()?;
         Ok(lifted)
     }
@@ -284,10 +225,9 @@ impl Store {
 
     /// Deletes decisions lifted before `before`. Returns how many.
     pub fn prune(&mut self, before: Timestamp) -> Result<usize> {
-        Ok(self.conn.execute(
-            "DELETE FROM decisions WHERE lifted_ms IS NOT NULL AND lifted_ms < ?1",
-            params![before.0],
-        )?)
+        Ok(self
+            .conn
+            .execute("DELETE FROM decisions WHERE lifted_ms IS NOT NULL AND lifted_ms < ?1", params![before.0])?)
     }
 
     /// Number of decisions in force per source (every source present, zero or not).
@@ -297,9 +237,7 @@ impl Store {
             "SELECT source, COUNT(*) FROM decisions
              WHERE lifted_ms IS NULL AND (expires_ms IS NULL OR expires_ms > ?1) GROUP BY source",
         )?;
-        let rows = stmt.query_map(params![now.0], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-        })?;
+        let rows = stmt.query_map(params![now.0], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
         for row in rows {
             let (source, n) = row?;
             if let Ok(s) = source.parse::<Source>() {
@@ -311,12 +249,7 @@ impl Store {
 
     /// A value from the key/value table.
     pub fn meta_get(&self, key: &str) -> Result<Option<String>> {
-        Ok(self
-            .conn
-            .query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
-                r.get(0)
-            })
-            .optional()?)
+        Ok(self.conn.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| r.get(0)).optional()?)
     }
 
     /// Sets a value in the key/value table.
@@ -397,15 +330,9 @@ fn upsert_in(tx: &Transaction, new: &NewDecision, now: Timestamp) -> Result<(Dec
     Ok((decision, Upsert::Created))
 }
 
-fn lift_in(
-    tx: &Transaction,
-    decisions: Vec<Decision>,
-    reason: LiftReason,
-    now: Timestamp,
-) -> Result<Vec<Decision>> {
-    let mut stmt = tx.prepare_cached(
-        "UPDATE decisions SET lifted_ms = ?2, lift_reason = ?3 WHERE id = ?1 AND lifted_ms IS NULL",
-    )?;
+fn lift_in(tx: &Transaction, decisions: Vec<Decision>, reason: LiftReason, now: Timestamp) -> Result<Vec<Decision>> {
+    let mut stmt =
+        tx.prepare_cached("UPDATE decisions SET lifted_ms = ?2, lift_reason = ?3 WHERE id = ?1 AND lifted_ms IS NULL")?;
     let mut out = Vec::with_capacity(decisions.len());
     for mut d in decisions {
         // An expired decision is lifted as of its expiry, not of when we noticed.
@@ -436,11 +363,7 @@ fn read_decision(r: &Row) -> rusqlite::Result<Result<Decision>> {
                 field: "target",
                 value: target.clone(),
             })?,
-            source: source.parse().map_err(|_| StoreError::Corrupt {
-                id,
-                field: "source",
-                value: source.clone(),
-            })?,
+            source: source.parse().map_err(|_| StoreError::Corrupt { id, field: "source", value: source.clone() })?,
             reason: r.get(3)?,
             category: r.get(4)?,
             score: score.map(|s| s.clamp(0, 100) as u8),
@@ -452,9 +375,7 @@ fn read_decision(r: &Row) -> rusqlite::Result<Result<Decision>> {
     Ok(decision)
 }
 
-fn collect(
-    rows: impl Iterator<Item = rusqlite::Result<Result<Decision>>>,
-) -> Result<Vec<Decision>> {
+fn collect(rows: impl Iterator<Item = rusqlite::Result<Result<Decision>>>) -> Result<Vec<Decision>> {
     rows.map(|r| r?).collect()
 }
 
@@ -496,39 +417,22 @@ mod tests {
     #[test]
     fn opens_in_wal_mode_at_the_current_schema() {
         let (dir, store) = open();
-        let mode: String = store
-            .conn
-            .pragma_query_value(None, "journal_mode", |r| r.get(0))
-            .unwrap();
+        let mode: String = store.conn.pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
         assert_eq!(mode, "wal");
         assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
         drop(store);
         // Reopening an up-to-date database runs no migration and keeps the data.
         let mut store = Store::open(&dir.path().join("state.db")).unwrap();
-        store
-            .upsert_decision(
-                &ban("203.0.113.7", Source::Manual, Some(60)),
-                Timestamp::now(),
-            )
-            .unwrap();
+        store.upsert_decision(&ban("203.0.113.7", Source::Manual, Some(60)), Timestamp::now()).unwrap();
     }
 
     #[test]
     fn refuses_a_database_from_a_newer_banshare() {
         let (dir, store) = open();
-        store
-            .conn
-            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
-            .unwrap();
+        store.conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
         drop(store);
-        let err = Store::open(&dir.path().join("state.db"))
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(
-            err.contains(&format!("schema version {}", SCHEMA_VERSION + 1)),
-            "{err}"
-        );
+        let err = Store::open(&dir.path().join("state.db")).err().unwrap().to_string();
+        assert!(err.contains(&format!("schema version {}", SCHEMA_VERSION + 1)), "{err}");
         assert!(err.contains("written by a newer banshare"), "{err}");
     }
 
@@ -536,25 +440,14 @@ mod tests {
     fn a_second_ban_extends_and_never_shortens() {
         let (_dir, mut store) = open();
         let now = Timestamp(1_000_000);
-        let (d1, u1) = store
-            .upsert_decision(&ban("203.0.113.7", Source::Manual, Some(60)), now)
-            .unwrap();
+        let (d1, u1) = store.upsert_decision(&ban("203.0.113.7", Source::Manual, Some(60)), now).unwrap();
         assert_eq!(u1, Upsert::Created);
-        let (d2, u2) = store
-            .upsert_decision(&ban("203.0.113.7", Source::Manual, Some(30)), now)
-            .unwrap();
-        assert_eq!(
-            (u2, d2.id, d2.expires),
-            (Upsert::Unchanged, d1.id, d1.expires)
-        );
-        let (d3, u3) = store
-            .upsert_decision(&ban("203.0.113.7", Source::Manual, None), now)
-            .unwrap();
+        let (d2, u2) = store.upsert_decision(&ban("203.0.113.7", Source::Manual, Some(30)), now).unwrap();
+        assert_eq!((u2, d2.id, d2.expires), (Upsert::Unchanged, d1.id, d1.expires));
+        let (d3, u3) = store.upsert_decision(&ban("203.0.113.7", Source::Manual, None), now).unwrap();
         assert_eq!((u3, d3.id, d3.expires), (Upsert::Extended, d1.id, None));
         // Another source holds its own decision on the same target.
-        let (d4, u4) = store
-            .upsert_decision(&ban("203.0.113.7", Source::Feed, Some(60)), now)
-            .unwrap();
+        let (d4, u4) = store.upsert_decision(&ban("203.0.113.7", Source::Feed, Some(60)), now).unwrap();
         assert_eq!(u4, Upsert::Created);
         assert_ne!(d4.id, d1.id);
         assert_eq!(store.active(None, now).unwrap().len(), 2);
@@ -565,53 +458,29 @@ mod tests {
     fn covering_finds_addresses_inside_cidrs() {
         let (_dir, mut store) = open();
         let now = Timestamp(1_000_000);
-        store
-            .upsert_decision(&ban("198.51.100.0/24", Source::Manual, Some(60)), now)
-            .unwrap();
-        store
-            .upsert_decision(&ban("2001:db8:1::/48", Source::Detect, Some(60)), now)
-            .unwrap();
-        store
-            .upsert_decision(&ban("198.51.101.1", Source::Manual, Some(60)), now)
-            .unwrap();
+        store.upsert_decision(&ban("198.51.100.0/24", Source::Manual, Some(60)), now).unwrap();
+        store.upsert_decision(&ban("2001:db8:1::/48", Source::Detect, Some(60)), now).unwrap();
+        store.upsert_decision(&ban("198.51.101.1", Source::Manual, Some(60)), now).unwrap();
         let hit = |ip: &str| store.covering(ip.parse().unwrap(), now, 5).unwrap().0;
-        assert_eq!(
-            hit("198.51.100.200")[0].target.to_string(),
-            "198.51.100.0/24"
-        );
-        assert_eq!(
-            hit("2001:db8:1:ffff::9")[0].target.to_string(),
-            "2001:db8:1::/48"
-        );
+        assert_eq!(hit("198.51.100.200")[0].target.to_string(), "198.51.100.0/24");
+        assert_eq!(hit("2001:db8:1:ffff::9")[0].target.to_string(), "2001:db8:1::/48");
         assert!(hit("198.51.99.255").is_empty());
         assert!(hit("198.51.101.2").is_empty());
-        assert!(
-            hit("::ffff:c633:6401").len() == 1,
-            "mapped form of 198.51.100.1"
-        );
+        assert!(hit("::ffff:c633:6401").len() == 1, "mapped form of 198.51.100.1");
     }
 
     #[test]
     fn expiry_lifts_and_reports_history() {
         let (_dir, mut store) = open();
         let t0 = Timestamp(1_000_000);
-        store
-            .upsert_decision(&ban("203.0.113.7", Source::Detect, Some(2)), t0)
-            .unwrap();
-        store
-            .upsert_decision(&ban("203.0.113.8", Source::Detect, Some(10)), t0)
-            .unwrap();
-        assert_eq!(
-            store.next_expiry().unwrap(),
-            Some(t0.plus(Duration::from_secs(2)))
-        );
+        store.upsert_decision(&ban("203.0.113.7", Source::Detect, Some(2)), t0).unwrap();
+        store.upsert_decision(&ban("203.0.113.8", Source::Detect, Some(10)), t0).unwrap();
+        assert_eq!(store.next_expiry().unwrap(), Some(t0.plus(Duration::from_secs(2))));
         let later = t0.plus(Duration::from_secs(3));
         let lifted = store.lift_expired(later).unwrap();
         assert_eq!(lifted.len(), 1);
         assert_eq!(lifted[0].lifted, Some(t0.plus(Duration::from_secs(2))));
-        let (active, past) = store
-            .covering("203.0.113.7".parse().unwrap(), later, 5)
-            .unwrap();
+        let (active, past) = store.covering("203.0.113.7".parse().unwrap(), later, 5).unwrap();
         assert!(active.is_empty());
         assert_eq!(past.len(), 1);
         assert_eq!(store.prune(later).unwrap(), 1);
@@ -622,25 +491,13 @@ mod tests {
     fn lift_target_lifts_every_source() {
         let (_dir, mut store) = open();
         let now = Timestamp(1_000_000);
-        store
-            .upsert_decision(&ban("203.0.113.7", Source::Manual, None), now)
-            .unwrap();
-        store
-            .upsert_decision(&ban("203.0.113.7", Source::Feed, Some(60)), now)
-            .unwrap();
-        let lifted = store
-            .lift_target(
-                &parse_target("203.0.113.7").unwrap(),
-                LiftReason::Unban,
-                now,
-            )
-            .unwrap();
+        store.upsert_decision(&ban("203.0.113.7", Source::Manual, None), now).unwrap();
+        store.upsert_decision(&ban("203.0.113.7", Source::Feed, Some(60)), now).unwrap();
+        let lifted = store.lift_target(&parse_target("203.0.113.7").unwrap(), LiftReason::Unban, now).unwrap();
         assert_eq!(lifted.len(), 2);
         assert!(store.active(None, now).unwrap().is_empty());
         // A new ban after an unban is a new decision.
-        let (_, u) = store
-            .upsert_decision(&ban("203.0.113.7", Source::Manual, None), now)
-            .unwrap();
+        let (_, u) = store.upsert_decision(&ban("203.0.113.7", Source::Manual, None), now).unwrap();
         assert_eq!(u, Upsert::Created);
     }
 

@@ -13,17 +13,14 @@ fn bad_configs_are_reported_with_file_key_and_expectation() {
     let env = Env::new("");
     let path = env.config_path.display().to_string();
     let cases = [
-        (
-            "allowlist = [\"192.0.2.0/24\"\n",
-            "line 1, column 28: unclosed array, expected `]`",
-        ),
+        ("allowlist = [\"192.0.2.0/24\"\n", "line 1, column 28: unclosed array, expected `]`"),
         (
             "[decisions]\nipv6_prefix = \"wide\"\n",
             "line 2, column 15: key `decisions.ipv6_prefix`: invalid type: string \"wide\", expected i64",
         ),
         (
             "[firewall]\nbackend = \"nftables\"\nflavour = \"x\"\n",
-            "line 3, column 1: key `firewall.flavour`: unknown field `flavour`, expected `backend`",
+            "line 3, column 1: key `firewall.flavour`: unknown field `flavour`, expected one of `backend`, `forward`, `action`",
         ),
         (
             "allowlist = [\"10.0.0.0/8\", \"192.0.2.300/24\"]\n",
@@ -54,9 +51,7 @@ fn bad_configs_are_reported_with_file_key_and_expectation() {
     let missing = env.cli(&["--config", "/nonexistent/banshare.toml", "config", "check"]);
     missing.expect_code(2);
     assert!(
-        missing.stderr.starts_with(
-            "banshare: /nonexistent/banshare.toml: cannot read the config: No such file"
-        ),
+        missing.stderr.starts_with("banshare: /nonexistent/banshare.toml: cannot read the config: No such file"),
         "{}",
         missing.stderr
     );
@@ -66,13 +61,7 @@ fn bad_configs_are_reported_with_file_key_and_expectation() {
 fn invalid_addresses_are_rejected_before_reaching_the_daemon() {
     let env = Env::new("");
     // No daemon runs: a bad address must fail on its own, with exit 2, not "not running".
-    for bad in [
-        "203.0.113.256",
-        "example.com",
-        "1.2.3.4/40",
-        "",
-        "2001:db8:::1",
-    ] {
+    for bad in ["203.0.113.256", "example.com", "1.2.3.4/40", "", "2001:db8:::1"] {
         let run = env.cli(&["ban", bad]);
         run.expect_code(2);
         assert_eq!(
@@ -84,12 +73,7 @@ fn invalid_addresses_are_rejected_before_reaching_the_daemon() {
     }
     let run = env.cli(&["ban", "203.0.113.7", "--for", "a while"]);
     run.expect_code(2);
-    assert!(
-        run.stderr
-            .contains("--for \"a while\": expected a duration"),
-        "{}",
-        run.stderr
-    );
+    assert!(run.stderr.contains("--for \"a while\": expected a duration"), "{}", run.stderr);
     env.cli(&["query", "nonsense"]).expect_code(2);
     env.cli(&["list", "--source", "sshd"]).expect_code(2);
 }
@@ -100,44 +84,18 @@ fn garbage_on_the_control_socket_gets_an_error_reply_and_the_connection_lives_on
     let _daemon = env.start_in_process();
     let mut client = env.client();
     let mut expect = |raw: &[u8], code: ErrorCode, text: &str| {
-        let reply = client
-            .round_trip(raw)
-            .expect("a reply, not a hang or a hangup");
+        let reply = client.round_trip(raw).expect("a reply, not a hang or a hangup");
         assert!(!reply.ok);
         let err = reply.error.expect("error body");
         assert_eq!(err.code, code, "{}", err.message);
-        assert!(
-            err.message.contains(text),
-            "{:?} does not contain {text:?}",
-            err.message
-        );
+        assert!(err.message.contains(text), "{:?} does not contain {text:?}", err.message);
     };
-    expect(
-        b"hello daemon\n",
-        ErrorCode::BadRequest,
-        "request is not valid JSON",
-    );
-    expect(
-        b"\xff\xfe\x00garbage\n",
-        ErrorCode::BadRequest,
-        "request is not valid JSON",
-    );
+    expect(b"hello daemon\n", ErrorCode::BadRequest, "request is not valid JSON");
+    expect(b"\xff\xfe\x00garbage\n", ErrorCode::BadRequest, "request is not valid JSON");
     expect(b"42\n", ErrorCode::BadRequest, "must be a JSON object");
-    expect(
-        b"{\"cmd\":\"status\"}\n",
-        ErrorCode::BadRequest,
-        "missing protocol version `v`",
-    );
-    expect(
-        b"{\"v\":99,\"cmd\":\"status\"}\n",
-        ErrorCode::UnsupportedVersion,
-        "protocol version 99 is newer",
-    );
-    expect(
-        b"{\"v\":1,\"cmd\":\"self_destruct\"}\n",
-        ErrorCode::BadRequest,
-        "unknown variant `self_destruct`",
-    );
+    expect(b"{\"cmd\":\"status\"}\n", ErrorCode::BadRequest, "missing protocol version `v`");
+    expect(b"{\"v\":99,\"cmd\":\"status\"}\n", ErrorCode::UnsupportedVersion, "protocol version 99 is newer");
+    expect(b"{\"v\":1,\"cmd\":\"self_destruct\"}\n", ErrorCode::BadRequest, "unknown variant `self_destruct`");
     expect(
         b"{\"v\":1,\"cmd\":\"ban\",\"target\":\"not-an-ip\"}\n",
         ErrorCode::InvalidTarget,
@@ -170,10 +128,5 @@ fn a_database_from_a_newer_banshare_is_refused_with_a_clear_message() {
     drop(conn);
     let run = env.cli(&["run"]);
     run.expect_code(5);
-    assert!(
-        run.stderr
-            .contains("schema version 999, but this banshare only knows versions up to"),
-        "{}",
-        run.stderr
-    );
+    assert!(run.stderr.contains("schema version 999, but this banshare only knows versions up to"), "{}", run.stderr);
 }

@@ -16,30 +16,14 @@ fn ban_list_query_unban_round_trip() {
     let env = Env::new("");
     let _daemon = env.start_in_process();
 
-    let ban = env.cli(&[
-        "ban",
-        "203.0.113.7",
-        "--for",
-        "1h",
-        "--reason",
-        "ssh scanner",
-    ]);
+    let ban = env.cli(&["ban", "203.0.113.7", "--for", "1h", "--reason", "ssh scanner"]);
     ban.expect_code(0);
-    assert!(
-        ban.stdout.starts_with("banned 203.0.113.7 (manual) until "),
-        "{}",
-        ban.stdout
-    );
-    env.cli(&["ban", "198.51.100.0/24", "--for", "1h"])
-        .expect_code(0);
+    assert!(ban.stdout.starts_with("banned 203.0.113.7 (manual) until "), "{}", ban.stdout);
+    env.cli(&["ban", "198.51.100.0/24", "--for", "1h"]).expect_code(0);
 
     let list = env.cli(&["list"]);
     list.expect_code(0);
-    assert!(
-        list.stdout.contains("203.0.113.7 ") && list.stdout.contains("ssh scanner"),
-        "{}",
-        list.stdout
-    );
+    assert!(list.stdout.contains("203.0.113.7 ") && list.stdout.contains("ssh scanner"), "{}", list.stdout);
     assert!(list.stdout.contains("198.51.100.0/24"), "{}", list.stdout);
     assert_eq!(env.listed(), ["203.0.113.7/32", "198.51.100.0/24"]);
     let only_feed = env.cli(&["list", "--source", "feed", "--json"]);
@@ -47,49 +31,27 @@ fn ban_list_query_unban_round_trip() {
 
     let q = env.cli(&["query", "203.0.113.7"]);
     q.expect_code(0);
-    assert!(
-        q.stdout
-            .starts_with("203.0.113.7 is blocked by manual since "),
-        "{}",
-        q.stdout
-    );
+    assert!(q.stdout.starts_with("203.0.113.7 is blocked by manual since "), "{}", q.stdout);
     assert!(q.stdout.contains("reason: ssh scanner"), "{}", q.stdout);
     // An address inside a blocked CIDR: the answer names the CIDR.
     let q = env.cli(&["query", "198.51.100.77", "--json"]);
     q.expect_code(0);
     assert_eq!(q.json()["active"][0]["target"], "198.51.100.0/24");
     let q = env.cli(&["query", "198.51.100.77"]);
-    assert!(
-        q.stdout
-            .contains("is blocked as part of 198.51.100.0/24 by manual"),
-        "{}",
-        q.stdout
-    );
+    assert!(q.stdout.contains("is blocked as part of 198.51.100.0/24 by manual"), "{}", q.stdout);
     env.cli(&["query", "203.0.113.8"]).expect_code(1);
 
     // Unbanning one address inside a CIDR says what covers it.
     let u = env.cli(&["unban", "198.51.100.5"]);
     u.expect_code(1);
-    assert!(
-        u.stderr.contains("covered by 198.51.100.0/24 (manual)"),
-        "{}",
-        u.stderr
-    );
+    assert!(u.stderr.contains("covered by 198.51.100.0/24 (manual)"), "{}", u.stderr);
 
     env.cli(&["unban", "203.0.113.7"]).expect_code(0);
     assert_eq!(env.listed(), ["198.51.100.0/24"]);
     let q = env.cli(&["query", "203.0.113.7"]);
     q.expect_code(1);
-    assert!(
-        q.stdout.contains("203.0.113.7 is not blocked"),
-        "{}",
-        q.stdout
-    );
-    assert!(
-        q.stdout.contains("earlier: 203.0.113.7 by manual"),
-        "history is kept: {}",
-        q.stdout
-    );
+    assert!(q.stdout.contains("203.0.113.7 is not blocked"), "{}", q.stdout);
+    assert!(q.stdout.contains("earlier: 203.0.113.7 by manual"), "history is kept: {}", q.stdout);
     let again = env.cli(&["unban", "203.0.113.7"]);
     again.expect_code(1);
     assert_eq!(again.stderr.trim(), "banshare: 203.0.113.7 is not blocked");
@@ -99,12 +61,7 @@ fn ban_list_query_unban_round_trip() {
         .dry_run_log()
         .iter()
         .filter(|l| l["op"] != "reconcile")
-        .map(|l| {
-            (
-                l["op"].as_str().unwrap().into(),
-                l["target"].as_str().unwrap().into(),
-            )
-        })
+        .map(|l| (l["op"].as_str().unwrap().into(), l["target"].as_str().unwrap().into()))
         .collect();
     assert_eq!(
         ops,
@@ -121,27 +78,15 @@ fn a_two_second_ban_lifts_itself_and_the_firewall_is_told() {
     let env = Env::new("");
     let _daemon = env.start_in_process();
     let t0 = Instant::now();
-    env.cli(&["ban", "203.0.113.9", "--for", "2s"])
-        .expect_code(0);
+    env.cli(&["ban", "203.0.113.9", "--for", "2s"]).expect_code(0);
     assert_eq!(env.listed(), ["203.0.113.9/32"]);
-    wait_for("the ban to expire", Duration::from_secs(10), || {
-        env.listed().is_empty()
-    });
+    wait_for("the ban to expire", Duration::from_secs(10), || env.listed().is_empty());
     let took = t0.elapsed();
-    assert!(
-        took >= Duration::from_millis(1900),
-        "lifted too early: {took:?}"
-    );
+    assert!(took >= Duration::from_millis(1900), "lifted too early: {took:?}");
     assert!(took < Duration::from_secs(4), "lifted too late: {took:?}");
-    wait_for(
-        "the dry-run backend to record the lift",
-        Duration::from_secs(5),
-        || {
-            env.dry_run_log()
-                .iter()
-                .any(|l| l["op"] == "remove" && l["target"] == "203.0.113.9/32")
-        },
-    );
+    wait_for("the dry-run backend to record the lift", Duration::from_secs(5), || {
+        env.dry_run_log().iter().any(|l| l["op"] == "remove" && l["target"] == "203.0.113.9/32")
+    });
     let q = env.cli(&["query", "203.0.113.9", "--json"]);
     q.expect_code(1);
     assert_eq!(q.json()["history"][0]["target"], "203.0.113.9/32");
@@ -151,12 +96,9 @@ fn a_two_second_ban_lifts_itself_and_the_firewall_is_told() {
 fn a_restarted_daemon_holds_every_unexpired_ban() {
     let env = Env::new("");
     let daemon = env.start_in_process();
-    env.cli(&["ban", "203.0.113.10", "--for", "1h"])
-        .expect_code(0);
-    env.cli(&["ban", "2001:db8:77::/48", "--for", "permanent"])
-        .expect_code(0);
-    env.cli(&["ban", "203.0.113.11", "--for", "1s"])
-        .expect_code(0);
+    env.cli(&["ban", "203.0.113.10", "--for", "1h"]).expect_code(0);
+    env.cli(&["ban", "2001:db8:77::/48", "--for", "permanent"]).expect_code(0);
+    env.cli(&["ban", "203.0.113.11", "--for", "1s"]).expect_code(0);
     daemon.stop();
     assert!(!env.socket.exists(), "a clean stop removes the socket");
     std::thread::sleep(Duration::from_millis(1200)); // let the 1 s ban expire while stopped
@@ -164,16 +106,9 @@ fn a_restarted_daemon_holds_every_unexpired_ban() {
     let _daemon = env.start_in_process();
     assert_eq!(env.listed(), ["203.0.113.10/32", "2001:db8:77::/48"]);
     // The firewall was rebuilt from the store in one reconcile with exactly those.
-    let reconciles: Vec<_> = env
-        .dry_run_log()
-        .into_iter()
-        .filter(|l| l["op"] == "reconcile")
-        .collect();
+    let reconciles: Vec<_> = env.dry_run_log().into_iter().filter(|l| l["op"] == "reconcile").collect();
     assert_eq!(reconciles.len(), 2);
-    assert_eq!(
-        reconciles[1]["elements"],
-        serde_json::json!(["manual:203.0.113.10/32", "manual:2001:db8:77::/48"])
-    );
+    assert_eq!(reconciles[1]["elements"], serde_json::json!(["manual:203.0.113.10/32", "manual:2001:db8:77::/48"]));
     let status = env.cli(&["status", "--json"]).json();
     assert_eq!(status["active"]["manual"], 2);
     assert_eq!(status["firewall"]["elements"], 2);
@@ -183,43 +118,20 @@ fn a_restarted_daemon_holds_every_unexpired_ban() {
 fn sighup_reloads_a_good_config_and_keeps_the_old_one_on_a_broken_config() {
     let env = Env::new("allowlist = [\"192.0.2.0/24\"]");
     let daemon = env.spawn_daemon();
-    env.cli(&["ban", "198.51.100.7", "--for", "1h"])
-        .expect_code(0);
+    env.cli(&["ban", "198.51.100.7", "--for", "1h"]).expect_code(0);
 
     // A broken config: the daemon logs it, shows it in status, and keeps the old one.
     env.write_raw_config("allowlist = [\"192.0.2.0/24\", \"not-a-cidr\"]\n");
     daemon.signal(Signal::SIGHUP);
-    wait_for(
-        "the reload error in status",
-        Duration::from_secs(10),
-        || {
-            !env.cli(&["--socket", env.socket.to_str().unwrap(), "status", "--json"])
-                .json()["reload_error"]
-                .is_null()
-        },
-    );
+    wait_for("the reload error in status", Duration::from_secs(10), || {
+        !env.cli(&["--socket", env.socket.to_str().unwrap(), "status", "--json"]).json()["reload_error"].is_null()
+    });
     let status = env.cli(&["--socket", env.socket.to_str().unwrap(), "status"]);
-    assert!(
-        status
-            .stdout
-            .contains("last reload FAILED, previous config kept"),
-        "{}",
-        status.stdout
-    );
-    assert!(
-        status.stdout.contains("key `allowlist[1]`"),
-        "{}",
-        status.stdout
-    );
+    assert!(status.stdout.contains("last reload FAILED, previous config kept"), "{}", status.stdout);
+    assert!(status.stdout.contains("key `allowlist[1]`"), "{}", status.stdout);
     let refused = env.cli(&["--socket", env.socket.to_str().unwrap(), "ban", "192.0.2.5"]);
     refused.expect_code(4);
-    assert!(
-        refused
-            .stderr
-            .contains("overlaps the allowlist entry 192.0.2.0/24"),
-        "{}",
-        refused.stderr
-    );
+    assert!(refused.stderr.contains("overlaps the allowlist entry 192.0.2.0/24"), "{}", refused.stderr);
 
     // A good config takes effect: the new allowlist lifts the ban it now covers.
     env.write_config("allowlist = [\"192.0.2.0/24\", \"198.51.100.0/24\"]");
@@ -227,16 +139,9 @@ fn sighup_reloads_a_good_config_and_keeps_the_old_one_on_a_broken_config() {
     wait_for("the reload to succeed", Duration::from_secs(10), || {
         env.cli(&["status", "--json"]).json()["reload_error"].is_null()
     });
-    assert!(
-        env.listed().is_empty(),
-        "the newly allowlisted ban is lifted"
-    );
+    assert!(env.listed().is_empty(), "the newly allowlisted ban is lifted");
     env.cli(&["ban", "198.51.100.8"]).expect_code(4);
-    assert!(
-        daemon
-            .log_text()
-            .contains("config reload failed; keeping the previous config")
-    );
+    assert!(daemon.log_text().contains("config reload failed; keeping the previous config"));
     assert_eq!(daemon.stop(), Some(0), "SIGTERM exits cleanly");
 }
 
@@ -246,10 +151,7 @@ fn a_second_daemon_on_the_same_state_refuses_and_names_the_holder() {
     let first = env.spawn_daemon();
     let second = env.cli(&["run"]);
     second.expect_code(5);
-    let expected = format!(
-        "another banshare daemon (pid {}) is running on this state",
-        first.pid()
-    );
+    let expected = format!("another banshare daemon (pid {}) is running on this state", first.pid());
     assert!(second.stderr.contains(&expected), "{}", second.stderr);
     // The first one is unaffected.
     env.cli(&["status"]).expect_code(0);
@@ -268,12 +170,8 @@ fn a_kill_9_during_a_ban_storm_loses_no_acknowledged_ban() {
         std::thread::spawn(move || {
             for i in 0..1000u32 {
                 let target = format!("198.18.{}.{}", i / 250, i % 250 + 1);
-                let request = Request::Ban {
-                    target: target.clone(),
-                    for_secs: Some(3600),
-                    permanent: false,
-                    reason: None,
-                };
+                let request =
+                    Request::Ban { target: target.clone(), for_secs: Some(3600), permanent: false, reason: None };
                 if client.call(&request).is_err() {
                     break;
                 }
@@ -282,34 +180,19 @@ fn a_kill_9_during_a_ban_storm_loses_no_acknowledged_ban() {
             done.store(true, Ordering::SeqCst);
         })
     };
-    wait_for("300 acknowledged bans", Duration::from_secs(60), || {
-        acked.lock().unwrap().len() >= 300
-    });
+    wait_for("300 acknowledged bans", Duration::from_secs(60), || acked.lock().unwrap().len() >= 300);
     daemon.kill_hard();
     sender.join().unwrap();
     let acked = acked.lock().unwrap().clone();
-    assert!(
-        acked.len() < 1000,
-        "the kill landed in the middle of the storm ({} acked)",
-        acked.len()
-    );
+    assert!(acked.len() < 1000, "the kill landed in the middle of the storm ({} acked)", acked.len());
     assert!(env.socket.exists(), "SIGKILL leaves the socket file behind");
 
     // The restarted daemon replaces the stale socket and holds every acknowledged ban.
     let daemon = env.spawn_daemon();
     let listed: HashSet<String> = env.listed().into_iter().collect();
     let lost: Vec<&String> = acked.iter().filter(|t| !listed.contains(*t)).collect();
-    assert!(
-        lost.is_empty(),
-        "{} acknowledged bans lost, e.g. {:?}",
-        lost.len(),
-        &lost[..lost.len().min(5)]
-    );
-    assert!(
-        daemon
-            .log_text()
-            .contains("replacing a stale control socket")
-    );
+    assert!(lost.is_empty(), "{} acknowledged bans lost, e.g. {:?}", lost.len(), &lost[..lost.len().min(5)]);
+    assert!(daemon.log_text().contains("replacing a stale control socket"));
     assert_eq!(daemon.stop(), Some(0));
 }
 
@@ -321,67 +204,38 @@ fn the_safety_rules_refuse_with_the_reason() {
         ("127.0.0.1", "127.0.0.1/32 is or covers a loopback address"),
         ("::1", "::1/128 is or covers a loopback address"),
         ("fe80::1", "fe80::1/128 is or covers a link-local address"),
-        (
-            "169.254.10.1",
-            "169.254.10.1/32 is or covers a link-local address",
-        ),
+        ("169.254.10.1", "169.254.10.1/32 is or covers a link-local address"),
         ("0.0.0.0/0", "0.0.0.0/0 is or covers a loopback address"),
-        (
-            "192.0.2.44",
-            "192.0.2.44/32 overlaps the allowlist entry 192.0.2.0/24",
-        ),
-        (
-            "2001:db8:aaaa::5",
-            "2001:db8:aaaa::5/128 overlaps the allowlist entry 2001:db8:aaaa::/48",
-        ),
+        ("192.0.2.44", "192.0.2.44/32 overlaps the allowlist entry 192.0.2.0/24"),
+        ("2001:db8:aaaa::5", "2001:db8:aaaa::5/128 overlaps the allowlist entry 2001:db8:aaaa::/48"),
     ] {
         let run = env.cli(&["ban", target]);
         run.expect_code(4);
-        assert_eq!(
-            run.stderr.trim(),
-            format!("banshare: refused: {why}; banshare never blocks it")
-        );
+        assert_eq!(run.stderr.trim(), format!("banshare: refused: {why}; banshare never blocks it"));
     }
     // The host's own addresses, as the kernel reports them.
     let own = banshare::hostaddr::host_addresses()
         .unwrap()
         .into_iter()
-        .find(|a| {
-            !a.is_loopback() && !matches!(a, std::net::IpAddr::V6(v6) if v6.is_unicast_link_local())
-        });
+        .find(|a| !a.is_loopback() && !matches!(a, std::net::IpAddr::V6(v6) if v6.is_unicast_link_local()));
     if let Some(own) = own {
         let run = env.cli(&["ban", &own.to_string()]);
         run.expect_code(4);
-        assert!(
-            run.stderr.contains("an address of this host"),
-            "{}",
-            run.stderr
-        );
+        assert!(run.stderr.contains("an address of this host"), "{}", run.stderr);
     }
     let q = env.cli(&["query", "127.0.0.1"]);
     q.expect_code(1);
-    assert!(
-        q.stdout.contains("127.0.0.1 is never blocked"),
-        "{}",
-        q.stdout
-    );
+    assert!(q.stdout.contains("127.0.0.1 is never blocked"), "{}", q.stdout);
     assert!(env.listed().is_empty());
-    assert!(
-        env.dry_run_log().iter().all(|l| l["op"] == "reconcile"),
-        "nothing reached the firewall"
-    );
+    assert!(env.dry_run_log().iter().all(|l| l["op"] == "reconcile"), "nothing reached the firewall");
 }
 
 #[test]
 fn commands_say_in_one_line_when_the_daemon_is_not_running() {
     let env = Env::new("");
-    for args in [
-        &["status"][..],
-        &["list"],
-        &["query", "203.0.113.7"],
-        &["ban", "203.0.113.7"],
-        &["unban", "203.0.113.7"],
-    ] {
+    for args in
+        [&["status"][..], &["list"], &["query", "203.0.113.7"], &["ban", "203.0.113.7"], &["unban", "203.0.113.7"]]
+    {
         let run = env.cli(args);
         run.expect_code(3);
         assert_eq!(
@@ -399,9 +253,7 @@ fn systemd_is_told_ready_reloading_and_stopping() {
     let env = Env::new("");
     let notify_path = env.dir.path().join("notify.sock");
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
-    notify
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
+    notify.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let daemon = env.spawn_daemon_with(&[("NOTIFY_SOCKET", &notify_path)]);
     let mut buf = [0u8; 256];
     let n = notify.recv(&mut buf).expect("a readiness message");

@@ -28,10 +28,7 @@ pub struct Env {
 impl Env {
     /// An environment on the dry-run backend; `extra` is appended to the config.
     pub fn new(extra: &str) -> Env {
-        let dir = tempfile::Builder::new()
-            .prefix("bs")
-            .tempdir()
-            .expect("tempdir");
+        let dir = tempfile::Builder::new().prefix("bs").tempdir().expect("tempdir");
         let env = Env {
             config_path: dir.path().join("banshare.toml"),
             state_dir: dir.path().join("state"),
@@ -79,9 +76,7 @@ impl Env {
     /// What the dry-run backend recorded, one JSON value per operation.
     pub fn dry_run_log(&self) -> Vec<serde_json::Value> {
         let text = std::fs::read_to_string(self.state_dir.join("dry-run.log")).unwrap_or_default();
-        text.lines()
-            .map(|l| serde_json::from_str(l).expect("dry-run log line is JSON"))
-            .collect()
+        text.lines().map(|l| serde_json::from_str(l).expect("dry-run log line is JSON")).collect()
     }
 
     /// The targets `banshare list --json` shows.
@@ -112,35 +107,23 @@ impl Env {
             .stderr(log)
             .spawn()
             .expect("spawn banshare run");
-        let mut process = DaemonProcess {
-            child,
-            log: self.dir.path().join("daemon.log"),
-        };
+        let mut process = DaemonProcess { child, log: self.dir.path().join("daemon.log") };
         let socket = self.socket.clone();
         wait_for("the daemon to answer", Duration::from_secs(20), || {
             if let Ok(Some(status)) = process.child.try_wait() {
                 panic!("daemon exited early ({status}): {}", process.log_text());
             }
-            Client::connect(&socket, Duration::from_secs(2))
-                .is_ok_and(|mut c| c.call(&Request::Ping).is_ok())
+            Client::connect(&socket, Duration::from_secs(2)).is_ok_and(|mut c| c.call(&Request::Ping).is_ok())
         });
         process
     }
 
     /// Starts the daemon inside this test process.
     pub fn start_in_process(&self) -> InProcess {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let handle = runtime
-            .block_on(banshare::daemon::start(self.config()))
-            .expect("daemon starts");
-        InProcess {
-            runtime,
-            handle: Some(handle),
-        }
+        let runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+        let handle = runtime.block_on(banshare::daemon::start(self.config())).expect("daemon starts");
+        InProcess { runtime, handle: Some(handle) }
     }
 }
 
@@ -179,8 +162,7 @@ impl DaemonProcess {
     }
 
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig)
-            .expect("signal the daemon");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig).expect("signal the daemon");
     }
 
     /// SIGKILL, and reap it.
@@ -197,11 +179,7 @@ impl DaemonProcess {
             if let Some(status) = self.child.try_wait().expect("wait") {
                 return status.code();
             }
-            assert!(
-                Instant::now() < deadline,
-                "daemon did not stop on SIGTERM: {}",
-                self.log_text()
-            );
+            assert!(Instant::now() < deadline, "daemon did not stop on SIGTERM: {}", self.log_text());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -240,17 +218,12 @@ impl From<Output> for Run {
 
 impl Run {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
     }
 
     /// Asserts the exit code, showing the output when it differs.
     pub fn expect_code(&self, code: i32) -> &Self {
-        assert_eq!(
-            self.code, code,
-            "unexpected exit code; stdout: {} stderr: {}",
-            self.stdout, self.stderr
-        );
+        assert_eq!(self.code, code, "unexpected exit code; stdout: {} stderr: {}", self.stdout, self.stderr);
         self
     }
 }
@@ -259,10 +232,7 @@ impl Run {
 pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }

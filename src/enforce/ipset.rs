@@ -1,0 +1,425 @@
+//! The ipset backend, for hosts on iptables: sets `banshare-v4` and `banshare-v6`
+//! (`hash:net` with timeouts, so addresses and networks share one set and may overlap)
+//! and one iptables/ip6tables rule per set on INPUT, FORWARD (configurable) and
+//! DOCKER-USER when that chain exists, checked and inserted idempotently.
+//!
+//! Two sources may block the same target; the kernel holds it once, with the longest of
+//! their expiries, until the last of them lifts it ([`Mirror`]).
+//!
+//! Batches go through one `ipset -exist restore` (pure builders [`apply_script`],
+//! [`full_script`]). A full reconcile fills a fresh set and `swap`s it in atomically,
+//! which is also how `maxelem` grows: a set cannot be resized in place.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+
+use ipnet::IpNet;
+
+use super::command::run;
+use super::{Change, Element, Firewall, FirewallError, FirewallOptions, RuleAction, SetStats, apply_bisecting};
+use crate::clock::Timestamp;
+use crate::decision::Source;
+
+pub const SET_V4: &str = "banshare-v4";
+pub const SET_V6: &str = "banshare-v6";
+/// ipset's largest timeout, in seconds; longer bans are re-asserted by the periodic
+/// full reconcile.
+pub const MAX_TIMEOUT: u64 = 2_147_483;
+/// The smallest `maxelem` banshare creates; it grows to twice what is needed.
+const MIN_MAXELEM: usize = 65_536;
+/// Chains the rules go into (FORWARD only when `forward` is on; DOCKER-USER when it exists).
+const CHAINS: [&str; 3] = ["INPUT", "FORWARD", "DOCKER-USER"];
+
+fn set_of(t: &IpNet) -> &'static str {
+    match t {
+        IpNet::V4(_) => SET_V4,
+        IpNet::V6(_) => SET_V6,
+    }
+}
+
+/// What banshare wants in the two sets: per target, the sources holding it.
+#[derive(Debug, Clone, Default)]
+pub struct Mirror {
+    desired: BTreeMap<IpNet, BTreeMap<Source, Option<Timestamp>>>,
+}
+
+/// Targets to (re)add with their effective timeout, and targets to delete.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub add: BTreeSet<IpNet>,
+    pub delete: BTreeSet<IpNet>,
+}
+
+impl Mirror {
+    pub fn from_elements(elements: &[Element]) -> Mirror {
+        let mut m = Mirror::default();
+        for e in elements {
+            m.desired.entry(e.target).or_default().insert(e.source, e.expires);
+        }
+        m
+    }
+
+    pub fn len(&self) -> usize {
+        self.desired.len()
+    }
+
+    fn count(&self, v6: bool) -> usize {
+        self.desired.keys().filter(|t| matches!(t, IpNet::V6(_)) == v6).count()
+    }
+
+    /// The expiry the kernel element gets: the latest among the sources, permanent wins.
+    fn effective(&self, t: &IpNet) -> Option<Option<Timestamp>> {
+        let holders = self.desired.get(t)?;
+        Some(holders.values().try_fold(Timestamp(i64::MIN), |acc, e| e.map(|e| acc.max(e))))
+    }
+
+    pub fn plan(&mut self, changes: &[Change]) -> Plan {
+        let mut plan = Plan::default();
+        for change in changes {
+            match change {
+                Change::Add(e) => {
+                    self.desired.entry(e.target).or_default().insert(e.source, e.expires);
+                    plan.delete.remove(&e.target);
+                    plan.add.insert(e.target);
+                }
+                Change::Remove(e) => {
+                    let Some(holders) = self.desired.get_mut(&e.target) else { continue };
+                    holders.remove(&e.source);
+                    if holders.is_empty() {
+                        self.desired.remove(&e.target);
+                        plan.add.remove(&e.target);
+                        plan.delete.insert(e.target);
+                    } else {
+                        plan.add.insert(e.target); // the timeout may have changed
+                    }
+                }
+            }
+        }
+        plan
+    }
+}
+
+/// `timeout N` in whole seconds (rounded up, capped); `timeout 0` is permanent in ipset.
+/// `None` when already expired.
+fn timeout(expires: Option<Timestamp>, now: Timestamp) -> Option<String> {
+    match expires {
+        None => Some("timeout 0".into()),
+        Some(at) => {
+            let ms = now.until(at).as_millis() as u64;
+            (ms > 0).then(|| format!("timeout {}", ms.div_ceil(1000).min(MAX_TIMEOUT)))
+        }
+    }
+}
+
+fn add_lines(
+    out: &mut String,
+    set: impl Fn(&IpNet) -> String,
+    targets: impl Iterator<Item = IpNet>,
+    mirror: &Mirror,
+    now: Timestamp,
+) {
+    for t in targets {
+        if let Some(to) = mirror.effective(&t).and_then(|e| timeout(e, now)) {
+            let _ = writeln!(out, "add {} {} {to}", set(&t), t);
+        }
+    }
+}
+
+/// The `ipset restore` input for an incremental batch (run with `-exist`: adding an
+/// existing element updates its timeout, deleting a missing one is not an error).
+pub fn apply_script(plan: &Plan, mirror: &Mirror, now: Timestamp) -> String {
+    let mut s = String::new();
+    for t in &plan.delete {
+        let _ = writeln!(s, "del {} {t}", set_of(t));
+    }
+    add_lines(&mut s, |t| set_of(t).to_string(), plan.add.iter().copied(), mirror, now);
+    s
+}
+
+/// `maxelem` for `n` elements: twice what is needed, at least [`MIN_MAXELEM`].
+pub fn maxelem(n: usize) -> usize {
+    (n * 2).next_power_of_two().max(MIN_MAXELEM)
+}
+
+fn create_line(name: &str, v6: bool, maxelem: usize) -> String {
+    let family = if v6 { "inet6" } else { "inet" };
+    format!("create {name} hash:net family {family} timeout 0 maxelem {maxelem}\n")
+}
+
+/// A full reload: fill `<set>-new` and swap it in for each family. The live sets must
+/// exist (see [`Ipset::ensure_sets`]).
+pub fn full_script(mirror: &Mirror, now: Timestamp) -> String {
+    let mut s = String::new();
+    for (live, v6) in [(SET_V4, false), (SET_V6, true)] {
+        let tmp = format!("{live}-new");
+        s.push_str(&create_line(&tmp, v6, maxelem(mirror.count(v6))));
+        let targets = mirror.desired.keys().filter(|t| matches!(t, IpNet::V6(_)) == v6).copied();
+        add_lines(&mut s, |_| tmp.clone(), targets, mirror, now);
+        let _ = writeln!(s, "swap {tmp} {live}");
+        let _ = writeln!(s, "destroy {tmp}");
+    }
+    s
+}
+
+/// The iptables arguments of banshare's rule for `set` (after `-C`/`-I`/`-D CHAIN`).
+pub fn rule_args(set: &str, action: RuleAction) -> Vec<&'static str> {
+    let set: &'static str = if set == SET_V4 { SET_V4 } else { SET_V6 };
+    let target = match action {
+        RuleAction::Drop => "DROP",
+        RuleAction::Reject => "REJECT",
+    };
+    vec!["-m", "set", "--match-set", set, "src", "-j", target]
+}
+
+fn tool(v6: bool) -> &'static str {
+    if v6 { "ip6tables" } else { "iptables" }
+}
+
+fn chain_exists(v6: bool, chain: &str) -> bool {
+    run(tool(v6), &["-w", "-n", "-L", chain], None).is_ok()
+}
+
+fn rule_present(v6: bool, chain: &str, rule: &[&str]) -> bool {
+    let mut args = vec!["-w", "-C", chain];
+    args.extend_from_slice(rule);
+    run(tool(v6), &args, None).is_ok()
+}
+
+/// The ipset backend.
+pub struct Ipset {
+    opts: FirewallOptions,
+    mirror: Mirror,
+}
+
+impl Ipset {
+    /// Checks that ipset and iptables run with the needed privileges.
+    pub fn probe(opts: FirewallOptions) -> Result<Ipset, FirewallError> {
+        run("ipset", &["list", "-n"], None)?;
+        run("iptables", &["-w", "-n", "-L", "INPUT"], None)?;
+        run("ip6tables", &["-w", "-n", "-L", "INPUT"], None)?;
+        Ok(Ipset { opts, mirror: Mirror::default() })
+    }
+
+    /// Creates the live sets if missing and removes a temporary set left by a crash.
+    fn ensure_sets(&self) -> Result<(), FirewallError> {
+        let names = run("ipset", &["list", "-n"], None)?;
+        let have = |n: &str| names.lines().any(|l| l.trim() == n);
+        for (live, v6) in [(SET_V4, false), (SET_V6, true)] {
+            if !have(live) {
+                run("ipset", &["-exist", "restore"], Some(create_line(live, v6, MIN_MAXELEM).as_bytes()))?;
+            }
+            let tmp = format!("{live}-new");
+            if have(&tmp) {
+                run("ipset", &["destroy", &tmp], None)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Inserts banshare's rules where missing, first in each chain.
+    fn ensure_rules(&self) -> Result<(), FirewallError> {
+        for (set, v6) in [(SET_V4, false), (SET_V6, true)] {
+            let rule = rule_args(set, self.opts.action);
+            for chain in self.chains(v6) {
+                if !rule_present(v6, chain, &rule) {
+                    let mut args = vec!["-w", "-I", chain, "1"];
+                    args.extend_from_slice(&rule);
+                    run(tool(v6), &args, None)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn chains(&self, v6: bool) -> Vec<&'static str> {
+        CHAINS
+            .into_iter()
+            .filter(|c| match *c {
+                "INPUT" => true,
+                "FORWARD" => self.opts.forward,
+                _ => chain_exists(v6, c),
+            })
+            .collect()
+    }
+
+    fn restore(script: &str) -> Result<(), FirewallError> {
+        if script.is_empty() {
+            return Ok(());
+        }
+        run("ipset", &["-exist", "restore"], Some(script.as_bytes())).map(|_| ())
+    }
+
+    fn apply_one(&mut self, changes: &[Change], now: Timestamp) -> Result<(), FirewallError> {
+        let before = self.mirror.clone();
+        let plan = self.mirror.plan(changes);
+        Self::restore(&apply_script(&plan, &self.mirror, now)).inspect_err(|_| self.mirror = before)
+    }
+}
+
+impl Firewall for Ipset {
+    fn name(&self) -> &'static str {
+        "ipset"
+    }
+
+    fn reconcile(&mut self, elements: &[Element], now: Timestamp) -> Result<(), FirewallError> {
+        self.ensure_sets()?;
+        self.mirror = Mirror::from_elements(elements);
+        let loaded = Self::restore(&full_script(&self.mirror, now));
+        if let Err(error) = loaded {
+            tracing::error!(%error, "full ipset load refused; loading in pieces");
+            self.ensure_sets()?;
+            let adds: Vec<Change> = elements.iter().map(|e| Change::Add(*e)).collect();
+            self.mirror = Mirror::default();
+            apply_bisecting(&adds, &mut |chunk| self.apply_one(chunk, now))?;
+        }
+        self.ensure_rules()
+    }
+
+    fn apply(&mut self, changes: &[Change], now: Timestamp) -> Result<(), FirewallError> {
+        apply_bisecting(changes, &mut |chunk| self.apply_one(chunk, now))
+    }
+
+    fn element_count(&mut self) -> Result<usize, FirewallError> {
+        Ok(self.mirror.len())
+    }
+
+    fn intact(&mut self) -> Result<bool, FirewallError> {
+        let names = run("ipset", &["list", "-n"], None)?;
+        if ![SET_V4, SET_V6].iter().all(|s| names.lines().any(|l| l.trim() == *s)) {
+            return Ok(false);
+        }
+        Ok([(SET_V4, false), (SET_V6, true)]
+            .iter()
+            .all(|(set, v6)| rule_present(*v6, "INPUT", &rule_args(set, self.opts.action))))
+    }
+}
+
+/// Removes banshare's rules (either action) from every chain, then its sets. Returns
+/// whether anything existed.
+pub fn teardown() -> Result<bool, FirewallError> {
+    let mut found = false;
+    for (set, v6) in [(SET_V4, false), (SET_V6, true)] {
+        for chain in CHAINS {
+            for action in [RuleAction::Drop, RuleAction::Reject] {
+                let rule = rule_args(set, action);
+                while rule_present(v6, chain, &rule) {
+                    let mut args = vec!["-w", "-D", chain];
+                    args.extend_from_slice(&rule);
+                    run(tool(v6), &args, None)?;
+                    found = true;
+                }
+            }
+        }
+    }
+    let names = run("ipset", &["list", "-n"], None)?;
+    for name in [SET_V4, SET_V6, "banshare-v4-new", "banshare-v6-new"] {
+        if names.lines().any(|l| l.trim() == name) {
+            run("ipset", &["destroy", name], None)?;
+            found = true;
+        }
+    }
+    Ok(found)
+}
+
+/// Per set: elements (from `ipset list -terse`) and the packets and bytes dropped by
+/// banshare's rules (summed over chains). `None` when the sets do not exist.
+pub fn stats() -> Result<Option<Vec<SetStats>>, FirewallError> {
+    let names = run("ipset", &["list", "-n"], None)?;
+    let mut out = Vec::new();
+    for (set, v6) in [(SET_V4, false), (SET_V6, true)] {
+        if !names.lines().any(|l| l.trim() == set) {
+            continue;
+        }
+        let terse = run("ipset", &["list", set, "-terse"], None)?;
+        let elements = terse
+            .lines()
+            .find_map(|l| l.strip_prefix("Number of entries:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0);
+        let (mut packets, mut bytes) = (0, 0);
+        for chain in CHAINS {
+            if let Ok(listing) = run(tool(v6), &["-w", "-n", "-v", "-x", "-L", chain], None) {
+                let (p, b) = rule_counters(&listing, set);
+                packets += p;
+                bytes += b;
+            }
+        }
+        out.push(SetStats { name: set.into(), source: None, elements, packets, bytes });
+    }
+    Ok((!out.is_empty()).then_some(out))
+}
+
+/// Packets and bytes of the rules matching `set` in an `iptables -nvxL CHAIN` listing.
+pub fn rule_counters(listing: &str, set: &str) -> (u64, u64) {
+    let needle = format!("match-set {set} src");
+    listing
+        .lines()
+        .filter(|l| l.contains(&needle))
+        .filter_map(|l| {
+            let mut cols = l.split_whitespace();
+            Some((cols.next()?.parse::<u64>().ok()?, cols.next()?.parse::<u64>().ok()?))
+        })
+        .fold((0, 0), |(p, b), (p2, b2)| (p + p2, b + b2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::parse_target;
+
+    fn el(source: Source, t: &str, secs: Option<i64>) -> Element {
+        Element { source, target: parse_target(t).unwrap(), expires: secs.map(|s| Timestamp(s * 1000)) }
+    }
+
+    #[test]
+    fn a_target_held_by_two_sources_stays_until_both_lift_it() {
+        let mut m = Mirror::default();
+        let plan = m.plan(&[
+            Change::Add(el(Source::Detect, "203.0.113.7", Some(100))),
+            Change::Add(el(Source::Feed, "203.0.113.7", Some(50))),
+            Change::Add(el(Source::Manual, "2001:db8::/48", None)),
+        ]);
+        assert_eq!(
+            apply_script(&plan, &m, Timestamp(0)),
+            "add banshare-v4 203.0.113.7/32 timeout 100\nadd banshare-v6 2001:db8::/48 timeout 0\n"
+        );
+        let plan = m.plan(&[Change::Remove(el(Source::Detect, "203.0.113.7", Some(100)))]);
+        assert_eq!(apply_script(&plan, &m, Timestamp(0)), "add banshare-v4 203.0.113.7/32 timeout 50\n");
+        let plan = m.plan(&[Change::Remove(el(Source::Feed, "203.0.113.7", Some(50)))]);
+        assert_eq!(apply_script(&plan, &m, Timestamp(0)), "del banshare-v4 203.0.113.7/32\n");
+    }
+
+    #[test]
+    fn full_reload_swaps_a_fresh_set_sized_for_what_is_needed() {
+        let m = Mirror::from_elements(&[
+            el(Source::Manual, "203.0.113.7", Some(10)),
+            el(Source::Feed, "198.51.100.0/24", Some(1)),
+        ]);
+        let s = full_script(&m, Timestamp(1500));
+        assert_eq!(
+            s,
+            "create banshare-v4-new hash:net family inet timeout 0 maxelem 65536\n\
+             add banshare-v4-new 203.0.113.7/32 timeout 9\n\
+             swap banshare-v4-new banshare-v4\n\
+             destroy banshare-v4-new\n\
+             create banshare-v6-new hash:net family inet6 timeout 0 maxelem 65536\n\
+             swap banshare-v6-new banshare-v6\n\
+             destroy banshare-v6-new\n"
+        );
+        assert_eq!(maxelem(100_000), 262_144);
+    }
+
+    #[test]
+    fn timeouts_are_rounded_up_and_capped() {
+        assert_eq!(timeout(Some(Timestamp(1001)), Timestamp(0)).unwrap(), "timeout 2");
+        assert_eq!(timeout(Some(Timestamp(i64::MAX)), Timestamp(0)).unwrap(), format!("timeout {MAX_TIMEOUT}"));
+        assert_eq!(timeout(Some(Timestamp(0)), Timestamp(0)), None);
+    }
+
+    #[test]
+    fn counters_are_read_from_iptables_listings() {
+        let listing = "Chain INPUT (policy ACCEPT 0 packets, 0 bytes)\n    pkts      bytes target     prot opt in     out     source               destination\n       3      180 DROP       0    --  *      *       0.0.0.0/0            0.0.0.0/0            match-set banshare-v4 src\n";
+        assert_eq!(rule_counters(listing, SET_V4), (3, 180));
+        assert_eq!(rule_counters(listing, SET_V6), (0, 0));
+    }
+}
