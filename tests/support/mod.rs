@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -39,10 +41,22 @@ impl Env {
         env
     }
 
+    /// An environment on a real firewall backend (`nftables` or `ipset`).
+    pub fn with_backend(backend: &str, extra: &str) -> Env {
+        let env = Env::new("");
+        env.write_config_for(backend, extra);
+        env
+    }
+
     /// Rewrites the config: the environment's paths, the dry-run backend, then `extra`.
     pub fn write_config(&self, extra: &str) {
+        self.write_config_for("dry-run", extra);
+    }
+
+    /// Rewrites the config with `backend`; `extra` holds top-level keys.
+    pub fn write_config_for(&self, backend: &str, extra: &str) {
         let text = format!(
-            "state_dir = {:?}\nsocket = {:?}\n{extra}\n[firewall]\nbackend = \"dry-run\"\n",
+            "state_dir = {:?}\nsocket = {:?}\n{extra}\n[firewall]\nbackend = {backend:?}\n",
             self.state_dir, self.socket
         );
         std::fs::write(&self.config_path, text).expect("write config");
@@ -65,6 +79,13 @@ impl Env {
             .env_remove("BANSHARE_SOCKET")
             .output()
             .expect("run banshare");
+        Run::from(out)
+    }
+
+    /// Runs the real CLI inside a network namespace (for commands that read the kernel).
+    pub fn cli_in(&self, ns: &netns::Netns, args: &[&str]) -> Run {
+        let out =
+            ns.command(&[BIN]).args(args).env("BANSHARE_CONFIG", &self.config_path).output().expect("run banshare");
         Run::from(out)
     }
 
@@ -98,8 +119,21 @@ impl Env {
 
     /// Like [`Env::spawn_daemon`], with extra environment variables.
     pub fn spawn_daemon_with(&self, vars: &[(&str, &Path)]) -> DaemonProcess {
-        let log = std::fs::File::create(self.dir.path().join("daemon.log")).expect("daemon log");
-        let child = Command::new(BIN)
+        self.spawn_daemon_from(Command::new(BIN), vars)
+    }
+
+    /// Starts `banshare run` inside a network namespace.
+    pub fn spawn_daemon_in(&self, ns: &netns::Netns) -> DaemonProcess {
+        self.spawn_daemon_from(ns.command(&[BIN]), &[])
+    }
+
+    fn spawn_daemon_from(&self, mut command: Command, vars: &[(&str, &Path)]) -> DaemonProcess {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.log"))
+            .expect("daemon log");
+        let child = command
             .arg("run")
             .env("BANSHARE_CONFIG", &self.config_path)
             .envs(vars.iter().map(|(k, v)| (*k, *v)))
