@@ -16,6 +16,8 @@ use crate::store::Upsert;
 
 /// How long the CLI waits for the daemon before giving up.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// `import` of a large list commits and loads it all at once; give it time.
+const IMPORT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A failed command: the exit code and the one line to print.
 #[derive(Debug)]
@@ -153,8 +155,8 @@ fn import(
     if invalid.len() > 20 {
         eprintln!("banshare: {}: ... and {} more invalid lines", file.display(), invalid.len() - 20);
     }
-    let data: ImportData =
-        connect(config, socket)?.call_as(&Request::Import { targets, for_secs, permanent, reason })?;
+    let mut client = connect_with(config, socket, IMPORT_TIMEOUT)?;
+    let data: ImportData = client.call_as(&Request::Import { targets, for_secs, permanent, reason })?;
     print(json, &data, || output::import(&data, invalid.len()));
     Ok(if invalid.is_empty() { exit::OK } else { exit::BAD_INPUT })
 }
@@ -264,11 +266,19 @@ fn load_config(path: Option<&Path>) -> Result<Config, CliError> {
 
 /// Connects to the daemon at `--socket`, or at the config's `socket`.
 fn connect(config_path: &Option<PathBuf>, socket: &Option<PathBuf>) -> Result<Client, CliError> {
+    connect_with(config_path, socket, CLIENT_TIMEOUT)
+}
+
+fn connect_with(
+    config_path: &Option<PathBuf>,
+    socket: &Option<PathBuf>,
+    timeout: Duration,
+) -> Result<Client, CliError> {
     let socket = match socket {
         Some(s) => s.clone(),
         None => load_config(config_path.as_deref())?.socket,
     };
-    Ok(Client::connect(&socket, CLIENT_TIMEOUT)?)
+    Ok(Client::connect(&socket, timeout)?)
 }
 
 /// Prints `data` as JSON or as the text `human` renders.

@@ -1,9 +1,12 @@
-//! The engine: the daemon's state (store, firewall, guard, config) and every operation on
-//! it. Operations are synchronous and short; the async side calls them on blocking
-//! threads. One mutex covers the store and the firewall together, which makes the daemon
-//! the single writer and fixes the order of effects: guard, commit, then enforce. A
-//! decision is acknowledged only after its commit, so a crash never loses an
-//! acknowledged ban; the firewall is rebuilt from the store at the next start.
+//! The engine: the daemon's state (store, guard, config, firewall handle) and every
+//! operation on it. Operations are synchronous; the async side calls them on blocking
+//! threads. One mutex covers the store, which makes the daemon the single writer and
+//! fixes the order of effects: guard, commit, then enforce. Firewall jobs are queued to
+//! the [`FirewallHandle`] while that mutex is held, so the kernel sees changes in commit
+//! order, and awaited after it is released, so concurrent requests share one kernel
+//! transaction. A decision is acknowledged only after its commit (and its batch reached
+//! the kernel), so a crash never loses an acknowledged ban; the firewall is rebuilt from
+//! the store at every start.
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -20,7 +23,7 @@ use crate::control::protocol::{
 };
 use crate::control::server::Handler;
 use crate::decision::{Decision, Guard, NewDecision, Refusal, Source, parse_target, show_target};
-use crate::enforce::{Enforcer, FirewallError};
+use crate::enforce::FirewallHandle;
 use crate::hostaddr;
 use crate::store::{LiftReason, Store, StoreError, Upsert};
 
@@ -29,6 +32,7 @@ const QUERY_HISTORY: usize = 5;
 
 pub struct Engine {
     state: Mutex<State>,
+    firewall: FirewallHandle,
     info: RwLock<Info>,
     started: Timestamp,
     started_at: Instant,
@@ -39,11 +43,8 @@ pub struct Engine {
 /// Guarded by the engine's one mutex.
 struct State {
     store: Store,
-    enforcer: Enforcer,
     guard: Guard,
     host: Vec<IpAddr>,
-    /// The last firewall failure, cleared by the next success (shown in `status`).
-    firewall_error: Option<String>,
 }
 
 /// The config in force and how it got there.
@@ -57,12 +58,12 @@ struct Info {
 pub type Outcome = Result<(Decision, Upsert), Refusal>;
 
 impl Engine {
-    pub fn new(config: Config, store: Store, enforcer: Enforcer, host: Vec<IpAddr>) -> Engine {
+    pub fn new(config: Config, store: Store, firewall: FirewallHandle, host: Vec<IpAddr>) -> Engine {
         let guard = Guard::new(config.allowlist.clone(), host.clone());
-        let mut enforcer = enforcer;
-        enforcer.set_guard(guard.clone());
+        firewall.set_guard(guard.clone());
         Engine {
-            state: Mutex::new(State { store, enforcer, guard, host, firewall_error: None }),
+            state: Mutex::new(State { store, guard, host }),
+            firewall,
             info: RwLock::new(Info { config: Arc::new(config), loaded: Timestamp::now(), reload_error: None }),
             started: Timestamp::now(),
             started_at: Instant::now(),
@@ -89,15 +90,15 @@ impl Engine {
         if !expired.is_empty() {
             tracing::info!(count = expired.len(), "lifted decisions that expired while the daemon was stopped");
         }
-        lift_guarded(&mut st, now)?;
+        lift_guarded(&mut st, &self.firewall, now)?;
         let active = st.store.active(None, now)?;
-        let result = st.enforcer.reconcile(&active, now);
-        record_firewall(&mut st, result);
-        tracing::info!(
-            active = active.len(),
-            backend = st.enforcer.backend_name(),
-            "firewall reconciled with the store"
-        );
+        let count = active.len();
+        let done = self.firewall.reconcile(active);
+        drop(st);
+        if let Ok(Err(error)) = done.recv() {
+            tracing::error!(%error, "initial firewall load failed; retrying every few seconds");
+        }
+        tracing::info!(active = count, backend = self.firewall.backend_name(), "firewall reconciled with the store");
         Ok(())
     }
 
@@ -123,10 +124,10 @@ impl Engine {
         for d in &changed {
             tracing::info!(ip = %d.target, source = %d.source, until = %d.expires.map_or("never".to_string(), |t| t.to_string()), reason = %d.reason, "blocked");
         }
-        let result = st.enforcer.add(&changed, now);
-        record_firewall(&mut st, result);
+        let ticket = self.firewall.add(&changed);
         drop(st);
         self.expiry_wake.notify_one();
+        ticket.wait();
         Ok(outcomes)
     }
 
@@ -137,9 +138,11 @@ impl Engine {
         for d in &lifted {
             tracing::info!(ip = %d.target, source = %d.source, "ban expired");
         }
-        let result = st.enforcer.remove(&lifted, now);
-        record_firewall(&mut st, result);
-        st.store.next_expiry()
+        let ticket = self.firewall.remove(&lifted);
+        let next = st.store.next_expiry();
+        drop(st);
+        ticket.wait();
+        next
     }
 
     /// Checks that the firewall still holds banshare's table or sets (`nft flush ruleset`
@@ -147,26 +150,25 @@ impl Engine {
     /// `full`, rebuilds regardless: re-asserts kernel timeouts of long bans and removes
     /// anything the kernel holds that the store has lifted.
     pub fn check_firewall(&self, now: Timestamp, full: bool) -> Result<(), StoreError> {
-        let mut st = self.state();
         let rebuild = full
-            || match st.enforcer.intact() {
-                Ok(intact) => {
-                    if !intact {
-                        tracing::warn!(
-                            "banshare's firewall rules are gone (nft flush ruleset? firewall restart?); restoring them"
-                        );
-                    }
-                    !intact
+            || match self.firewall.intact() {
+                Ok(true) => false,
+                Ok(false) => {
+                    tracing::warn!(
+                        "banshare's firewall rules are gone (nft flush ruleset? firewall restart?); restoring them"
+                    );
+                    true
                 }
                 Err(error) => {
-                    record_firewall(&mut st, Err(error));
+                    tracing::warn!(%error, "cannot check the firewall");
                     false
                 }
             };
         if rebuild {
-            let active = st.store.active(None, now)?;
-            let result = st.enforcer.reconcile(&active, now);
-            record_firewall(&mut st, result);
+            let st = self.state();
+            let done = self.firewall.reconcile(st.store.active(None, now)?);
+            drop(st);
+            let _ = done.recv();
         }
         Ok(())
     }
@@ -186,7 +188,7 @@ impl Engine {
             tracing::info!(addresses = host.len(), "this host's addresses changed");
             let guard = Guard::new(self.config().allowlist.clone(), host.clone());
             st.host = host;
-            set_guard(&mut st, guard, now)?;
+            set_guard(&mut st, &self.firewall, guard, now)?;
         }
         if prune {
             let before = Timestamp(now.0.saturating_sub(retention.as_millis() as i64));
@@ -222,7 +224,7 @@ impl Engine {
         let now = Timestamp::now();
         let mut st = self.state();
         let guard = Guard::new(new.allowlist.clone(), st.host.clone());
-        if let Err(error) = set_guard(&mut st, guard, now) {
+        if let Err(error) = set_guard(&mut st, &self.firewall, guard, now) {
             tracing::error!(%error, "applying the new allowlist failed");
         }
         drop(st);
@@ -335,8 +337,9 @@ impl Engine {
         for d in &lifted {
             tracing::info!(ip = %d.target, source = %d.source, "unbanned by the operator");
         }
-        let result = st.enforcer.remove(&lifted, now);
-        record_firewall(&mut st, result);
+        let ticket = self.firewall.remove(&lifted);
+        drop(st);
+        ticket.wait();
         to_value(UnbanData { lifted })
     }
 
@@ -367,14 +370,14 @@ impl Engine {
             let info = self.info.read().unwrap_or_else(|e| e.into_inner());
             (Arc::clone(&info.config), info.loaded, info.reload_error.clone())
         };
-        let mut st = self.state();
+        let st = self.state();
         let active = st.store.counts(now).map_err(internal)?;
         let schema_version = st.store.schema_version().map_err(internal)?;
-        let elements = st.enforcer.element_count().ok();
-        let backend = st.enforcer.backend_name();
-        let last_error = st.firewall_error.clone();
         let host_addresses = st.host.len();
         drop(st); // reading kernel counters is slow at scale; bans must not wait for it
+        let elements = self.firewall.element_count();
+        let backend = self.firewall.backend_name();
+        let last_error = self.firewall.last_error();
         let sets = crate::enforce::stats(backend).unwrap_or_else(|error| {
             tracing::warn!(%error, "cannot read firewall counters");
             None
@@ -414,15 +417,15 @@ impl Handler for Engine {
 }
 
 /// Installs a new guard and lifts the live decisions it refuses.
-fn set_guard(st: &mut State, guard: Guard, now: Timestamp) -> Result<(), StoreError> {
-    st.enforcer.set_guard(guard.clone());
+fn set_guard(st: &mut State, firewall: &FirewallHandle, guard: Guard, now: Timestamp) -> Result<(), StoreError> {
+    firewall.set_guard(guard.clone());
     st.guard = guard;
-    lift_guarded(st, now)
+    lift_guarded(st, firewall, now)
 }
 
 /// Lifts live decisions that the guard refuses (an allowlist entry added, a new host
 /// address): the operator's latest word on what must never be blocked wins.
-fn lift_guarded(st: &mut State, now: Timestamp) -> Result<(), StoreError> {
+fn lift_guarded(st: &mut State, firewall: &FirewallHandle, now: Timestamp) -> Result<(), StoreError> {
     let refused: Vec<Decision> = st
         .store
         .active(None, now)?
@@ -439,19 +442,9 @@ fn lift_guarded(st: &mut State, now: Timestamp) -> Result<(), StoreError> {
         return Ok(());
     }
     let lifted = st.store.lift(refused, LiftReason::Allowlisted, now)?;
-    let result = st.enforcer.remove(&lifted, now);
-    record_firewall(st, result);
+    // Not waited for: queued in order, applied before anything committed later.
+    let _ = firewall.remove(&lifted);
     Ok(())
-}
-
-fn record_firewall(st: &mut State, result: Result<(), FirewallError>) {
-    match result {
-        Ok(()) => st.firewall_error = None,
-        Err(error) => {
-            tracing::error!(%error, "firewall update failed; the store keeps the decisions and the next reconcile retries");
-            st.firewall_error = Some(error.to_string());
-        }
-    }
 }
 
 /// Live decisions whose (larger) target contains `target`.

@@ -28,7 +28,8 @@ pub use notify::notify;
 use crate::clock::Timestamp;
 use crate::config::Config;
 use crate::control;
-use crate::enforce::{self, Enforcer, FirewallError};
+use crate::decision::Guard;
+use crate::enforce::{self, Enforcer, FirewallError, FirewallHandle};
 use crate::hostaddr;
 use crate::store::{Store, StoreError};
 
@@ -117,7 +118,9 @@ pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
     let socket = config.socket.clone();
     let group = config.socket_group.clone();
     let origin = config.origin();
-    let engine = Arc::new(Engine::new(config, store, Enforcer::new(backend, Default::default()), host));
+    let guard = Guard::new(config.allowlist.clone(), host.clone());
+    let firewall = FirewallHandle::spawn(Enforcer::new(backend, guard));
+    let engine = Arc::new(Engine::new(config, store, firewall, host));
 
     let startup = Arc::clone(&engine);
     tokio::task::spawn_blocking(move || startup.startup(Timestamp::now()))

@@ -189,6 +189,8 @@ fn rule_present(v6: bool, chain: &str, rule: &[&str]) -> bool {
 pub struct Ipset {
     opts: FirewallOptions,
     mirror: Mirror,
+    /// `maxelem` of the live sets (v4, v6) as banshare last created them.
+    capacity: [usize; 2],
 }
 
 impl Ipset {
@@ -197,7 +199,7 @@ impl Ipset {
         run("ipset", &["list", "-n"], None)?;
         run("iptables", &["-w", "-n", "-L", "INPUT"], None)?;
         run("ip6tables", &["-w", "-n", "-L", "INPUT"], None)?;
-        Ok(Ipset { opts, mirror: Mirror::default() })
+        Ok(Ipset { opts, mirror: Mirror::default(), capacity: [MIN_MAXELEM; 2] })
     }
 
     /// Creates the live sets if missing and removes a temporary set left by a crash.
@@ -249,10 +251,21 @@ impl Ipset {
         run("ipset", &["-exist", "restore"], Some(script.as_bytes())).map(|_| ())
     }
 
+    /// One `ipset restore`. A set cannot grow in place: when the batch would overflow
+    /// a set's `maxelem`, everything is reloaded into bigger sets and swapped in.
     fn apply_one(&mut self, changes: &[Change], now: Timestamp) -> Result<(), FirewallError> {
-        let before = self.mirror.clone();
         let plan = self.mirror.plan(changes);
-        Self::restore(&apply_script(&plan, &self.mirror, now)).inspect_err(|_| self.mirror = before)
+        if [false, true].iter().any(|v6| self.mirror.count(*v6) > self.capacity[*v6 as usize]) {
+            return self.reload(now);
+        }
+        Self::restore(&apply_script(&plan, &self.mirror, now))
+    }
+
+    /// Fills fresh sets from the mirror and swaps them in.
+    fn reload(&mut self, now: Timestamp) -> Result<(), FirewallError> {
+        Self::restore(&full_script(&self.mirror, now))?;
+        self.capacity = [maxelem(self.mirror.count(false)), maxelem(self.mirror.count(true))];
+        Ok(())
     }
 }
 
@@ -264,12 +277,12 @@ impl Firewall for Ipset {
     fn reconcile(&mut self, elements: &[Element], now: Timestamp) -> Result<(), FirewallError> {
         self.ensure_sets()?;
         self.mirror = Mirror::from_elements(elements);
-        let loaded = Self::restore(&full_script(&self.mirror, now));
-        if let Err(error) = loaded {
+        if let Err(error) = self.reload(now) {
             tracing::error!(%error, "full ipset load refused; loading in pieces");
             self.ensure_sets()?;
             let adds: Vec<Change> = elements.iter().map(|e| Change::Add(*e)).collect();
             self.mirror = Mirror::default();
+            self.capacity = [MIN_MAXELEM; 2];
             apply_bisecting(&adds, &mut |chunk| self.apply_one(chunk, now))?;
         }
         self.ensure_rules()

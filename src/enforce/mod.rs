@@ -14,6 +14,7 @@ mod command;
 mod dryrun;
 pub mod ipset;
 pub mod nftables;
+mod worker;
 
 use std::path::Path;
 
@@ -25,6 +26,7 @@ use crate::config::{Backend, Config};
 use crate::decision::{Decision, Guard, Source, show_target};
 
 pub use dryrun::DryRun;
+pub use worker::{FirewallHandle, Ticket};
 
 /// What the rules do to a blocked source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,14 +118,29 @@ pub trait Firewall: Send {
     fn intact(&mut self) -> Result<bool, FirewallError>;
 }
 
+/// How many backend runs one batch may cost while looking for the elements it refuses.
+/// Beyond that the refusal is systemic (a full set, lost privileges), not one element.
+const BISECT_BUDGET: usize = 64;
+
 /// Applies `changes` with `apply`; when a batch is refused, applies its halves on their
 /// own, down to single elements, so one bad element cannot block the rest. Each element
-/// refused on its own is logged with the backend's message; the first such error is
-/// returned after everything else went through.
+/// refused on its own is logged with the backend's message; the first error is returned
+/// after everything else went through. A caller whose batch failed must treat the kernel
+/// as suspect and reconcile (the worker does, within seconds).
 pub(crate) fn apply_bisecting(
     changes: &[Change],
     apply: &mut dyn FnMut(&[Change]) -> Result<(), FirewallError>,
 ) -> Result<(), FirewallError> {
+    let mut budget = BISECT_BUDGET;
+    bisect(changes, apply, &mut budget)
+}
+
+fn bisect(
+    changes: &[Change],
+    apply: &mut dyn FnMut(&[Change]) -> Result<(), FirewallError>,
+    budget: &mut usize,
+) -> Result<(), FirewallError> {
+    *budget = budget.saturating_sub(1);
     match apply(changes) {
         Ok(()) => Ok(()),
         Err(e @ (FirewallError::Unavailable(_) | FirewallError::Io { .. })) => Err(e),
@@ -141,10 +158,14 @@ pub(crate) fn apply_bisecting(
             tracing::error!(%error, "firewall refused an element");
             Err(error)
         }
+        Err(e) if *budget < 2 => {
+            tracing::error!(error = %e, changes = changes.len(), "firewall keeps refusing; giving up on this batch");
+            Err(e)
+        }
         Err(_) => {
             let (a, b) = changes.split_at(changes.len() / 2);
-            let first = apply_bisecting(a, apply);
-            let second = apply_bisecting(b, apply);
+            let first = bisect(a, apply, budget);
+            let second = bisect(b, apply, budget);
             first.and(second)
         }
     }
@@ -226,14 +247,13 @@ impl Enforcer {
 
     /// Rebuilds the kernel state from the store's active decisions.
     pub fn reconcile(&mut self, active: &[Decision], now: Timestamp) -> Result<(), FirewallError> {
-        let elements: Vec<Element> = active.iter().filter(|d| self.allowed(d)).map(Element::from).collect();
+        let elements: Vec<Element> = active.iter().map(Element::from).filter(|e| self.allowed(e)).collect();
         self.backend.reconcile(&elements, now)
     }
 
     /// Blocks `decisions` (those the guard allows).
     pub fn add(&mut self, decisions: &[Decision], now: Timestamp) -> Result<(), FirewallError> {
-        let changes: Vec<Change> =
-            decisions.iter().filter(|d| self.allowed(d)).map(|d| Change::Add(d.into())).collect();
+        let changes: Vec<Change> = decisions.iter().map(|d| Change::Add(d.into())).collect();
         self.apply(&changes, now)
     }
 
@@ -241,6 +261,22 @@ impl Enforcer {
     pub fn remove(&mut self, decisions: &[Decision], now: Timestamp) -> Result<(), FirewallError> {
         let changes: Vec<Change> = decisions.iter().map(|d| Change::Remove(d.into())).collect();
         self.apply(&changes, now)
+    }
+
+    /// Applies a batch; additions the guard refuses are dropped here.
+    pub fn apply(&mut self, changes: &[Change], now: Timestamp) -> Result<(), FirewallError> {
+        let changes: Vec<Change> = changes
+            .iter()
+            .filter(|c| match c {
+                Change::Add(e) => self.allowed(e),
+                Change::Remove(_) => true,
+            })
+            .copied()
+            .collect();
+        if changes.is_empty() {
+            return Ok(());
+        }
+        self.backend.apply(&changes, now)
     }
 
     pub fn element_count(&mut self) -> Result<usize, FirewallError> {
@@ -251,18 +287,11 @@ impl Enforcer {
         self.backend.intact()
     }
 
-    fn apply(&mut self, changes: &[Change], now: Timestamp) -> Result<(), FirewallError> {
-        if changes.is_empty() {
-            return Ok(());
-        }
-        self.backend.apply(changes, now)
-    }
-
-    fn allowed(&self, d: &Decision) -> bool {
-        match self.guard.check(&d.target) {
+    fn allowed(&self, e: &Element) -> bool {
+        match self.guard.check(&e.target) {
             Ok(()) => true,
             Err(refusal) => {
-                tracing::error!(ip = %d.target, source = %d.source, "not blocked at the firewall boundary: {refusal}");
+                tracing::error!(ip = %e.target, source = %e.source, "not blocked at the firewall boundary: {refusal}");
                 false
             }
         }

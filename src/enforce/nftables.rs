@@ -357,14 +357,15 @@ impl Nftables {
         run("nft", &["-f", "-"], Some(script.as_bytes())).map(|_| ())
     }
 
+    /// One transaction. On failure the mirror is ahead of the kernel; the worker then
+    /// reports the firewall dirty and the daemon reconciles from the store.
     fn apply_one(&mut self, changes: &[Change], now: Timestamp) -> Result<(), FirewallError> {
-        let before = self.mirror.clone();
         let plan = self.mirror.plan(changes);
         let script = apply_script(&plan, &self.mirror, now);
         if script.is_empty() {
             return Ok(());
         }
-        Self::nft(&script).inspect_err(|_| self.mirror = before)
+        Self::nft(&script)
     }
 }
 

@@ -106,7 +106,7 @@ fn garbage_on_the_control_socket_gets_an_error_reply_and_the_connection_lives_on
         ErrorCode::BadRequest,
         "at least one second",
     );
-    let mut huge = vec![b'x'; 2 << 20];
+    let mut huge = vec![b'x'; banshare::control::protocol::MAX_LINE + 10];
     huge.push(b'\n');
     expect(&huge, ErrorCode::TooLarge, "longer than");
     // After all that, the same connection still serves a good request.

@@ -1,0 +1,191 @@
+//! Firewall loading benchmark: `sudo cargo bench --bench firewall`.
+//!
+//! Runs in a network namespace of its own (it unshares one at start; needs root), so the
+//! host's firewall is never touched. In one run, with fixed-seed addresses:
+//!
+//! 1. 100,000 addresses through `banshare import` end to end (CLI, socket, SQLite commit,
+//!    one nftables transaction), on a fresh state each time: median of 3 runs. Also with
+//!    the ipset backend.
+//! 2. The nftables backend alone reloading the same 100,000 (one `nft -f -`): median of 3.
+//! 3. An incremental batch of 1,000 additions and 1,000 removals on top of 100,000:
+//!    median of 5.
+//! 4. The way fail2ban's nftables action works: one `nft add element` process per
+//!    address, 2,000 addresses on top of the loaded table, extrapolated to 100,000.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use banshare::clock::Timestamp;
+use banshare::decision::Source;
+use banshare::enforce::nftables::Nftables;
+use banshare::enforce::{Change, Element, Firewall, FirewallOptions, RuleAction};
+
+const N: usize = 100_000;
+const PER_ADDRESS_SAMPLE: usize = 2_000;
+
+fn main() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!(
+            "the firewall benchmark needs root (it creates a network namespace): sudo cargo bench --bench firewall"
+        );
+        std::process::exit(1);
+    }
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare a network namespace");
+    sh("ip", &["link", "set", "lo", "up"]);
+
+    let addrs = addresses(N + 1_000, 0x5eed);
+    let (base, extra) = addrs.split_at(N);
+    println!("banshare firewall benchmark: {N} addresses, in a private network namespace");
+
+    for backend in ["nftables", "ipset"] {
+        let runs: Vec<Duration> = (0..3).map(|_| import_run(backend, base)).collect();
+        println!("import 100k via `banshare import` ({backend}): median {} (runs {})", ms(median(&runs)), list(&runs));
+    }
+
+    let opts = FirewallOptions { forward: true, action: RuleAction::Drop };
+    let mut nft = Nftables::probe(opts).expect("nft works");
+    let expires = Some(Timestamp::now().plus(Duration::from_secs(3600)));
+    let elements: Vec<Element> = base.iter().map(|a| element(*a, expires)).collect();
+    let runs: Vec<Duration> = (0..3)
+        .map(|_| {
+            let t = Instant::now();
+            nft.reconcile(&elements, Timestamp::now()).expect("reconcile");
+            t.elapsed()
+        })
+        .collect();
+    println!("nftables backend reload of 100k (one nft -f): median {} (runs {})", ms(median(&runs)), list(&runs));
+
+    let mut inc = Vec::new();
+    for round in 0..5 {
+        let (adds, removes) = (&extra[..1_000], &base[round * 1_000..(round + 1) * 1_000]);
+        let mut changes: Vec<Change> = adds.iter().map(|a| Change::Add(element(*a, expires))).collect();
+        changes.extend(removes.iter().map(|a| Change::Remove(element(*a, expires))));
+        let t = Instant::now();
+        nft.apply(&changes, Timestamp::now()).expect("apply");
+        inc.push(t.elapsed());
+        // Undo, so every round starts from the same 100,000.
+        let undo: Vec<Change> = changes
+            .iter()
+            .map(|c| match c {
+                Change::Add(e) => Change::Remove(*e),
+                Change::Remove(e) => Change::Add(*e),
+            })
+            .collect();
+        nft.apply(&undo, Timestamp::now()).expect("undo");
+    }
+    println!(
+        "incremental 1,000 adds + 1,000 removals on top of 100k: median {} (runs {})",
+        ms(median(&inc)),
+        list(&inc)
+    );
+
+    let sample = &extra[..PER_ADDRESS_SAMPLE.min(extra.len())];
+    let sample: Vec<Ipv4Addr> = sample.iter().chain(base.iter()).take(PER_ADDRESS_SAMPLE).copied().collect();
+    let t = Instant::now();
+    for a in &sample {
+        let element = format!("{{ {a} timeout 3600s }}");
+        sh("nft", &["add", "element", "inet", "banshare", "manual_v4", &element]);
+    }
+    let per = t.elapsed() / sample.len() as u32;
+    let extrapolated = per * N as u32;
+    println!(
+        "one `nft add element` process per address: {} per address over {} addresses on top of 100k; 100k extrapolated: {}",
+        ms(per),
+        sample.len(),
+        ms(extrapolated)
+    );
+    let import = median(&runs);
+    println!(
+        "ratio, per-address processes vs one batch (backend reload): {:.0}x",
+        extrapolated.as_secs_f64() / import.as_secs_f64()
+    );
+    banshare::enforce::teardown().ok();
+}
+
+/// One `banshare import` of `addrs` into a fresh daemon on `backend`; returns the time
+/// the import command took.
+fn import_run(backend: &str, addrs: &[Ipv4Addr]) -> Duration {
+    banshare::enforce::teardown().ok();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("banshare.toml");
+    let text = format!(
+        "state_dir = {:?}\nsocket = {:?}\n[firewall]\nbackend = {backend:?}\n",
+        dir.path().join("state"),
+        dir.path().join("s.sock")
+    );
+    std::fs::write(&config, text).unwrap();
+    let list: String = addrs.iter().map(|a| format!("{a}\n")).collect();
+    let file = dir.path().join("list.txt");
+    std::fs::write(&file, list).unwrap();
+
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_banshare"))
+        .arg("run")
+        .env("BANSHARE_CONFIG", &config)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_socket(&dir.path().join("s.sock"));
+    let t = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_banshare"))
+        .args(["import", file.to_str().unwrap(), "--for", "1h"])
+        .env("BANSHARE_CONFIG", &config)
+        .output()
+        .unwrap();
+    let took = t.elapsed();
+    assert!(out.status.success(), "import failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(&format!("imported {} new", addrs.len())));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    daemon.wait().unwrap();
+    took
+}
+
+fn wait_for_socket(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(path).is_err() {
+        assert!(Instant::now() < deadline, "daemon did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn element(a: Ipv4Addr, expires: Option<Timestamp>) -> Element {
+    Element { source: Source::Manual, target: ipnet::IpNet::from(std::net::IpAddr::V4(a)), expires }
+}
+
+/// Distinct public-looking IPv4 addresses from a fixed seed (xorshift64).
+fn addresses(n: usize, seed: u64) -> Vec<Ipv4Addr> {
+    let mut x = seed;
+    let mut seen = std::collections::HashSet::with_capacity(n);
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let a = Ipv4Addr::from((x >> 16) as u32);
+        let first = a.octets()[0];
+        if (1..=223).contains(&first) && ![10, 100, 127, 169, 172, 192].contains(&first) && seen.insert(a) {
+            out.push(a);
+        }
+    }
+    out
+}
+
+fn sh(program: &str, args: &[&str]) {
+    let status = Command::new(program).args(args).stdout(Stdio::null()).status().expect(program);
+    assert!(status.success(), "{program} {args:?} failed");
+}
+
+fn median(runs: &[Duration]) -> Duration {
+    let mut v = runs.to_vec();
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn list(runs: &[Duration]) -> String {
+    runs.iter().map(|d| ms(*d)).collect::<Vec<_>>().join(", ")
+}
