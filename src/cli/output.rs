@@ -110,7 +110,7 @@ pub fn status(s: &StatusData) -> String {
     let _ = writeln!(out, "state:     {} (schema {})", s.state_db, s.schema_version);
     let elements =
         s.firewall.elements.map(|n| format!(", {n} element{}", if n == 1 { "" } else { "s" })).unwrap_or_default();
-    let _ = writeln!(out, "firewall:  {}{elements}", s.firewall.backend);
+    let _ = writeln!(out, "firewall:  {}{elements}, {} batches applied", s.firewall.backend, s.firewall.batches);
     if let Some(sets) = &s.firewall.sets {
         let dropped: Vec<String> = sets
             .iter()

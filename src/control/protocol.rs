@@ -136,6 +136,8 @@ pub struct StatusData {
 pub struct FirewallStatus {
     pub backend: String,
     pub elements: Option<usize>,
+    /// Batches of changes applied since start (each one kernel transaction).
+    pub batches: u64,
     /// What the kernel holds per set, with drop counters (`None`: dry-run, or unreadable).
     pub sets: Option<Vec<crate::enforce::SetStats>>,
     /// The last firewall failure, cleared by the next success.

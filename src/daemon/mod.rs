@@ -224,7 +224,7 @@ async fn firewall_loop(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>)
             _ = stopped(&mut shutdown) => return,
         }
         round = round.wrapping_add(1);
-        let full = round % FULL_RECONCILE_EVERY_ROUNDS == 0;
+        let full = round.is_multiple_of(FULL_RECONCILE_EVERY_ROUNDS);
         let e = Arc::clone(&engine);
         if let Ok(Err(error)) = tokio::task::spawn_blocking(move || e.check_firewall(Timestamp::now(), full)).await {
             tracing::error!(%error, "firewall check failed");

@@ -59,7 +59,8 @@ impl Mirror {
         m
     }
 
-    pub fn len(&self) -> usize {
+    /// Targets held (each once, whatever the number of sources).
+    pub fn targets(&self) -> usize {
         self.desired.len()
     }
 
@@ -293,7 +294,7 @@ impl Firewall for Ipset {
     }
 
     fn element_count(&mut self) -> Result<usize, FirewallError> {
-        Ok(self.mirror.len())
+        Ok(self.mirror.targets())
     }
 
     fn intact(&mut self) -> Result<bool, FirewallError> {

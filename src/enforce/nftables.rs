@@ -312,7 +312,7 @@ pub fn apply_script(plan: &Plan, mirror: &Mirror, now: Timestamp) -> String {
             }
             continue;
         }
-        let gone: Vec<String> = ops.remove.iter().map(|t| show(t)).collect();
+        let gone: Vec<String> = ops.remove.iter().map(show).collect();
         let touch: Vec<String> = gone.iter().map(|t| format!("{t} timeout 1s")).collect();
         element_block(&mut s, "add", &name, &touch);
         element_block(&mut s, "delete", &name, &gone);

@@ -9,6 +9,7 @@
 //! wait until its batch is in the kernel, so `banshare ban` returns with the block in
 //! force.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,6 +38,8 @@ pub struct FirewallHandle {
     backend: &'static str,
     /// The last failure, cleared by the next success; shown by `status`.
     last_error: Arc<Mutex<Option<String>>>,
+    /// Batches applied so far (each one kernel transaction); shown by `status`.
+    batches: Arc<AtomicU64>,
 }
 
 /// Waits for a batch to reach the kernel.
@@ -57,16 +60,27 @@ impl FirewallHandle {
     pub fn spawn(enforcer: Enforcer) -> FirewallHandle {
         let (jobs, rx) = mpsc::channel();
         let last_error = Arc::new(Mutex::new(None));
-        let handle = FirewallHandle { jobs, backend: enforcer.backend_name(), last_error: Arc::clone(&last_error) };
+        let batches = Arc::new(AtomicU64::new(0));
+        let handle = FirewallHandle {
+            jobs,
+            backend: enforcer.backend_name(),
+            last_error: Arc::clone(&last_error),
+            batches: Arc::clone(&batches),
+        };
         std::thread::Builder::new()
             .name("banshare-firewall".into())
-            .spawn(move || work(enforcer, rx, last_error))
+            .spawn(move || work(enforcer, rx, last_error, batches))
             .expect("spawn the firewall worker");
         handle
     }
 
     pub fn backend_name(&self) -> &'static str {
         self.backend
+    }
+
+    /// Batches applied since the daemon started.
+    pub fn batches(&self) -> u64 {
+        self.batches.load(Ordering::Relaxed)
     }
 
     pub fn last_error(&self) -> Option<String> {
@@ -119,7 +133,7 @@ impl FirewallHandle {
     }
 }
 
-fn work(mut enforcer: Enforcer, rx: Receiver<Job>, last_error: Arc<Mutex<Option<String>>>) {
+fn work(mut enforcer: Enforcer, rx: Receiver<Job>, last_error: Arc<Mutex<Option<String>>>, batches: Arc<AtomicU64>) {
     // Set when a batch or reload failed: the kernel may miss something, so the next
     // health check reports "not intact" and the daemon rebuilds from the store.
     let mut dirty = false;
@@ -165,6 +179,7 @@ fn work(mut enforcer: Enforcer, rx: Receiver<Job>, last_error: Arc<Mutex<Option<
                     }
                 }
                 record(enforcer.apply(&changes, Timestamp::now()), &mut dirty, false);
+                batches.fetch_add(1, Ordering::Relaxed);
                 for w in waiters {
                     let _ = w.send(());
                 }

@@ -143,13 +143,16 @@ impl Store {
     /// same source is extended (the later expiry wins; permanent beats any expiry), so a
     /// repeated ban never shortens a block.
     pub fn upsert_decisions(&mut self, news: &[NewDecision], now: Timestamp) -> Result<Vec<(Decision, Upsert)>> {
+        // Work in address order (the index order), answer in the caller's order.
+        let mut order: Vec<usize> = (0..news.len()).collect();
+        order.sort_by_cached_key(|&i| range_keys(&news[i].target));
         let tx = self.conn.transaction()?;
-        let mut out = Vec::with_capacity(news.len());
-        for new in news {
-            out.push(upsert_in(&tx, new, now)?);
+        let mut out: Vec<Option<(Decision, Upsert)>> = vec![None; news.len()];
+        for i in order {
+            out[i] = Some(upsert_in(&tx, &news[i], now)?);
         }
         tx.commit()?;
-        Ok(out)
+        Ok(out.into_iter().map(|o| o.expect("every proposal was upserted")).collect())
     }
 
     /// Decisions in force at `now`, optionally of one source, oldest first.
@@ -183,9 +186,12 @@ impl Store {
 
     /// Lifts every live decision for exactly `target` (any source). Returns them.
     pub fn lift_target(&mut self, target: &IpNet, reason: LiftReason, now: Timestamp) -> Result<Vec<Decision>> {
-        let sql = format!("SELECT {DECISION_COLUMNS} FROM decisions WHERE target = ?1 AND lifted_ms IS NULL");
+        let sql = format!(
+            "SELECT {DECISION_COLUMNS} FROM decisions WHERE range_start = ?1 AND range_end = ?2 AND lifted_ms IS NULL"
+        );
+        let (start, end) = range_keys(target);
         let tx = self.conn.transaction()?;
-        let live = collect(tx.prepare_cached(&sql)?.query_map(params![target.to_string()], read_decision)?)?;
+        let live = collect(tx.prepare_cached(&sql)?.query_map(params![&start[..], &end[..]], read_decision)?)?;
         let lifted = lift_in(&tx, live, reason, now)?;
         tx.commit()?;
         Ok(lifted)
@@ -263,61 +269,10 @@ impl Store {
 }
 
 fn upsert_in(tx: &Transaction, new: &NewDecision, now: Timestamp) -> Result<(Decision, Upsert)> {
-    let target = new.target.to_string();
     let expires = new.duration.map(|d| now.plus(d));
-    let existing: Option<Decision> = tx
-        .prepare_cached(&format!(
-            "SELECT {DECISION_COLUMNS} FROM decisions WHERE target = ?1 AND source = ?2 AND lifted_ms IS NULL"
-        ))?
-        .query_row(params![target, new.source.as_str()], read_decision)
-        .optional()?
-        .transpose()?;
-
-    if let Some(old) = existing {
-        if old.is_active(now) {
-            let later = match (old.expires, expires) {
-                (None, _) | (_, None) => None,
-                (Some(a), Some(b)) => Some(a.max(b)),
-            };
-            if later == old.expires {
-                return Ok((old, Upsert::Unchanged));
-            }
-            tx.prepare_cached(
-                "UPDATE decisions SET expires_ms = ?2, reason = ?3, category = COALESCE(?4, category),
-                 score = COALESCE(?5, score) WHERE id = ?1",
-            )?
-            .execute(params![old.id, later.map(|t| t.0), new.reason, new.category, new.score])?;
-            let updated = Decision {
-                expires: later,
-                reason: new.reason.clone(),
-                category: new.category.clone().or(old.category),
-                score: new.score.or(old.score),
-                ..old
-            };
-            return Ok((updated, Upsert::Extended));
-        }
-        // Expired but not yet lifted by the daemon: close it so the new one can start.
-        lift_in(tx, vec![old], LiftReason::Expired, now)?;
-    }
-
     let (start, end) = range_keys(&new.target);
-    tx.prepare_cached(
-        "INSERT INTO decisions (target, range_start, range_end, source, reason, category, score, created_ms, expires_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )?
-    .execute(params![
-        target,
-        start.to_vec(),
-        end.to_vec(),
-        new.source.as_str(),
-        new.reason,
-        new.category,
-        new.score,
-        now.0,
-        expires.map(|t| t.0)
-    ])?;
-    let decision = Decision {
-        id: tx.last_insert_rowid(),
+    let decision = |id| Decision {
+        id,
         target: new.target,
         source: new.source,
         reason: new.reason.clone(),
@@ -327,7 +282,65 @@ fn upsert_in(tx: &Transaction, new: &NewDecision, now: Timestamp) -> Result<(Dec
         expires,
         lifted: None,
     };
-    Ok((decision, Upsert::Created))
+    // The common case (a target without a live decision from this source) is one
+    // statement; a conflict falls through to extending the existing decision.
+    let inserted: Option<i64> = tx
+        .prepare_cached(
+            "INSERT INTO decisions (target, range_start, range_end, source, reason, category, score, created_ms, expires_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+             ON CONFLICT (range_start, range_end, source) WHERE lifted_ms IS NULL DO NOTHING
+             RETURNING id",
+        )?
+        .query_row(
+            params![
+                new.target.to_string(),
+                &start[..],
+                &end[..],
+                new.source.as_str(),
+                new.reason,
+                new.category,
+                new.score,
+                now.0,
+                expires.map(|t| t.0)
+            ],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(id) = inserted {
+        return Ok((decision(id), Upsert::Created));
+    }
+
+    let old = tx
+        .prepare_cached(&format!(
+            "SELECT {DECISION_COLUMNS} FROM decisions
+             WHERE range_start = ?1 AND range_end = ?2 AND source = ?3 AND lifted_ms IS NULL"
+        ))?
+        .query_row(params![&start[..], &end[..], new.source.as_str()], read_decision)??;
+    if !old.is_active(now) {
+        // Expired but not yet lifted by the daemon: close it and start the new one.
+        lift_in(tx, vec![old], LiftReason::Expired, now)?;
+        return upsert_in(tx, new, now);
+    }
+    let later = match (old.expires, expires) {
+        (None, _) | (_, None) => None,
+        (Some(a), Some(b)) => Some(a.max(b)),
+    };
+    if later == old.expires {
+        return Ok((old, Upsert::Unchanged));
+    }
+    tx.prepare_cached(
+        "UPDATE decisions SET expires_ms = ?2, reason = ?3, category = COALESCE(?4, category),
+         score = COALESCE(?5, score) WHERE id = ?1",
+    )?
+    .execute(params![old.id, later.map(|t| t.0), new.reason, new.category, new.score])?;
+    let updated = Decision {
+        expires: later,
+        reason: new.reason.clone(),
+        category: new.category.clone().or(old.category),
+        score: new.score.or(old.score),
+        ..old
+    };
+    Ok((updated, Upsert::Extended))
 }
 
 fn lift_in(tx: &Transaction, decisions: Vec<Decision>, reason: LiftReason, now: Timestamp) -> Result<Vec<Decision>> {

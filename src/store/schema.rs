@@ -22,8 +22,11 @@ pub const MIGRATIONS: &[&str] = &[
         lifted_ms    INTEGER,                     -- NULL: not lifted
         lift_reason  TEXT                         -- expired | unban | allowlisted
     );
-    -- At most one live decision per target and source; a second ban extends it.
-    CREATE UNIQUE INDEX decisions_live ON decisions (target, source) WHERE lifted_ms IS NULL;
+    -- At most one live decision per target (its first and last address) and source; a
+    -- second ban extends it. Keyed by address, so batches inserted in address order
+    -- touch the index sequentially.
+    CREATE UNIQUE INDEX decisions_live ON decisions (range_start, range_end, source) WHERE lifted_ms IS NULL;
+    -- Containment queries (`query IP`) over live and past decisions.
     CREATE INDEX decisions_range ON decisions (range_start, range_end);
     CREATE INDEX decisions_expiry ON decisions (expires_ms) WHERE lifted_ms IS NULL;
     CREATE INDEX decisions_lifted ON decisions (lifted_ms) WHERE lifted_ms IS NOT NULL;

@@ -269,3 +269,30 @@ fn systemd_is_told_ready_reloading_and_stopping() {
     let n = notify.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"STOPPING=1");
 }
+
+#[test]
+fn concurrent_bans_share_firewall_transactions() {
+    let env = Env::new("");
+    let _daemon = env.start_in_process();
+    let before = env.cli(&["status", "--json"]).json()["firewall"]["batches"].as_u64().unwrap();
+    let clients: Vec<_> = (0..50u32)
+        .map(|c| {
+            let mut client = env.client();
+            std::thread::spawn(move || {
+                for i in 0..10u32 {
+                    let target = format!("198.19.{c}.{}", i + 1);
+                    client.call(&Request::Ban { target, for_secs: Some(600), permanent: false, reason: None }).unwrap();
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert_eq!(env.listed().len(), 500);
+    let batches = env.cli(&["status", "--json"]).json()["firewall"]["batches"].as_u64().unwrap() - before;
+    eprintln!("500 concurrent bans took {batches} firewall batches");
+    assert!(batches <= 250, "queued changes must share transactions: {batches} batches for 500 bans");
+    let adds = env.dry_run_log().iter().filter(|l| l["op"] == "add").count();
+    assert_eq!(adds, 500, "every ban reached the firewall exactly once");
+}

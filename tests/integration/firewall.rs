@@ -60,7 +60,7 @@ fn kernel_timeout(backend: &str, ns: &Netns, target: &str) -> Option<u64> {
     } else {
         let set = if target.contains(':') { "banshare-v6" } else { "banshare-v4" };
         let out = ns.exec(&["ipset", "list", set]);
-        let wanted = if target.contains('/') { target.to_string() } else { target.to_string() };
+        let wanted = target.to_string();
         out.stdout.lines().find_map(|l| {
             let mut cols = l.split_whitespace();
             let addr = cols.next()?;

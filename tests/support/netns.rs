@@ -60,9 +60,9 @@ impl Netns {
         c
     }
 
-    /// Starts `args` inside the namespace in the background.
-    pub fn spawn(&self, args: &[&str]) -> Child {
-        self.command(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn in namespace")
+    /// Starts `args` inside the namespace in the background; killed when dropped.
+    pub fn spawn(&self, args: &[&str]) -> Background {
+        Background(self.command(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn in namespace"))
     }
 }
 
@@ -78,6 +78,16 @@ impl Drop for Netns {
             }
         }
         let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+    }
+}
+
+/// A background process, killed and reaped on drop.
+pub struct Background(Child);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
