@@ -29,6 +29,9 @@ use crate::store::{LiftReason, Store, StoreError, Upsert};
 
 /// How many past decisions `query` shows.
 const QUERY_HISTORY: usize = 5;
+/// Above this many decisions in one batch, the log gets one summary line instead of a
+/// line per address (an import of 100,000 would otherwise spend seconds logging).
+const BULK_LOG: usize = 100;
 
 pub struct Engine {
     state: Mutex<State>,
@@ -105,6 +108,7 @@ impl Engine {
     /// Guards, commits and enforces a batch of proposed decisions. Returns one outcome
     /// per proposal, in order.
     pub fn decide(&self, proposals: Vec<NewDecision>, now: Timestamp) -> Result<Vec<Outcome>, StoreError> {
+        let started = Instant::now();
         let mut st = self.state();
         let checked: Vec<Result<NewDecision, Refusal>> =
             proposals.into_iter().map(|p| st.guard.check(&p.target).map(|()| p)).collect();
@@ -121,13 +125,28 @@ impl Engine {
             .filter(|(_, u)| *u != Upsert::Unchanged)
             .map(|(d, _)| d.clone())
             .collect();
+        let committed_at = started.elapsed();
+        let bulk = changed.len() > BULK_LOG;
         for d in &changed {
-            tracing::info!(ip = %d.target, source = %d.source, until = %d.expires.map_or("never".to_string(), |t| t.to_string()), reason = %d.reason, "blocked");
+            let until = d.expires.map_or("never".to_string(), |t| t.to_string());
+            if bulk {
+                tracing::debug!(ip = %d.target, source = %d.source, %until, reason = %d.reason, "blocked");
+            } else {
+                tracing::info!(ip = %d.target, source = %d.source, %until, reason = %d.reason, "blocked");
+            }
         }
         let ticket = self.firewall.add(&changed);
         drop(st);
         self.expiry_wake.notify_one();
         ticket.wait();
+        if bulk {
+            tracing::info!(
+                count = changed.len(),
+                store_ms = committed_at.as_millis() as u64,
+                total_ms = started.elapsed().as_millis() as u64,
+                "blocked a batch (one line per address at debug level)"
+            );
+        }
         Ok(outcomes)
     }
 
@@ -173,7 +192,16 @@ impl Engine {
         Ok(())
     }
 
-    /// Periodic upkeep: notice changes of the host's own addresses, prune old decisions.
+    /// Moves the WAL into the database file (the daemon's connection does not do it
+    /// inside commits, see [`Store::defer_checkpoints`]).
+    pub fn checkpoint(&self) {
+        if let Err(error) = self.state().store.checkpoint() {
+            tracing::warn!(%error, "state database checkpoint failed");
+        }
+    }
+
+    /// Periodic upkeep: notice changes of the host's own addresses, checkpoint the
+    /// store, prune old decisions.
     pub fn maintain(&self, now: Timestamp, prune: bool) -> Result<(), StoreError> {
         let host = match hostaddr::host_addresses() {
             Ok(h) => Some(h),
@@ -189,6 +217,9 @@ impl Engine {
             let guard = Guard::new(self.config().allowlist.clone(), host.clone());
             st.host = host;
             set_guard(&mut st, &self.firewall, guard, now)?;
+        }
+        if let Err(error) = st.store.checkpoint() {
+            tracing::warn!(%error, "state database checkpoint failed");
         }
         if prune {
             let before = Timestamp(now.0.saturating_sub(retention.as_millis() as i64));

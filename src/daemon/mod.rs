@@ -95,6 +95,8 @@ impl DaemonHandle {
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
+        let engine = Arc::clone(&self.engine);
+        let _ = tokio::task::spawn_blocking(move || engine.checkpoint()).await;
         if let Err(error) = std::fs::remove_file(&self.socket) {
             tracing::warn!(%error, path = %self.socket.display(), "cannot remove the control socket");
         }
@@ -110,6 +112,7 @@ pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
     std::fs::create_dir_all(&state_dir).map_err(|source| DaemonError::StateDir { path: state_dir.clone(), source })?;
     let lock = lock::acquire(&state_dir)?;
     let store = Store::open(&config.state_db())?;
+    store.defer_checkpoints()?;
     let host = hostaddr::host_addresses().unwrap_or_else(|error| {
         tracing::warn!(%error, "cannot read this host's addresses");
         Vec::new()
