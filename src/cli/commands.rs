@@ -73,8 +73,8 @@ pub fn execute(cli: Cli) -> Result<u8, CliError> {
             print(json, &q, || output::query(&q, Timestamp::now()));
             Ok(if q.blocked { exit::OK } else { exit::NO })
         }
-        Command::Ban { target, length, reason, json } => {
-            let request = ban_request(target, length, reason)?;
+        Command::Ban { target, ban, json } => {
+            let request = ban_request(target, ban.length, ban.reason)?;
             let b: BanData = connect(&cli.config, &cli.socket)?.call_as(&request)?;
             print(json, &b, || {
                 let d = &b.decision;
@@ -92,7 +92,7 @@ pub fn execute(cli: Cli) -> Result<u8, CliError> {
             });
             Ok(exit::OK)
         }
-        Command::Import { file, length, reason, json } => import(&cli.config, &cli.socket, &file, length, reason, json),
+        Command::Import { file, ban, json } => import(&cli.config, &cli.socket, &file, ban.length, ban.reason, json),
         Command::Firewall { action: FirewallCommand::Show { json } } => firewall_show(cli.config.as_deref(), json),
         Command::Firewall { action: FirewallCommand::Teardown } => firewall_teardown(),
         Command::Unban { target, json } => {

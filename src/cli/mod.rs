@@ -79,12 +79,8 @@ pub enum Command {
     Ban {
         /// Address (203.0.113.7) or network (203.0.113.0/24, 2001:db8::/48)
         target: String,
-        /// How long: 90s, 10m, 1h, 7d, or "permanent" [default: decisions.manual_bantime]
-        #[arg(long = "for", value_name = "DURATION")]
-        length: Option<String>,
-        /// A note kept with the block
-        #[arg(long)]
-        reason: Option<String>,
+        #[command(flatten)]
+        ban: BanArgs,
         #[arg(long)]
         json: bool,
     },
@@ -102,12 +98,8 @@ pub enum Command {
     Import {
         /// The file to read, or - for stdin
         file: PathBuf,
-        /// How long: 90s, 10m, 1h, 7d, or "permanent" [default: decisions.manual_bantime]
-        #[arg(long = "for", value_name = "DURATION")]
-        length: Option<String>,
-        /// A note kept with every imported block
-        #[arg(long)]
-        reason: Option<String>,
+        #[command(flatten)]
+        ban: BanArgs,
         #[arg(long)]
         json: bool,
     },
@@ -121,6 +113,17 @@ pub enum Command {
         #[command(subcommand)]
         action: ConfigCommand,
     },
+}
+
+/// How long and why: shared by `ban` and `import`.
+#[derive(Debug, clap::Args)]
+pub struct BanArgs {
+    /// How long: 90s, 10m, 1h, 7d, or "permanent" [default: decisions.manual_bantime]
+    #[arg(long = "for", value_name = "DURATION")]
+    pub length: Option<String>,
+    /// A note kept with the block
+    #[arg(long)]
+    pub reason: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -240,3 +240,27 @@ fn a_missing_backend_tool_is_one_clear_line() {
         "banshare: firewall: `nft` is not installed (apt install nftables)"
     );
 }
+
+#[test]
+fn ipset_rules_also_guard_docker_published_ports() {
+    if !privileged("DOCKER-USER test", tools("ipset")) {
+        return;
+    }
+    let env = Env::with_backend("ipset", "");
+    let ns = Netns::new("dock");
+    for tool in ["iptables", "ip6tables"] {
+        ns.exec(&[tool, "-N", "DOCKER-USER"]).expect_code(0);
+    }
+    let daemon = env.spawn_daemon_in(&ns);
+    for (tool, set) in [("iptables", "banshare-v4"), ("ip6tables", "banshare-v6")] {
+        for chain in ["INPUT", "FORWARD", "DOCKER-USER"] {
+            let rule = ["-C", chain, "-m", "set", "--match-set", set, "src", "-j", "DROP"];
+            ns.exec(&[&[tool][..], &rule[..]].concat()).expect_code(0);
+        }
+    }
+    // Rules are inserted once: a restart does not duplicate them.
+    assert_eq!(daemon.stop(), Some(0));
+    let _daemon = env.spawn_daemon_in(&ns);
+    let rules = ns.exec(&["iptables", "-S", "INPUT"]).stdout;
+    assert_eq!(rules.matches("banshare-v4").count(), 1, "{rules}");
+}
