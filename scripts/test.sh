@@ -7,4 +7,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/install-test-deps.sh
-cargo test --all-targets --locked "$@"
+cargo test --lib --bins --tests --locked "$@"
