@@ -32,6 +32,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod decision;
+pub mod detect;
 pub mod enforce;
 pub mod hostaddr;
 pub mod store;

@@ -1,0 +1,177 @@
+//! Detection: log lines → failures → bans, as fail2ban does it.
+//!
+//! [`filter`] compiles `failregex`/`ignoreregex` with `<HOST>`; [`builtin`] holds the
+//! built-in filters; [`time`] reads the timestamps of matched lines. The [`Detector`]
+//! keeps a sliding window per (filter, address): `maxretry` failures within `findtime`
+//! give a ban of `bantime`, multiplied by `factor` for each earlier ban of the address
+//! (capped at `max`). It is pure (no I/O): the offline `banshare scan` and the daemon's
+//! tailer feed it the same way.
+
+pub mod builtin;
+pub mod filter;
+pub mod time;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::time::Duration;
+
+use crate::clock::Timestamp;
+pub use filter::{Filter, FilterError, FilterSet, FilterSpec, Hit};
+
+/// Matched lines kept as evidence per ban.
+pub const EVIDENCE_LINES: usize = 10;
+
+/// Repeat offenders: each earlier ban multiplies the next bantime by `factor`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Escalation {
+    pub factor: f64,
+    pub max: Duration,
+}
+
+impl Default for Escalation {
+    fn default() -> Self {
+        Escalation { factor: 2.0, max: Duration::from_secs(7 * 24 * 3600) }
+    }
+}
+
+impl Escalation {
+    /// The bantime of an address banned `earlier` times before.
+    pub fn bantime(&self, base: Duration, earlier: u32) -> Duration {
+        if earlier == 0 {
+            return base;
+        }
+        let scaled = base.as_secs_f64() * self.factor.powi(earlier.min(64) as i32);
+        Duration::from_secs_f64(scaled.min(self.max.as_secs_f64())).max(base)
+    }
+}
+
+/// A ban the window decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ban {
+    pub addr: IpAddr,
+    /// Index of the filter in its [`FilterSet`].
+    pub filter: usize,
+    pub at: Timestamp,
+    pub bantime: Duration,
+    /// Failures in the window when it triggered.
+    pub failures: u32,
+    pub evidence: Vec<String>,
+}
+
+#[derive(Debug, Default)]
+struct Window {
+    times: VecDeque<Timestamp>,
+    evidence: VecDeque<String>,
+}
+
+/// Sliding windows and offence counts.
+#[derive(Debug, Default)]
+pub struct Detector {
+    windows: HashMap<(usize, IpAddr), Window>,
+    /// Bans so far per address (the daemon seeds it from the store).
+    offences: HashMap<IpAddr, u32>,
+    pub escalation: Escalation,
+}
+
+impl Detector {
+    pub fn new(escalation: Escalation) -> Detector {
+        Detector { escalation, ..Detector::default() }
+    }
+
+    /// Records earlier bans of `addr` (from the store, so escalation survives restarts).
+    pub fn set_offences(&mut self, addr: IpAddr, count: u32) {
+        self.offences.insert(addr, count);
+    }
+
+    /// Records a failure of `addr` seen by filter `index` at `at`; returns the ban when
+    /// this failure fills the window.
+    pub fn failure(&mut self, index: usize, spec: &FilterSpec, addr: IpAddr, at: Timestamp, line: &str) -> Option<Ban> {
+        let window = self.windows.entry((index, addr)).or_default();
+        let oldest = Timestamp(at.0 - spec.findtime.as_millis() as i64);
+        while window.times.front().is_some_and(|t| *t <= oldest) {
+            window.times.pop_front();
+        }
+        window.times.push_back(at);
+        if window.evidence.len() == EVIDENCE_LINES {
+            window.evidence.pop_front();
+        }
+        window.evidence.push_back(line.to_string());
+        if (window.times.len() as u32) < spec.maxretry {
+            return None;
+        }
+        let window = self.windows.remove(&(index, addr)).unwrap_or_default();
+        let earlier = self.offences.entry(addr).or_insert(0);
+        let bantime = self.escalation.bantime(spec.bantime, *earlier);
+        *earlier += 1;
+        Some(Ban {
+            addr,
+            filter: index,
+            at,
+            bantime,
+            failures: window.times.len() as u32,
+            evidence: window.evidence.into(),
+        })
+    }
+
+    /// Drops windows whose newest failure is older than `findtime` before `now`, so memory
+    /// follows the active attackers, not every address ever seen.
+    pub fn sweep(&mut self, now: Timestamp, findtime: Duration) {
+        let oldest = Timestamp(now.0 - findtime.as_millis() as i64);
+        self.windows.retain(|_, w| w.times.back().is_some_and(|t| *t > oldest));
+    }
+
+    /// Addresses with an open window.
+    pub fn tracked(&self) -> usize {
+        self.windows.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> FilterSpec {
+        builtin::spec("sshd", false).unwrap()
+    }
+
+    #[test]
+    fn maxretry_within_findtime_bans_and_escalates() {
+        let mut d = Detector::default();
+        let s = spec();
+        let a: IpAddr = "203.0.113.7".parse().unwrap();
+        let at = |secs: i64| Timestamp(secs * 1000);
+        // Four failures, then a gap longer than findtime: the window restarts.
+        for i in 0..4 {
+            assert!(d.failure(0, &s, a, at(i), "x").is_none());
+        }
+        for i in 0..4 {
+            assert!(d.failure(0, &s, a, at(1000 + i), "x").is_none(), "old failures left the window");
+        }
+        let ban = d.failure(0, &s, a, at(1004), "fifth").expect("five within ten minutes");
+        assert_eq!((ban.failures, ban.bantime), (5, Duration::from_secs(3600)));
+        assert_eq!(ban.evidence.last().unwrap(), "fifth");
+        for i in 0..5 {
+            let second = d.failure(0, &s, a, at(2000 + i), "x");
+            if i == 4 {
+                assert_eq!(second.unwrap().bantime, Duration::from_secs(7200), "a repeat offender's ban doubles");
+            }
+        }
+        let e = Escalation::default();
+        assert_eq!(e.bantime(Duration::from_secs(3600), 20), Duration::from_secs(7 * 24 * 3600), "capped");
+    }
+
+    #[test]
+    fn evidence_keeps_the_last_ten_lines() {
+        let mut d = Detector::default();
+        let mut s = spec();
+        s.maxretry = 12;
+        let a: IpAddr = "203.0.113.7".parse().unwrap();
+        let mut ban = None;
+        for i in 0..12 {
+            ban = d.failure(0, &s, a, Timestamp(i), &format!("line {i}"));
+        }
+        let ban = ban.unwrap();
+        assert_eq!(ban.evidence.len(), EVIDENCE_LINES);
+        assert_eq!(ban.evidence[0], "line 2");
+    }
+}
