@@ -93,6 +93,9 @@ pub fn execute(cli: Cli) -> Result<u8, CliError> {
             Ok(exit::OK)
         }
         Command::Import { file, ban, json } => import(&cli.config, &cli.socket, &file, ban.length, ban.reason, json),
+        Command::Scan { filters, show_matches, show_missed, json, files } => {
+            scan(cli.config.as_deref(), &filters, (show_matches, show_missed), json, &files)
+        }
         Command::Firewall { action: FirewallCommand::Show { json } } => firewall_show(cli.config.as_deref(), json),
         Command::Firewall { action: FirewallCommand::Teardown } => firewall_teardown(),
         Command::Unban { target, json } => {
@@ -207,6 +210,57 @@ fn parse_import_json(text: &str) -> (Vec<String>, Vec<String>) {
         }
     }
     (targets, invalid)
+}
+
+/// `banshare scan`: the config's filters (or those named) over the files, on log time.
+fn scan(
+    config_path: Option<&Path>,
+    names: &[String],
+    (show_matches, show_missed): (bool, bool),
+    json: bool,
+    files: &[PathBuf],
+) -> Result<u8, CliError> {
+    use crate::detect::scan::{Outcome, Read, Scanner, read_line};
+    use crate::detect::{Filter, FilterSet};
+
+    let config = load_config(config_path)?;
+    let wanted: Vec<&String> = if names.is_empty() { config.filters.keys().collect() } else { names.iter().collect() };
+    let mut filters = Vec::new();
+    for name in wanted {
+        let spec = config.filters.get(name).ok_or_else(|| {
+            let known: Vec<&str> = config.filters.keys().map(String::as_str).collect();
+            CliError::new(exit::BAD_INPUT, format!("--filter {name}: no such filter (known: {})", known.join(", ")))
+        })?;
+        filters.push(Filter::compile(spec.clone()).map_err(|e| CliError::new(exit::BAD_INPUT, e.to_string()))?);
+    }
+    let mut scanner = Scanner::new(FilterSet::new(filters), config.escalation, config.decisions.ipv6_prefix);
+    let mut buf = Vec::with_capacity(4096);
+    for file in files {
+        let reader: Box<dyn std::io::BufRead> = if file == Path::new("-") {
+            Box::new(std::io::BufReader::with_capacity(1 << 16, std::io::stdin().lock()))
+        } else {
+            let f = std::fs::File::open(file)
+                .map_err(|e| CliError::new(exit::BAD_INPUT, format!("{}: cannot read: {e}", file.display())))?;
+            Box::new(std::io::BufReader::with_capacity(1 << 16, f))
+        };
+        let mut reader = reader;
+        loop {
+            match read_line(&mut reader, &mut buf) {
+                Ok(Read::Eof) => break,
+                Ok(Read::TooLong) => scanner.too_long(),
+                Ok(Read::Line) => {
+                    let outcome = scanner.bytes(&mut buf);
+                    if (show_matches && outcome == Outcome::Matched) || (show_missed && outcome == Outcome::Missed) {
+                        println!("{}", String::from_utf8_lossy(&buf));
+                    }
+                }
+                Err(e) => return Err(CliError::new(exit::FAILURE, format!("{}: read error: {e}", file.display()))),
+            }
+        }
+    }
+    let report = scanner.finish();
+    print(json, &report, || output::scan(&report));
+    Ok(exit::OK)
 }
 
 fn firewall_show(config_path: Option<&Path>, json: bool) -> Result<u8, CliError> {

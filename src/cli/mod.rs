@@ -103,6 +103,23 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Replay logs offline through the filters: what would be banned (like fail2ban-regex)
+    Scan {
+        /// Only these filters (repeatable) [default: every filter in the config]
+        #[arg(long = "filter", value_name = "NAME")]
+        filters: Vec<String>,
+        /// Print each matched line
+        #[arg(long)]
+        show_matches: bool,
+        /// Print each line no filter matched
+        #[arg(long)]
+        show_missed: bool,
+        #[arg(long)]
+        json: bool,
+        /// Log files to read, - for stdin
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
     /// What banshare holds in the kernel (runs locally, as root)
     Firewall {
         #[command(subcommand)]

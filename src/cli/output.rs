@@ -5,6 +5,7 @@ use std::fmt::Write;
 use crate::clock::{Timestamp, human_duration};
 use crate::control::protocol::{ImportData, QueryData, StatusData};
 use crate::decision::{Decision, show_target};
+use crate::detect::scan::ScanReport;
 use crate::enforce::SetStats;
 
 /// `until 2026-11-24T13:00:00Z (in 23h 59m)`, or `permanently`.
@@ -161,6 +162,55 @@ pub fn sets(sets: &[SetStats], dry_run: bool) -> String {
     let mut out = format!("{:<20} {:>10} {:>12} {:>14}\n", "SET", "ELEMENTS", "PACKETS", "BYTES");
     for s in sets {
         let _ = writeln!(out, "{:<20} {:>10} {:>12} {:>14}", s.name, s.elements, s.packets, s.bytes);
+    }
+    out
+}
+
+/// The `scan` summary, in the spirit of fail2ban-regex.
+pub fn scan(r: &ScanReport) -> String {
+    let l = &r.lines;
+    let mut out =
+        format!("Lines: {} read, {} matched, {} ignored, {} missed\n", l.read, l.matched, l.ignored, l.missed);
+    let _ = writeln!(
+        out,
+        "       {} without a timestamp, {} not an address, {} invalid UTF-8, {} with NUL bytes, {} too long (skipped)",
+        l.no_timestamp, l.not_an_address, l.invalid_utf8, l.nul_bytes, l.too_long
+    );
+    for f in &r.filters {
+        let banned: std::collections::BTreeSet<_> = f.bans.iter().map(|b| b.ip).collect();
+        let _ = writeln!(
+            out,
+            "\n{} ({}): {} matched, {} ignored, {} addresses, {} would be banned",
+            f.name,
+            f.category,
+            f.matched,
+            f.ignored,
+            f.failures.len(),
+            banned.len()
+        );
+        if f.failures.is_empty() {
+            continue;
+        }
+        let mut top: Vec<_> = f.failures.iter().collect();
+        top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let _ = writeln!(out, "  {:<40} {:>9}  {:<22} {}", "ADDRESS", "FAILURES", "FIRST BAN", "BANTIME");
+        for (ip, n) in top.iter().take(20) {
+            let bans: Vec<_> = f.bans.iter().filter(|b| b.ip == **ip).collect();
+            let (first, bantime) = match bans.first() {
+                Some(b) => {
+                    let more = if bans.len() > 1 { format!(" (+{} more)", bans.len() - 1) } else { String::new() };
+                    (
+                        b.at.to_string(),
+                        format!("{}{more}", human_duration(std::time::Duration::from_secs(b.bantime_secs))),
+                    )
+                }
+                None => ("-".into(), "-".into()),
+            };
+            let _ = writeln!(out, "  {:<40} {:>9}  {:<22} {}", ip, n, first, bantime);
+        }
+        if top.len() > 20 {
+            let _ = writeln!(out, "  ... {} more addresses (--json lists all)", top.len() - 20);
+        }
     }
     out
 }

@@ -14,8 +14,11 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use std::collections::BTreeMap;
+
 use crate::clock::parse_duration;
 use crate::decision::parse_target;
+use crate::detect::{Escalation, Filter, FilterSpec, builtin};
 use crate::enforce::{FirewallOptions, RuleAction};
 use raw::{RawConfig, RawDuration};
 
@@ -26,7 +29,7 @@ pub const DEFAULT_PATH: &str = "/etc/banshare/banshare.toml";
 const MAX_SOCKET_PATH: usize = 107;
 
 /// The validated configuration.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// The file this was loaded from; `None` for the built-in defaults.
     pub source_path: Option<PathBuf>,
@@ -40,6 +43,11 @@ pub struct Config {
     pub allowlist: Vec<IpNet>,
     pub firewall: FirewallConfig,
     pub decisions: DecisionConfig,
+    /// Every filter by name: the built-ins (with `[filter.NAME]` overrides) and the
+    /// config's own. Each compiles (checked at load).
+    pub filters: BTreeMap<String, FilterSpec>,
+    /// `[detect]`: how repeat offenders' bans grow.
+    pub escalation: Escalation,
 }
 
 /// `[firewall]`
@@ -101,6 +109,11 @@ impl Default for Config {
                 ipv6_prefix: 64,
                 retention: Duration::from_secs(30 * 24 * 3600),
             },
+            filters: builtin::NAMES
+                .iter()
+                .map(|n| (n.to_string(), builtin::spec(n, false).expect("built-in filter")))
+                .collect(),
+            escalation: Escalation::default(),
         }
     }
 }
@@ -230,6 +243,24 @@ impl Config {
             Some(d) => duration(&d).map_err(|got| invalid("decisions.retention", "a duration like \"30d\"", &got))?,
         };
 
+        let raw_detect = raw.detect.unwrap_or_default();
+        let escalation = Escalation {
+            factor: match raw_detect.bantime_factor {
+                None => defaults.escalation.factor,
+                Some(f) if (1.0..=100.0).contains(&f) => f,
+                Some(f) => return Err(invalid("detect.bantime_factor", "a number from 1 to 100", &f)),
+            },
+            max: match raw_detect.bantime_max {
+                None => defaults.escalation.max,
+                Some(d) => duration(&d).map_err(|got| invalid("detect.bantime_max", "a duration like \"1w\"", &got))?,
+            },
+        };
+        let mut filters = defaults.filters;
+        for (name, raw_filter) in raw.filter.unwrap_or_default() {
+            let spec = filter_spec(&name, raw_filter, filters.remove(&name), &invalid)?;
+            filters.insert(name, spec);
+        }
+
         Ok(Config {
             source_path: Some(path.to_path_buf()),
             state_dir,
@@ -238,6 +269,8 @@ impl Config {
             allowlist,
             firewall: FirewallConfig { backend, options },
             decisions: DecisionConfig { manual_bantime, ipv6_prefix, retention },
+            filters,
+            escalation,
         })
     }
 
@@ -253,6 +286,82 @@ impl Config {
             None => format!("built-in defaults ({DEFAULT_PATH} not present)"),
         }
     }
+}
+
+/// Builds a filter from `[filter.NAME]`: overrides on `base` (a built-in), or a new
+/// filter when `base` is `None`. Checks that it compiles.
+fn filter_spec(
+    name: &str,
+    raw: raw::RawFilter,
+    base: Option<FilterSpec>,
+    invalid: &dyn Fn(&str, &str, &dyn fmt::Display) -> ConfigError,
+) -> Result<FilterSpec, ConfigError> {
+    let key = |k: &str| format!("filter.{name}.{k}");
+    let aggressive = match raw.mode.as_deref() {
+        None | Some("normal") => false,
+        Some("aggressive") if name == "sshd" => true,
+        Some(other) => {
+            let expected = if name == "sshd" { "\"normal\" or \"aggressive\"" } else { "no mode (only sshd has one)" };
+            return Err(invalid(&key("mode"), expected, &format!("{other:?}")));
+        }
+    };
+    let base = match base {
+        Some(_) if aggressive => builtin::spec(name, true),
+        other => other,
+    };
+    let mut spec = match (base, &raw.failregex) {
+        (Some(b), _) => b,
+        (None, None) => {
+            return Err(invalid(
+                &key("failregex"),
+                "a list of regexes with <HOST> (this is not a built-in filter)",
+                &"nothing",
+            ));
+        }
+        (None, Some(_)) => FilterSpec {
+            name: name.to_string(),
+            category: "other".into(),
+            failregex: Vec::new(),
+            ignoreregex: Vec::new(),
+            maxretry: builtin::MAXRETRY,
+            findtime: builtin::FINDTIME,
+            bantime: builtin::BANTIME,
+        },
+    };
+    if let Some(f) = raw.failregex {
+        spec.failregex = f;
+    }
+    if let Some(i) = raw.ignoreregex {
+        spec.ignoreregex = i;
+    }
+    if let Some(c) = raw.category {
+        let valid = !c.is_empty()
+            && c.len() <= 64
+            && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if !valid {
+            return Err(invalid(
+                &key("category"),
+                "a category like \"ssh_bruteforce\" (a-z, 0-9, _)",
+                &format!("{c:?}"),
+            ));
+        }
+        spec.category = c;
+    }
+    if let Some(m) = raw.maxretry {
+        spec.maxretry = u32::try_from(m)
+            .ok()
+            .filter(|m| *m >= 1)
+            .ok_or_else(|| invalid(&key("maxretry"), "a count of at least 1", &m))?;
+    }
+    if let Some(d) = raw.findtime {
+        spec.findtime = duration(&d).map_err(|got| invalid(&key("findtime"), "a duration like \"10m\"", &got))?;
+    }
+    if let Some(d) = raw.bantime {
+        spec.bantime = duration(&d).map_err(|got| invalid(&key("bantime"), "a duration like \"1h\"", &got))?;
+    }
+    Filter::compile(spec.clone())
+        .map_err(|e| invalid(&format!("filter.{name}.{}[{}]", e.key, e.index), "a regex with <HOST>", &e.message))?;
+    Ok(spec)
 }
 
 fn absolute_path(raw: Option<String>, default: PathBuf) -> Result<PathBuf, String> {
@@ -335,6 +444,53 @@ mod tests {
         assert!(e.contains("key `state_dir`: expected an absolute path"), "{e}");
         let long = format!("socket = \"/{}\"", "s".repeat(120));
         assert!(parse(&long).unwrap_err().contains("at most 107 bytes"));
+    }
+
+    #[test]
+    fn filters_are_overridden_or_defined_and_checked() {
+        let c = parse(
+            r#"
+            [detect]
+            bantime_factor = 3
+            bantime_max = "2d"
+            [filter.sshd]
+            mode = "aggressive"
+            maxretry = 3
+            [filter.myapp]
+            failregex = ['myapp: login failed from <HOST>']
+            category = "web_bruteforce"
+            "#,
+        )
+        .unwrap();
+        let sshd = &c.filters["sshd"];
+        assert_eq!(sshd.maxretry, 3);
+        assert!(sshd.failregex.iter().any(|r| r.contains("Did not receive identification")), "aggressive patterns");
+        assert_eq!(c.filters["myapp"].category, "web_bruteforce");
+        assert_eq!(c.filters["nginx-botsearch"].maxretry, 2, "untouched built-ins keep their defaults");
+        assert_eq!(c.escalation.factor, 3.0);
+
+        let e = parse("[filter.myapp]\nmaxretry = 3").unwrap_err();
+        assert!(
+            e.contains(
+                "key `filter.myapp.failregex`: expected a list of regexes with <HOST> (this is not a built-in filter)"
+            ),
+            "{e}"
+        );
+        let e = parse("[filter.myapp]\nfailregex = ['no host here']").unwrap_err();
+        assert!(e.contains("key `filter.myapp.failregex[0]`: expected a regex with <HOST>, got has no <HOST>"), "{e}");
+        let e = parse("[filter.myapp]\nfailregex = ['(unclosed <HOST>']").unwrap_err();
+        assert!(
+            e.contains("key `filter.myapp.failregex[0]`: expected a regex with <HOST>, got regex parse error"),
+            "{e}"
+        );
+        let e = parse("[filter.sshd]\nmaxretry = 0").unwrap_err();
+        assert!(e.contains("key `filter.sshd.maxretry`: expected a count of at least 1, got 0"), "{e}");
+        let e = parse("[filter.dovecot]\nmode = \"aggressive\"").unwrap_err();
+        assert!(e.contains("key `filter.dovecot.mode`: expected no mode (only sshd has one)"), "{e}");
+        let e = parse("[filter.sshd]\ncategory = \"SSH!\"").unwrap_err();
+        assert!(e.contains("key `filter.sshd.category`"), "{e}");
+        let e = parse("[filter.sshd]\nmaxretries = 3").unwrap_err();
+        assert!(e.contains("key `filter.sshd.maxretries`: unknown field"), "{e}");
     }
 
     #[test]

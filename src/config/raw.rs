@@ -1,6 +1,7 @@
 //! The serde mirror of the TOML file: every key optional, unknown keys rejected.
 //! Values stay as the file wrote them; [`super::Config::from_raw`] validates them.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::Deserialize;
@@ -17,6 +18,28 @@ pub struct RawConfig {
     pub allowlist: Option<Vec<String>>,
     pub firewall: Option<RawFirewall>,
     pub decisions: Option<RawDecisions>,
+    pub detect: Option<RawDetect>,
+    pub filter: Option<BTreeMap<String, RawFilter>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDetect {
+    pub bantime_factor: Option<f64>,
+    pub bantime_max: Option<RawDuration>,
+}
+
+/// `[filter.NAME]`: overrides of a built-in filter, or a new filter.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFilter {
+    pub maxretry: Option<i64>,
+    pub findtime: Option<RawDuration>,
+    pub bantime: Option<RawDuration>,
+    pub category: Option<String>,
+    pub mode: Option<String>,
+    pub failregex: Option<Vec<String>>,
+    pub ignoreregex: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -9,6 +9,7 @@
 
 pub mod builtin;
 pub mod filter;
+pub mod scan;
 pub mod time;
 
 use std::collections::{HashMap, VecDeque};
