@@ -322,6 +322,7 @@ fn filter_spec(
             name: name.to_string(),
             category: "other".into(),
             failregex: Vec::new(),
+            helperregex: Vec::new(),
             ignoreregex: Vec::new(),
             maxretry: builtin::MAXRETRY,
             findtime: builtin::FINDTIME,

@@ -8,19 +8,26 @@ use super::filter::FilterSpec;
 
 /// sshd and its OpenSSH 9.8+ per-session binary, with or without a pid, as syslog writes
 /// it and as banshare renders journald entries.
-const SSHD: &str = r"\bsshd(?:-session|-auth)?(?:\[\d+\])?: (?:error: |fatal: )?";
+const SSHD: &str = r"\bsshd(?:-session|-auth)?(?:\[(?P<session>\d+)\])?: (?:error: |fatal: )?";
 
 /// Failures every OpenSSH version logs for a bad login.
 const SSHD_NORMAL: &[&str] = &[
     r"Failed (?:password|publickey|keyboard-interactive/pam|none|hostbased) for (?:invalid user )?.* from <HOST> port \d+",
     r"Invalid user .* from <HOST>(?: port \d+)?\s*$",
-    r"pam_unix\(sshd:auth\): authentication failure;.* rhost=<HOST>(?:\s|$)",
-    r"(?:Connection closed|Disconnected) by (?:invalid|authenticating) user .* <HOST> port \d+ \[preauth\]",
-    r"Disconnected from (?:invalid|authenticating) user .* <HOST> port \d+ \[preauth\]",
     r"Disconnecting (?:invalid|authenticating) user .* <HOST> port \d+: Too many authentication failures",
     r"maximum authentication attempts exceeded for (?:invalid user )?.* from <HOST> port \d+",
     r"User .+ from <HOST> not allowed because ",
     r"Received disconnect from <HOST> port \d+:\s*3: .*: Auth fail",
+];
+
+/// Lines that accompany an attempt already logged by a line above (PAM's view of a
+/// failed password, the close of a session that failed): they count only for a session
+/// (sshd pid) without another failure, which catches clients that fail publickey
+/// silently and close, without counting one password attempt twice.
+const SSHD_HELPERS: &[&str] = &[
+    r"pam_unix\(sshd:auth\): authentication failure;.* rhost=<HOST>(?:\s|$)",
+    r"(?:Connection closed|Disconnected) by (?:invalid|authenticating) user .* <HOST> port \d+ \[preauth\]",
+    r"Disconnected from (?:invalid|authenticating) user .* <HOST> port \d+ \[preauth\]",
 ];
 
 /// Scanners that never try a password: probes, failed key exchanges, bad banners.
@@ -45,12 +52,14 @@ pub const BANTIME: Duration = Duration::from_secs(3600);
 /// A built-in filter by name; `aggressive` adds sshd's scanner patterns.
 pub fn spec(name: &str, aggressive: bool) -> Option<FilterSpec> {
     let prefixed = |prefix: &str, pats: &[&str]| pats.iter().map(|p| format!("{prefix}{p}")).collect::<Vec<_>>();
+    let mut helpers = Vec::new();
     let (category, failregex, maxretry): (&str, Vec<String>, u32) = match name {
         "sshd" => {
             let mut pats = prefixed(SSHD, SSHD_NORMAL);
             if aggressive {
                 pats.extend(prefixed(SSHD, SSHD_AGGRESSIVE));
             }
+            helpers = prefixed(SSHD, SSHD_HELPERS);
             ("ssh_bruteforce", pats, MAXRETRY)
         }
         "nginx-http-auth" => (
@@ -99,6 +108,7 @@ pub fn spec(name: &str, aggressive: bool) -> Option<FilterSpec> {
         name: name.into(),
         category: category.into(),
         failregex,
+        helperregex: helpers,
         ignoreregex: Vec::new(),
         maxretry,
         findtime: FINDTIME,
@@ -136,7 +146,7 @@ mod tests {
             }
             let (want, only_aggressive) = expect.take().unwrap_or_else(|| panic!("{path}: no expectation for {line}"));
             let got = |set: &FilterSet| match set.test(line).first() {
-                Some((_, Hit::Failure(a))) => Some(*a),
+                Some((_, Hit::Failure(f))) => Some(f.addr),
                 _ => None,
             };
             assert_eq!(got(&aggressive), want, "{name} (aggressive): {line}");

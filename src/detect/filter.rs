@@ -18,6 +18,10 @@ pub struct FilterSpec {
     /// Report category (`ssh_bruteforce`, ...).
     pub category: String,
     pub failregex: Vec<String>,
+    /// Like `failregex`, but a match counts only when its session (the `session`
+    /// capture, e.g. sshd's pid) has no other failure: lines that accompany an attempt
+    /// another line already reports.
+    pub helperregex: Vec<String>,
     pub ignoreregex: Vec<String>,
     pub maxretry: u32,
     pub findtime: Duration,
@@ -28,7 +32,9 @@ pub struct FilterSpec {
 #[derive(Debug, Clone)]
 pub struct Filter {
     pub spec: FilterSpec,
+    /// `failregex` then `helperregex`; patterns from `helpers_from` on are helpers.
     fail: Vec<Regex>,
+    helpers_from: usize,
     ignore: Option<RegexSet>,
 }
 
@@ -60,6 +66,10 @@ impl Filter {
         if fail.is_empty() {
             return Err(err("failregex", 0, "a filter needs at least one failregex".into()));
         }
+        let helpers_from = fail.len();
+        for (i, p) in spec.helperregex.iter().enumerate() {
+            fail.push(Regex::new(&expand(p)).map_err(|e| err("helperregex", i, e.to_string()))?);
+        }
         let ignore = if spec.ignoreregex.is_empty() {
             None
         } else {
@@ -68,15 +78,25 @@ impl Filter {
             }
             Some(RegexSet::new(spec.ignoreregex.iter().map(|p| expand(p))).expect("each pattern compiled"))
         };
-        Ok(Filter { spec, fail, ignore })
+        Ok(Filter { spec, fail, helpers_from, ignore })
     }
+}
+
+/// A failure found in a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failure {
+    pub addr: IpAddr,
+    /// The session the line belongs to (the `session` capture), when the filter has one.
+    pub session: Option<u64>,
+    /// Matched by a `helperregex`.
+    pub helper: bool,
 }
 
 /// What a filter made of a line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hit {
     /// A failure of this address.
-    Failure(IpAddr),
+    Failure(Failure),
     /// A failregex matched but an ignoreregex too.
     Ignored,
     /// A failregex matched but `<HOST>` held no address (a hostname, garbage).
@@ -125,7 +145,11 @@ impl FilterSet {
                 Hit::Ignored
             } else {
                 match parse_host(host) {
-                    Some(addr) => Hit::Failure(addr),
+                    Some(addr) => Hit::Failure(Failure {
+                        addr,
+                        session: caps.name("session").and_then(|m| m.as_str().parse().ok()),
+                        helper: r >= filter.helpers_from,
+                    }),
                     None => Hit::NotAnAddress(host.to_string()),
                 }
             };

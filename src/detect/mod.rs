@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::clock::Timestamp;
-pub use filter::{Filter, FilterError, FilterSet, FilterSpec, Hit};
+pub use filter::{Failure, Filter, FilterError, FilterSet, FilterSpec, Hit};
 
 /// Matched lines kept as evidence per ban.
 pub const EVIDENCE_LINES: usize = 10;
@@ -65,10 +65,21 @@ struct Window {
     evidence: VecDeque<String>,
 }
 
+/// What a session (an sshd pid) has counted so far.
+#[derive(Debug, Clone, Copy)]
+struct Session {
+    at: Timestamp,
+    /// The last failure counted for the session came from a helper line: a primary line
+    /// right after it reports the same attempt.
+    helper_pending: bool,
+}
+
 /// Sliding windows and offence counts.
 #[derive(Debug, Default)]
 pub struct Detector {
     windows: HashMap<(usize, IpAddr), Window>,
+    /// Sessions with a counted failure, per filter (pruned by [`Detector::sweep`]).
+    sessions: HashMap<(usize, u64), Session>,
     /// Bans so far per address (the daemon seeds it from the store).
     offences: HashMap<IpAddr, u32>,
     pub escalation: Escalation,
@@ -82,6 +93,25 @@ impl Detector {
     /// Records earlier bans of `addr` (from the store, so escalation survives restarts).
     pub fn set_offences(&mut self, addr: IpAddr, count: u32) {
         self.offences.insert(addr, count);
+    }
+
+    /// Decides whether a failure counts, for filters with sessions: a helper line counts
+    /// only as the first failure of its session; a primary line right after a counted
+    /// helper reports the same attempt. Without a session every failure counts.
+    pub fn counts(&mut self, index: usize, failure: &Failure, at: Timestamp) -> bool {
+        let Some(session) = failure.session else { return true };
+        match (self.sessions.get_mut(&(index, session)), failure.helper) {
+            (None, helper) => {
+                self.sessions.insert((index, session), Session { at, helper_pending: helper });
+                true
+            }
+            (Some(_), true) => false,
+            (Some(s), false) => {
+                let counted = !s.helper_pending;
+                *s = Session { at, helper_pending: false };
+                counted
+            }
+        }
     }
 
     /// Records a failure of `addr` seen by filter `index` at `at`; returns the ban when
@@ -119,6 +149,7 @@ impl Detector {
     pub fn sweep(&mut self, now: Timestamp, findtime: Duration) {
         let oldest = Timestamp(now.0 - findtime.as_millis() as i64);
         self.windows.retain(|_, w| w.times.back().is_some_and(|t| *t > oldest));
+        self.sessions.retain(|_, s| s.at > oldest);
     }
 
     /// Addresses with an open window.
@@ -174,5 +205,39 @@ mod tests {
         let ban = ban.unwrap();
         assert_eq!(ban.evidence.len(), EVIDENCE_LINES);
         assert_eq!(ban.evidence[0], "line 2");
+    }
+}
+
+#[cfg(test)]
+mod session_tests {
+    use super::*;
+
+    /// One sshd session as Debian logs three wrong passwords and the close.
+    const SESSION: &[&str] = &[
+        "Nov 23 10:00:01 h sshd[77]: pam_unix(sshd:auth): authentication failure; logname= uid=0 euid=0 tty=ssh ruser= rhost=203.0.113.7  user=root",
+        "Nov 23 10:00:03 h sshd[77]: Failed password for root from 203.0.113.7 port 5000 ssh2",
+        "Nov 23 10:00:05 h sshd[77]: Failed password for root from 203.0.113.7 port 5000 ssh2",
+        "Nov 23 10:00:07 h sshd[77]: Failed password for root from 203.0.113.7 port 5000 ssh2",
+        "Nov 23 10:00:08 h sshd[77]: Connection closed by authenticating user root 203.0.113.7 port 5000 [preauth]",
+        // A publickey scanner: nothing but the close of its session.
+        "Nov 23 10:00:09 h sshd[78]: Connection closed by authenticating user root 203.0.113.8 port 5001 [preauth]",
+    ];
+
+    #[test]
+    fn a_session_counts_each_attempt_once() {
+        let set = FilterSet::new(vec![Filter::compile(builtin::spec("sshd", false).unwrap()).unwrap()]);
+        let mut d = Detector::default();
+        let mut counted: HashMap<IpAddr, u32> = HashMap::new();
+        for (i, line) in SESSION.iter().enumerate() {
+            for (index, hit) in set.test(line) {
+                if let Hit::Failure(f) = hit {
+                    if d.counts(index, &f, Timestamp(i as i64)) {
+                        *counted.entry(f.addr).or_default() += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(counted[&"203.0.113.7".parse::<IpAddr>().unwrap()], 3, "three passwords, three failures");
+        assert_eq!(counted[&"203.0.113.8".parse::<IpAddr>().unwrap()], 1, "a silent publickey failure counts once");
     }
 }

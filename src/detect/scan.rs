@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use super::time::TimeParser;
-use super::{Detector, Escalation, FilterSet, Hit};
+use super::{Detector, Escalation, Failure, FilterSet, Hit};
 use crate::clock::Timestamp;
 use crate::decision::{Source, ban_target, show_target};
 
@@ -197,9 +197,9 @@ impl Scanner {
                     self.reports[index].ignored += 1;
                 }
                 Hit::NotAnAddress(_) => self.lines.not_an_address += 1,
-                Hit::Failure(addr) => {
+                Hit::Failure(f) => {
                     failure = true;
-                    self.failure(index, addr, line);
+                    self.failure(index, f, line);
                 }
             }
         }
@@ -215,7 +215,8 @@ impl Scanner {
         }
     }
 
-    fn failure(&mut self, index: usize, addr: IpAddr, line: &str) {
+    fn failure(&mut self, index: usize, failure: Failure, line: &str) {
+        let addr = failure.addr;
         let at = match self.times.parse(line, self.now) {
             Some(t) => t,
             None => {
@@ -224,6 +225,9 @@ impl Scanner {
             }
         };
         self.last_time = at;
+        if !self.detector.counts(index, &failure, at) {
+            return;
+        }
         let report = &mut self.reports[index];
         report.matched += 1;
         *report.failures.entry(addr).or_insert(0) += 1;
