@@ -96,8 +96,10 @@ pub struct ScanBan {
 pub struct FilterReport {
     pub name: String,
     pub category: String,
+    /// Lines this filter matched (some of them report an attempt already counted).
     pub matched: u64,
     pub ignored: u64,
+    /// Failures counted per address.
     pub failures: BTreeMap<IpAddr, u64>,
     pub bans: Vec<ScanBan>,
 }
@@ -225,11 +227,11 @@ impl Scanner {
             }
         };
         self.last_time = at;
-        if !self.detector.counts(index, &failure, at) {
-            return;
-        }
         let report = &mut self.reports[index];
         report.matched += 1;
+        if !self.detector.counts(index, &failure, at) {
+            return; // the same attempt as a line already counted
+        }
         *report.failures.entry(addr).or_insert(0) += 1;
         if self.banned_until.get(&addr).is_some_and(|until| at < *until) {
             return;

@@ -10,3 +10,4 @@ mod support;
 mod bad_input;
 mod daemon;
 mod firewall;
+mod scan;

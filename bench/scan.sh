@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# banshare scan vs fail2ban-regex (Debian's fail2ban, stock sshd filter) on the same
+# generated 1,000,000-line auth.log, in one run: lines/s, peak memory, and the set of
+# addresses each would ban with the same thresholds (maxretry 5 within 10 minutes).
+# Usage: bench/scan.sh [LINES]   (needs root once to install fail2ban)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+lines=${1:-1000000}
+bash scripts/install-test-deps.sh
+cargo build --release --quiet
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+python3 bench/gen-authlog.py --lines "$lines" --seed 42 > "$work/auth.log"
+echo "generated $(wc -l < "$work/auth.log") lines ($(du -h "$work/auth.log" | cut -f1))"
+
+measure() { # name, output file, command...: prints seconds and peak RSS
+    local name=$1 out=$2; shift 2
+    /usr/bin/time -f "%e %M" -o "$work/$name.time" "$@" > "$out"
+    read -r secs kb < "$work/$name.time"
+    python3 -c "print(f'$name: {$secs:.2f} s, {$lines / $secs:,.0f} lines/s, peak RSS {$kb / 1024:.1f} MiB')"
+}
+measure banshare "$work/banshare.json" target/release/banshare scan --config /dev/null --filter sshd --json "$work/auth.log"
+measure fail2ban-regex "$work/f2b.rows" fail2ban-regex -o row "$work/auth.log" /etc/fail2ban/filter.d/sshd.conf
+python3 - "$work" <<'PY'
+import sys
+w = sys.argv[1]
+b = float(open(f"{w}/banshare.time").read().split()[0])
+f = float(open(f"{w}/fail2ban-regex.time").read().split()[0])
+print(f"banshare scan is {f / b:.0f}x faster than fail2ban-regex")
+PY
+python3 bench/compare-bans.py "$work/banshare.json" "$work/f2b.rows" 5 600
