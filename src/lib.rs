@@ -36,3 +36,4 @@ pub mod detect;
 pub mod enforce;
 pub mod hostaddr;
 pub mod store;
+pub mod tail;

@@ -304,7 +304,11 @@ fn run(config_path: Option<&Path>) -> Result<u8, CliError> {
         .thread_name("banshare")
         .build()
         .map_err(|e| CliError::new(exit::FAILURE, format!("cannot start the runtime: {e}")))?;
-    runtime.block_on(crate::daemon::run(config)).map_err(|e| CliError::new(exit::FAILURE, e.to_string()))?;
+    let result = runtime.block_on(crate::daemon::run(config));
+    // Blocking work still running (a request past the drain timeout) must not hold the
+    // process: the store rolls back whatever it had not committed.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    result.map_err(|e| CliError::new(exit::FAILURE, e.to_string()))?;
     Ok(exit::OK)
 }
 

@@ -83,8 +83,15 @@ pub async fn serve(listener: UnixListener, handler: Arc<dyn Handler>, mut shutdo
         }
     }
     drop(done_tx);
-    let _ = done_rx.recv().await;
+    // A request stuck in the store or the firewall must not keep the daemon from
+    // stopping: what it had not committed is rolled back, nothing acknowledged is lost.
+    if tokio::time::timeout(DRAIN_TIMEOUT, done_rx.recv()).await.is_err() {
+        tracing::warn!("requests still in flight after {DRAIN_TIMEOUT:?}; stopping without them");
+    }
 }
+
+/// How long shutdown waits for requests in flight.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn connection(
     stream: UnixStream,

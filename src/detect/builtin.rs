@@ -8,7 +8,7 @@ use super::filter::FilterSpec;
 
 /// sshd and its OpenSSH 9.8+ per-session binary, with or without a pid, as syslog writes
 /// it and as banshare renders journald entries.
-const SSHD: &str = r"\bsshd(?:-session|-auth)?(?:\[(?P<session>\d+)\])?: (?:error: |fatal: )?";
+const SSHD: &str = r"(?-u:\b)sshd(?:-session|-auth)?(?:\[(?P<session>\d+)\])?: (?:error: |fatal: )?";
 
 /// Failures every OpenSSH version logs for a bad login.
 const SSHD_NORMAL: &[&str] = &[
@@ -145,7 +145,7 @@ mod tests {
                 continue;
             }
             let (want, only_aggressive) = expect.take().unwrap_or_else(|| panic!("{path}: no expectation for {line}"));
-            let got = |set: &FilterSet| match set.test(line).first() {
+            let got = |set: &FilterSet| match set.test(line.as_bytes()).first() {
                 Some((_, Hit::Failure(f))) => Some(f.addr),
                 _ => None,
             };
@@ -170,7 +170,7 @@ mod tests {
     #[test]
     fn a_capture_that_is_not_an_address_is_reported_not_banned() {
         let set = FilterSet::new(vec![Filter::compile(spec("sshd", false).unwrap()).unwrap()]);
-        let hits = set.test("Nov 23 10:00:01 h sshd[1]: Failed password for root from 999.1.2.3 port 22 ssh2");
+        let hits = set.test(b"Nov 23 10:00:01 h sshd[1]: Failed password for root from 999.1.2.3 port 22 ssh2");
         assert_eq!(hits, vec![(0, Hit::NotAnAddress("999.1.2.3".into()))]);
     }
 }

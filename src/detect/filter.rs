@@ -1,11 +1,11 @@
 //! Filters: fail2ban-style `failregex` / `ignoreregex` with a `<HOST>` placeholder,
-//! compiled once, and a [`FilterSet`] that tests a line against every filter of a source
-//! in one pass (a `RegexSet`), running capture regexes only on the rare line that hits.
+//! compiled once into one alternation per filter, so a line costs one regex search per
+//! filter; a [`FilterSet`] holds the filters of one source.
 
 use std::net::IpAddr;
 use std::time::Duration;
 
-use regex::{Regex, RegexSet};
+use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 
 /// What `<HOST>` becomes: an IPv4 address or something with a colon (IPv6, possibly
 /// IPv4-mapped). Only what `std::net` then parses counts; hostnames never match.
@@ -35,6 +35,12 @@ pub struct Filter {
     /// `failregex` then `helperregex`; patterns from `helpers_from` on are helpers.
     fail: Vec<Regex>,
     helpers_from: usize,
+    /// Every pattern in one alternation, pattern `i` with its own groups `h{i}` (host)
+    /// and `s{i}` (session): one search per line instead of a set search plus a
+    /// capture search. `None` when the patterns' own group names collide.
+    combined: Option<Regex>,
+    /// Group indices in `combined` of each pattern's host and session.
+    groups: Vec<(usize, Option<usize>)>,
     ignore: Option<RegexSet>,
 }
 
@@ -53,6 +59,12 @@ fn expand(pattern: &str) -> String {
     pattern.replace("<HOST>", HOST).replace("<ADDR>", HOST)
 }
 
+/// Patterns run on raw line bytes with ASCII classes: `\d`, `\w`, `.` as in every log
+/// format here, NFAs a fraction of the Unicode ones, and no UTF-8 validation per line.
+fn compile(pattern: &str) -> Result<Regex, regex::Error> {
+    RegexBuilder::new(pattern).unicode(false).build()
+}
+
 impl Filter {
     pub fn compile(spec: FilterSpec) -> Result<Filter, FilterError> {
         let err = |key, index, message: String| FilterError { filter: spec.name.clone(), key, index, message };
@@ -61,24 +73,75 @@ impl Filter {
             if !p.contains("<HOST>") && !p.contains("<ADDR>") {
                 return Err(err("failregex", i, "has no <HOST> (the address to ban)".into()));
             }
-            fail.push(Regex::new(&expand(p)).map_err(|e| err("failregex", i, e.to_string()))?);
+            fail.push(compile(&expand(p)).map_err(|e| err("failregex", i, e.to_string()))?);
         }
         if fail.is_empty() {
             return Err(err("failregex", 0, "a filter needs at least one failregex".into()));
         }
         let helpers_from = fail.len();
         for (i, p) in spec.helperregex.iter().enumerate() {
-            fail.push(Regex::new(&expand(p)).map_err(|e| err("helperregex", i, e.to_string()))?);
+            fail.push(compile(&expand(p)).map_err(|e| err("helperregex", i, e.to_string()))?);
         }
         let ignore = if spec.ignoreregex.is_empty() {
             None
         } else {
             for (i, p) in spec.ignoreregex.iter().enumerate() {
-                Regex::new(&expand(p)).map_err(|e| err("ignoreregex", i, e.to_string()))?;
+                compile(&expand(p)).map_err(|e| err("ignoreregex", i, e.to_string()))?;
             }
-            Some(RegexSet::new(spec.ignoreregex.iter().map(|p| expand(p))).expect("each pattern compiled"))
+            let set = RegexSetBuilder::new(spec.ignoreregex.iter().map(|p| expand(p))).unicode(false).build();
+            Some(set.expect("each pattern compiled"))
         };
-        Ok(Filter { spec, fail, helpers_from, ignore })
+        let combined = compile(
+            &spec
+                .failregex
+                .iter()
+                .chain(&spec.helperregex)
+                .enumerate()
+                .map(|(i, p)| {
+                    let host = HOST.replace("(?P<host>", &format!("(?P<h{i}>"));
+                    format!(
+                        "(?:{})",
+                        p.replace("<HOST>", &host)
+                            .replace("<ADDR>", &host)
+                            .replace("(?P<session>", &format!("(?P<s{i}>"))
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("|"),
+        )
+        .ok();
+        let groups = combined
+            .as_ref()
+            .map(|re| {
+                let index = |name: String| re.capture_names().position(|n| n == Some(name.as_str()));
+                (0..fail.len()).map(|i| (index(format!("h{i}")).unwrap_or(0), index(format!("s{i}")))).collect()
+            })
+            .unwrap_or_default();
+        Ok(Filter { spec, fail, helpers_from, combined, groups, ignore })
+    }
+
+    /// This filter's verdict on `line`, if any of its patterns matches.
+    pub fn test(&self, line: &[u8]) -> Option<Hit> {
+        let (host, session, helper) = match &self.combined {
+            Some(re) => {
+                let caps = re.captures(line)?;
+                let (i, host) = self.groups.iter().enumerate().find_map(|(i, (h, _))| caps.get(*h).map(|m| (i, m)))?;
+                let session = self.groups[i].1.and_then(|s| caps.get(s)).and_then(|m| number(m.as_bytes()));
+                (String::from_utf8_lossy(host.as_bytes()).into_owned(), session, i >= self.helpers_from)
+            }
+            None => {
+                let (i, caps) = self.fail.iter().enumerate().find_map(|(i, re)| re.captures(line).map(|c| (i, c)))?;
+                let session = caps.name("session").and_then(|m| number(m.as_bytes()));
+                (String::from_utf8_lossy(caps.name("host")?.as_bytes()).into_owned(), session, i >= self.helpers_from)
+            }
+        };
+        if self.ignore.as_ref().is_some_and(|ig| ig.is_match(line)) {
+            return Some(Hit::Ignored);
+        }
+        Some(match parse_host(&host) {
+            Some(addr) => Hit::Failure(Failure { addr, session, helper }),
+            None => Hit::NotAnAddress(host),
+        })
     }
 }
 
@@ -107,56 +170,21 @@ pub enum Hit {
 #[derive(Debug, Clone)]
 pub struct FilterSet {
     pub filters: Vec<Filter>,
-    /// Every failregex of every filter; `owner[i]` is the filter of pattern `i`.
-    set: RegexSet,
-    owner: Vec<(usize, usize)>,
 }
 
 impl FilterSet {
     pub fn new(filters: Vec<Filter>) -> FilterSet {
-        let mut patterns = Vec::new();
-        let mut owner = Vec::new();
-        for (f, filter) in filters.iter().enumerate() {
-            for (r, re) in filter.fail.iter().enumerate() {
-                patterns.push(re.as_str().to_string());
-                owner.push((f, r));
-            }
-        }
-        let set = RegexSet::new(&patterns).expect("each pattern compiled alone");
-        FilterSet { filters, set, owner }
+        FilterSet { filters }
     }
 
     /// Tests `line` against every filter; at most one hit per filter.
-    pub fn test(&self, line: &str) -> Vec<(usize, Hit)> {
-        let matches = self.set.matches(line);
-        if !matches.matched_any() {
-            return Vec::new();
-        }
-        let mut out: Vec<(usize, Hit)> = Vec::new();
-        for i in matches.iter() {
-            let (f, r) = self.owner[i];
-            if out.iter().any(|(seen, _)| *seen == f) {
-                continue;
-            }
-            let filter = &self.filters[f];
-            let Some(caps) = filter.fail[r].captures(line) else { continue };
-            let host = caps.name("host").map_or("", |m| m.as_str());
-            let hit = if filter.ignore.as_ref().is_some_and(|ig| ig.is_match(line)) {
-                Hit::Ignored
-            } else {
-                match parse_host(host) {
-                    Some(addr) => Hit::Failure(Failure {
-                        addr,
-                        session: caps.name("session").and_then(|m| m.as_str().parse().ok()),
-                        helper: r >= filter.helpers_from,
-                    }),
-                    None => Hit::NotAnAddress(host.to_string()),
-                }
-            };
-            out.push((f, hit));
-        }
-        out
+    pub fn test(&self, line: &[u8]) -> Vec<(usize, Hit)> {
+        self.filters.iter().enumerate().filter_map(|(i, f)| f.test(line).map(|hit| (i, hit))).collect()
     }
+}
+
+fn number(b: &[u8]) -> Option<u64> {
+    std::str::from_utf8(b).ok()?.parse().ok()
 }
 
 /// Parses a captured host with `std::net`; `::ffff:1.2.3.4` becomes 1.2.3.4.

@@ -6,7 +6,6 @@
 //! [`Detector`] on log time, as the daemon would have, and reports per filter what
 //! matched and what would have been banned.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{self, BufRead};
 use std::net::IpAddr;
@@ -167,24 +166,21 @@ impl Scanner {
         self.lines.too_long += 1;
     }
 
-    /// Runs one raw line (without its newline) through the filters.
+    /// Runs one raw line (without its newline) through the filters. Filters work on
+    /// bytes; invalid UTF-8 is only counted (and decoded lossily where a line is kept).
     pub fn bytes(&mut self, raw: &mut [u8]) -> Outcome {
         if raw.contains(&0) {
             self.lines.nul_bytes += 1;
             raw.iter_mut().filter(|b| **b == 0).for_each(|b| *b = b' ');
         }
-        let text = match std::str::from_utf8(raw) {
-            Ok(t) => Cow::Borrowed(t),
-            Err(_) => {
-                self.lines.invalid_utf8 += 1;
-                String::from_utf8_lossy(raw)
-            }
-        };
-        self.line(&text)
+        if !raw.is_ascii() && std::str::from_utf8(raw).is_err() {
+            self.lines.invalid_utf8 += 1;
+        }
+        self.line(raw)
     }
 
     /// Runs one line through the filters.
-    pub fn line(&mut self, line: &str) -> Outcome {
+    pub fn line(&mut self, line: &[u8]) -> Outcome {
         self.lines.read += 1;
         let hits = self.set.test(line);
         if hits.is_empty() {
@@ -217,7 +213,7 @@ impl Scanner {
         }
     }
 
-    fn failure(&mut self, index: usize, failure: Failure, line: &str) {
+    fn failure(&mut self, index: usize, failure: Failure, line: &[u8]) {
         let addr = failure.addr;
         let at = match self.times.parse(line, self.now) {
             Some(t) => t,
@@ -237,7 +233,7 @@ impl Scanner {
             return;
         }
         let spec = &self.set.filters[index].spec;
-        if let Some(ban) = self.detector.failure(index, spec, addr, at, line) {
+        if let Some(ban) = self.detector.failure(index, spec, addr, at, &String::from_utf8_lossy(line)) {
             self.banned_until.insert(addr, at.plus(ban.bantime));
             report.bans.push(ScanBan {
                 ip: addr,

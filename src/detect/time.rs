@@ -20,8 +20,8 @@ pub struct TimeParser {
 
 impl TimeParser {
     /// The time of `line`, or `None` when it carries no timestamp banshare reads.
-    pub fn parse(&mut self, line: &str, now: Timestamp) -> Option<Timestamp> {
-        let b = line.as_bytes();
+    pub fn parse(&mut self, line: &[u8], now: Timestamp) -> Option<Timestamp> {
+        let b = line;
         if b.len() >= 19 && b[4] == b'-' && b[7] == b'-' && (b[10] == b'T' || b[10] == b' ') {
             return self.rfc3339(b);
         }
@@ -35,7 +35,7 @@ impl TimeParser {
         if b.first() == Some(&b'[') && b.len() > 26 && month(&b[5..8]).is_some() {
             return self.apache_error(b);
         }
-        let open = line.find(" [")? + 2;
+        let open = b.windows(2).position(|w| w == b" [")? + 2;
         self.access(&b[open..])
     }
 
@@ -201,7 +201,7 @@ mod tests {
     #[test]
     fn reads_zoned_formats_exactly() {
         let mut p = TimeParser::default();
-        let mut at = |line: &str| p.parse(line, utc_now()).map(|t| t.to_string());
+        let mut at = |line: &str| p.parse(line.as_bytes(), utc_now()).map(|t| t.to_string());
         assert_eq!(at("2026-11-23T10:00:01.123456+01:00 host sshd[1]: x").unwrap(), "2026-11-23T09:00:01Z");
         assert_eq!(at("2026-11-23T10:00:01Z host").unwrap(), "2026-11-23T10:00:01Z");
         assert_eq!(
@@ -217,7 +217,7 @@ mod tests {
         // SAFETY: tests in this module are the only users of TZ in this process.
         unsafe { std::env::set_var("TZ", "UTC") };
         let mut p = TimeParser::default();
-        let at = |p: &mut TimeParser, line: &str| p.parse(line, utc_now()).map(|t| t.to_string());
+        let at = |p: &mut TimeParser, line: &str| p.parse(line.as_bytes(), utc_now()).map(|t| t.to_string());
         assert_eq!(at(&mut p, "Nov 23 10:00:01 host sshd[1]: x").unwrap(), "2026-11-23T10:00:01Z");
         assert_eq!(at(&mut p, "Nov  3 10:00:01 host sshd[1]: x").unwrap(), "2026-11-03T10:00:01Z");
         // A December line read in November is from last year.
