@@ -297,14 +297,16 @@ mod tests {
             64,
         );
         for i in 0..12 {
-            scanner.line(&format!(
-                "2026-11-23T10:00:{i:02}Z h sshd[1]: Failed password for root from 203.0.113.7 port 1 ssh2"
-            ));
-            scanner.line(&format!(
-                "2026-11-23T10:00:{i:02}Z h sshd[1]: Failed password for root from 2001:db8::{i} port 1 ssh2"
-            ));
+            scanner.line(
+                format!("2026-11-23T10:00:{i:02}Z h sshd[1]: Failed password for root from 203.0.113.7 port 1 ssh2")
+                    .as_bytes(),
+            );
+            scanner.line(
+                format!("2026-11-23T10:00:{i:02}Z h sshd[1]: Failed password for root from 2001:db8::{i} port 1 ssh2")
+                    .as_bytes(),
+            );
         }
-        scanner.line("2026-11-23T10:01:00Z h sshd[1]: Accepted password for root from 203.0.113.9 port 1 ssh2");
+        scanner.line(b"2026-11-23T10:01:00Z h sshd[1]: Accepted password for root from 203.0.113.9 port 1 ssh2");
         let report = scanner.finish();
         let sshd = &report.filters[0];
         assert_eq!(sshd.matched, 24);

@@ -310,3 +310,140 @@ fn find_by_inode(path: &Path, device: u64, inode: u64) -> Option<PathBuf> {
         .map(|e| e.path())
         .find(|p| std::fs::metadata(p).is_ok_and(|m| m.dev() == device && m.ino() == inode && m.is_file()))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::io::Write;
+
+    use super::*;
+
+    /// A log, a writer of numbered lines, and a tailer collecting what it reads.
+    struct Rig {
+        _dir: tempfile::TempDir,
+        path: PathBuf,
+        next: u32,
+        seen: Vec<String>,
+        tailer: Tailer,
+        saved: HashMap<PathBuf, Checkpoint>,
+    }
+
+    impl Rig {
+        fn new() -> Rig {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("auth.log");
+            std::fs::write(&path, "").unwrap();
+            let tailer = Tailer::new(path.to_str().unwrap());
+            Rig { _dir: dir, path, next: 0, seen: Vec::new(), tailer, saved: HashMap::new() }
+        }
+
+        fn write(&mut self, n: u32) {
+            let mut f = std::fs::OpenOptions::new().append(true).create(true).open(&self.path).unwrap();
+            for _ in 0..n {
+                writeln!(f, "line {}", self.next).unwrap();
+                self.next += 1;
+            }
+        }
+
+        fn poll(&mut self) {
+            let saved = self.saved.clone();
+            let seen = &mut self.seen;
+            let moved = self
+                .tailer
+                .poll(&|p| saved.get(p).copied(), &mut |_, line| seen.push(String::from_utf8_lossy(line).into_owned()));
+            self.saved.extend(moved);
+        }
+
+        /// Every line written was read exactly once, in order.
+        fn check(&self) {
+            let expected: Vec<String> = (0..self.next).map(|i| format!("line {i}")).collect();
+            assert_eq!(self.seen, expected);
+        }
+    }
+
+    #[test]
+    fn rename_and_create_drains_the_old_file_first() {
+        let mut r = Rig::new();
+        r.write(10);
+        r.poll();
+        r.write(5); // written before rotation, not yet read
+        std::fs::rename(&r.path, r.path.with_extension("log.1")).unwrap();
+        r.write(7); // into the new file
+        r.poll();
+        r.write(3);
+        r.poll();
+        r.check();
+        assert_eq!(r.tailer.counters.rotations, 1);
+    }
+
+    #[test]
+    fn copytruncate_rereads_from_the_start() {
+        let mut r = Rig::new();
+        r.write(10);
+        r.poll();
+        std::fs::copy(&r.path, r.path.with_extension("log.1")).unwrap();
+        std::fs::OpenOptions::new().write(true).open(&r.path).unwrap().set_len(0).unwrap();
+        // A burst after the truncation, longer than what had been read: the size alone
+        // would hide the truncation, the head of the file does not.
+        r.write(40);
+        r.poll();
+        r.check();
+        assert_eq!(r.tailer.counters.truncations, 1);
+    }
+
+    #[test]
+    fn delete_and_recreate_is_followed() {
+        let mut r = Rig::new();
+        r.write(3);
+        r.poll();
+        std::fs::remove_file(&r.path).unwrap();
+        r.poll(); // the path is gone for a while
+        r.write(4);
+        r.poll();
+        r.check();
+    }
+
+    #[test]
+    fn a_restart_resumes_at_the_checkpoint_and_finds_a_file_rotated_meanwhile() {
+        let mut r = Rig::new();
+        r.write(10);
+        r.poll();
+        // Stop: a new tailer will start from the saved checkpoints.
+        r.tailer = Tailer::new(r.path.to_str().unwrap());
+        r.write(5);
+        r.poll();
+        r.check();
+
+        r.tailer = Tailer::new(r.path.to_str().unwrap());
+        r.write(6); // unread when the file is rotated while banshare is stopped
+        std::fs::rename(&r.path, r.path.with_extension("log.1")).unwrap();
+        r.write(2);
+        r.poll();
+        r.check();
+    }
+
+    #[test]
+    fn partial_and_over_long_lines() {
+        let mut r = Rig::new();
+        let mut f = std::fs::OpenOptions::new().append(true).open(&r.path).unwrap();
+        f.write_all(b"line 0\nline ").unwrap();
+        r.next = 1;
+        r.poll();
+        assert_eq!(r.seen, ["line 0"], "half a line waits for its newline");
+        let cp = r.saved[&r.path];
+        assert_eq!(cp.offset, 7, "the checkpoint excludes the half line");
+        f.write_all(b"1\n").unwrap();
+        f.write_all(&vec![b'x'; MAX_LINE + 1]).unwrap();
+        f.write_all(b"\nline 2\n").unwrap();
+        r.next = 3;
+        r.poll();
+        r.check();
+        assert_eq!(r.tailer.counters.too_long, 1);
+    }
+
+    #[test]
+    fn checkpoint_head_text_round_trips() {
+        let cp = Checkpoint { device: 1, inode: 2, offset: 3, head_hash: 0xdead_beef, head_len: 128 };
+        assert_eq!(Checkpoint::parse_head(&cp.head_text()), Some((128, 0xdead_beef)));
+    }
+}
