@@ -193,7 +193,7 @@ pub fn scan(r: &ScanReport) -> String {
         }
         let mut top: Vec<_> = f.failures.iter().collect();
         top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
-        let _ = writeln!(out, "  {:<40} {:>9}  {:<22} {}", "ADDRESS", "FAILURES", "FIRST BAN", "BANTIME");
+        let _ = writeln!(out, "  {:<40} {:>9}  {:<22} BANTIME", "ADDRESS", "FAILURES", "FIRST BAN");
         for (ip, n) in top.iter().take(20) {
             let bans: Vec<_> = f.bans.iter().filter(|b| b.ip == **ip).collect();
             let (first, bantime) = match bans.first() {

@@ -230,10 +230,10 @@ mod session_tests {
         let mut counted: HashMap<IpAddr, u32> = HashMap::new();
         for (i, line) in SESSION.iter().enumerate() {
             for (index, hit) in set.test(line.as_bytes()) {
-                if let Hit::Failure(f) = hit {
-                    if d.counts(index, &f, Timestamp(i as i64)) {
-                        *counted.entry(f.addr).or_default() += 1;
-                    }
+                if let Hit::Failure(f) = hit
+                    && d.counts(index, &f, Timestamp(i as i64))
+                {
+                    *counted.entry(f.addr).or_default() += 1;
                 }
             }
         }

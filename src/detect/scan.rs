@@ -243,7 +243,7 @@ impl Scanner {
                 failures: ban.failures,
             });
         }
-        if self.lines.matched % 100_000 == 0 {
+        if self.lines.matched.is_multiple_of(100_000) {
             let longest = self.set.filters.iter().map(|f| f.spec.findtime).max().unwrap_or_default();
             self.detector.sweep(at, longest);
         }

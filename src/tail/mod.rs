@@ -226,23 +226,23 @@ impl Tailer {
         sink: &mut dyn FnMut(&Path, &mut Vec<u8>),
         last: bool,
     ) -> io::Result<()> {
-        if let Some((rotated, offset)) = f.pending_rotated.take() {
-            if let Ok(file) = File::open(&rotated) {
-                tracing::info!(path = %rotated.display(), "reading the rest of a file rotated while banshare was stopped");
-                let meta = file.metadata()?;
-                let mut old = Followed {
-                    file,
-                    device: meta.dev(),
-                    inode: meta.ino(),
-                    offset,
-                    head_hash: 0,
-                    head_len: 0,
-                    partial: Vec::new(),
-                    discarding: false,
-                    pending_rotated: None,
-                };
-                self.drain(path, &mut old, sink, true)?;
-            }
+        if let Some((rotated, offset)) = f.pending_rotated.take()
+            && let Ok(file) = File::open(&rotated)
+        {
+            tracing::info!(path = %rotated.display(), "reading the rest of a file rotated while banshare was stopped");
+            let meta = file.metadata()?;
+            let mut old = Followed {
+                file,
+                device: meta.dev(),
+                inode: meta.ino(),
+                offset,
+                head_hash: 0,
+                head_len: 0,
+                partial: Vec::new(),
+                discarding: false,
+                pending_rotated: None,
+            };
+            self.drain(path, &mut old, sink, true)?;
         }
         f.file.seek(SeekFrom::Start(f.offset))?;
         let mut chunk = vec![0u8; 64 * 1024];
