@@ -48,6 +48,52 @@ pub struct Config {
     pub filters: BTreeMap<String, FilterSpec>,
     /// `[detect]`: how repeat offenders' bans grow.
     pub escalation: Escalation,
+    /// `[[source]]` entries; empty means the built-in defaults ([`default_sources`]).
+    pub sources: Vec<SourceConfig>,
+}
+
+/// A log to follow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceConfig {
+    pub kind: SourceKind,
+    /// Names of filters in [`Config::filters`].
+    pub filters: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceKind {
+    /// A path or glob.
+    File(String),
+    /// A journald match such as `_SYSTEMD_UNIT=ssh.service`.
+    Journal(String),
+}
+
+/// The sources used when the config names none: auth.log with sshd when it exists (a
+/// fresh Debian 12 has no auth.log: rsyslog is not installed by default, sshd logs to the
+/// journal), and nginx's logs when present.
+pub fn default_sources() -> Vec<SourceConfig> {
+    let file = |path: &str, filters: &[&str]| SourceConfig {
+        kind: SourceKind::File(path.into()),
+        filters: filters.iter().map(|f| f.to_string()).collect(),
+    };
+    let mut out = Vec::new();
+    if Path::new("/var/log/auth.log").exists() {
+        out.push(file("/var/log/auth.log", &["sshd"]));
+    } else {
+        for unit in ["ssh.service", "sshd.service"] {
+            out.push(SourceConfig {
+                kind: SourceKind::Journal(format!("_SYSTEMD_UNIT={unit}")),
+                filters: vec!["sshd".into()],
+            });
+        }
+    }
+    if Path::new("/var/log/nginx/access.log").exists() {
+        out.push(file("/var/log/nginx/access.log", &["nginx-botsearch"]));
+    }
+    if Path::new("/var/log/nginx/error.log").exists() {
+        out.push(file("/var/log/nginx/error.log", &["nginx-http-auth", "nginx-limit-req"]));
+    }
+    out
 }
 
 /// `[firewall]`
@@ -114,6 +160,7 @@ impl Default for Config {
                 .map(|n| (n.to_string(), builtin::spec(n, false).expect("built-in filter")))
                 .collect(),
             escalation: Escalation::default(),
+            sources: Vec::new(),
         }
     }
 }
@@ -260,6 +307,38 @@ impl Config {
             let spec = filter_spec(&name, raw_filter, filters.remove(&name), &invalid)?;
             filters.insert(name, spec);
         }
+        let mut sources = Vec::new();
+        for (i, src) in raw.source.unwrap_or_default().into_iter().enumerate() {
+            let kind = match (src.path, src.journal) {
+                (Some(p), None) if Path::new(&p).is_absolute() => SourceKind::File(p),
+                (Some(p), None) => {
+                    return Err(invalid(&format!("source[{i}].path"), "an absolute path or glob", &format!("{p:?}")));
+                }
+                (None, Some(m)) => SourceKind::Journal(m),
+                _ => {
+                    return Err(invalid(
+                        &format!("source[{i}]"),
+                        "exactly one of `path` or `journal`",
+                        &"both or neither",
+                    ));
+                }
+            };
+            let names = src.filters.unwrap_or_default();
+            if names.is_empty() {
+                return Err(invalid(&format!("source[{i}].filters"), "at least one filter name", &"none"));
+            }
+            for (j, name) in names.iter().enumerate() {
+                if !filters.contains_key(name) {
+                    let known = filters.keys().map(String::as_str).collect::<Vec<_>>().join(", ");
+                    return Err(invalid(
+                        &format!("source[{i}].filters[{j}]"),
+                        &format!("one of {known}"),
+                        &format!("{name:?}"),
+                    ));
+                }
+            }
+            sources.push(SourceConfig { kind, filters: names });
+        }
 
         Ok(Config {
             source_path: Some(path.to_path_buf()),
@@ -271,6 +350,7 @@ impl Config {
             decisions: DecisionConfig { manual_bantime, ipv6_prefix, retention },
             filters,
             escalation,
+            sources,
         })
     }
 

@@ -20,6 +20,16 @@ pub struct RawConfig {
     pub decisions: Option<RawDecisions>,
     pub detect: Option<RawDetect>,
     pub filter: Option<BTreeMap<String, RawFilter>>,
+    pub source: Option<Vec<RawSource>>,
+}
+
+/// `[[source]]`: a log to follow and the filters that read it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSource {
+    pub path: Option<String>,
+    pub journal: Option<String>,
+    pub filters: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -130,6 +130,9 @@ pub struct StatusData {
     pub active: BTreeMap<Source, u64>,
     pub allowlist_entries: usize,
     pub host_addresses: usize,
+    /// The followed logs and what detection made of them.
+    #[serde(default)]
+    pub sources: Vec<crate::daemon::SourceStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -16,16 +16,20 @@ use ipnet::IpNet;
 use serde_json::Value;
 use tokio::sync::Notify;
 
+use super::follow::SourceStatus;
 use crate::clock::Timestamp;
+use crate::clock::human_duration;
 use crate::config::{self, Config};
 use crate::control::protocol::{
     BanData, ErrorBody, ErrorCode, FirewallStatus, ImportData, ListData, QueryData, Request, StatusData, UnbanData,
 };
 use crate::control::server::Handler;
-use crate::decision::{Decision, Guard, NewDecision, Refusal, Source, parse_target, show_target};
+use crate::decision::{Decision, Guard, NewDecision, Refusal, Source, ban_target, parse_target, show_target};
+use crate::detect::{Ban, FilterSpec};
 use crate::enforce::FirewallHandle;
 use crate::hostaddr;
 use crate::store::{LiftReason, Store, StoreError, Upsert};
+use crate::tail::Checkpoint;
 
 /// How many past decisions `query` shows.
 const QUERY_HISTORY: usize = 5;
@@ -41,6 +45,8 @@ pub struct Engine {
     started_at: Instant,
     /// Woken after each new decision so the expiry loop can recompute its deadline.
     pub(super) expiry_wake: Notify,
+    /// The detection loop's counters, for `status`.
+    sources: Mutex<Vec<SourceStatus>>,
 }
 
 /// Guarded by the engine's one mutex.
@@ -71,6 +77,7 @@ impl Engine {
             started: Timestamp::now(),
             started_at: Instant::now(),
             expiry_wake: Notify::new(),
+            sources: Mutex::new(Vec::new()),
         }
     }
 
@@ -148,6 +155,55 @@ impl Engine {
             );
         }
         Ok(outcomes)
+    }
+
+    /// Records the bans local detection decided: the IPv6 target widened, the bantime
+    /// escalated by the address's earlier detections in the store (so escalation
+    /// survives restarts).
+    pub fn detected(&self, bans: Vec<(Ban, FilterSpec)>) -> Result<Vec<Outcome>, StoreError> {
+        let config = self.config();
+        let proposals = {
+            let st = self.state();
+            let mut out = Vec::with_capacity(bans.len());
+            for (ban, spec) in bans {
+                let target = ban_target(ban.addr, Source::Detect, config.decisions.ipv6_prefix);
+                let earlier = st.store.earlier_detections(&target)?;
+                out.push(NewDecision {
+                    target,
+                    source: Source::Detect,
+                    reason: format!(
+                        "{}: {} failures within {}",
+                        spec.name,
+                        ban.failures,
+                        human_duration(spec.findtime)
+                    ),
+                    category: Some(spec.category.clone()),
+                    score: None,
+                    duration: Some(config.escalation.bantime(spec.bantime, earlier)),
+                });
+            }
+            out
+        };
+        self.decide(proposals, Timestamp::now())
+    }
+
+    /// Where reading of a followed file stopped, from the store.
+    pub fn file_checkpoint(&self, path: &str) -> Option<Checkpoint> {
+        self.state().store.file_checkpoint(path).unwrap_or_else(|error| {
+            tracing::warn!(%error, path, "cannot read a checkpoint; reading the file from its start");
+            None
+        })
+    }
+
+    /// Saves checkpoints of followed files.
+    pub fn save_checkpoints(&self, checkpoints: &[(String, Checkpoint)]) {
+        if let Err(error) = self.state().store.save_checkpoints(checkpoints, Timestamp::now()) {
+            tracing::warn!(%error, "cannot save checkpoints");
+        }
+    }
+
+    pub(super) fn set_source_status(&self, status: Vec<SourceStatus>) {
+        *self.sources.lock().unwrap_or_else(|e| e.into_inner()) = status;
     }
 
     /// Lifts every decision whose time has come. Returns the next expiry.
@@ -433,6 +489,7 @@ impl Engine {
             active,
             allowlist_entries: config.allowlist.len(),
             host_addresses,
+            sources: self.sources.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         })
     }
 }

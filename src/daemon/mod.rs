@@ -10,6 +10,7 @@
 //! before it replies), stop the timers, remove the socket file, release the lock.
 
 mod engine;
+mod follow;
 mod lock;
 mod notify;
 
@@ -22,6 +23,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 pub use engine::Engine;
+pub use follow::SourceStatus;
 pub use lock::LockError;
 pub use notify::notify;
 
@@ -73,6 +75,9 @@ pub enum DaemonError {
 /// A running daemon.
 pub struct DaemonHandle {
     engine: Arc<Engine>,
+    /// Stops the detection thread (a plain thread: it blocks on inotify).
+    stop_watch: Arc<std::sync::atomic::AtomicBool>,
+    watch: Option<std::thread::JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     socket: PathBuf,
@@ -93,6 +98,11 @@ impl DaemonHandle {
 
     /// Drains and stops the daemon; returns once every task has finished.
     pub async fn shutdown(mut self) {
+        // Stop reading logs first; its last checkpoints are saved before the store closes.
+        self.stop_watch.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(watch) = self.watch.take() {
+            let _ = tokio::task::spawn_blocking(move || watch.join()).await;
+        }
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
         let engine = Arc::clone(&self.engine);
@@ -143,9 +153,12 @@ pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
     tasks.spawn(maintenance_loop(Arc::clone(&engine), shutdown_rx.clone()));
     tasks.spawn(firewall_loop(Arc::clone(&engine), shutdown_rx));
 
+    let stop_watch = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watch = Some(follow::spawn(Arc::clone(&engine), &engine.config(), Arc::clone(&stop_watch)));
+
     tracing::info!(config = %origin, socket = %socket.display(), "banshare ready");
     notify("READY=1\nSTATUS=ready");
-    Ok(DaemonHandle { engine, shutdown, tasks, socket, lock })
+    Ok(DaemonHandle { engine, stop_watch, watch, shutdown, tasks, socket, lock })
 }
 
 /// `banshare run`: starts the daemon and serves until SIGTERM or SIGINT; SIGHUP reloads.

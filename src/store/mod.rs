@@ -269,6 +269,67 @@ impl Store {
         Ok(out)
     }
 
+    /// Where reading of a followed file stopped.
+    pub fn file_checkpoint(&self, source: &str) -> Result<Option<crate::tail::Checkpoint>> {
+        let row: Option<(i64, i64, i64, Option<String>)> = self
+            .conn
+            .query_row(
+                "SELECT device, inode, offset, head_hash FROM checkpoints WHERE source = ?1 AND inode IS NOT NULL",
+                params![source],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        Ok(row.and_then(|(device, inode, offset, head)| {
+            let (head_len, head_hash) = crate::tail::Checkpoint::parse_head(head.as_deref()?)?;
+            Some(crate::tail::Checkpoint {
+                device: device as u64,
+                inode: inode as u64,
+                offset: offset as u64,
+                head_hash,
+                head_len,
+            })
+        }))
+    }
+
+    /// Saves checkpoints of followed files, in one transaction.
+    pub fn save_checkpoints(
+        &mut self,
+        checkpoints: &[(String, crate::tail::Checkpoint)],
+        now: Timestamp,
+    ) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO checkpoints (source, device, inode, offset, head_hash, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (source) DO UPDATE SET device = excluded.device, inode = excluded.inode,
+                 offset = excluded.offset, head_hash = excluded.head_hash, updated_ms = excluded.updated_ms",
+            )?;
+            for (source, cp) in checkpoints {
+                stmt.execute(params![
+                    source,
+                    cp.device as i64,
+                    cp.inode as i64,
+                    cp.offset as i64,
+                    cp.head_text(),
+                    now.0
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// How many times local detection banned exactly `target` before (for escalation).
+    pub fn earlier_detections(&self, target: &IpNet) -> Result<u32> {
+        let (start, end) = range_keys(target);
+        let n: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM decisions WHERE range_start = ?1 AND range_end = ?2 AND source = 'detect'",
+            params![&start[..], &end[..]],
+            |r| r.get(0),
+        )?;
+        Ok(n as u32)
+    }
+
     /// A value from the key/value table.
     pub fn meta_get(&self, key: &str) -> Result<Option<String>> {
         Ok(self.conn.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| r.get(0)).optional()?)

@@ -131,6 +131,8 @@ impl Tailer {
         for path in gone {
             if let Some(mut f) = self.files.remove(&path) {
                 let _ = self.drain(&path, &mut f, sink, true);
+                self.counters.rotations += 1;
+                tracing::info!(path = %path.display(), "log moved away or deleted; waiting for its successor");
             }
         }
         moved

@@ -9,5 +9,6 @@ mod support;
 
 mod bad_input;
 mod daemon;
+mod detect;
 mod firewall;
 mod scan;

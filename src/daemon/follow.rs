@@ -1,0 +1,177 @@
+//! The detection loop: follows the configured log sources and turns what their filters
+//! find into `detect` decisions.
+//!
+//! One thread. Each round polls every file source ([`crate::tail::Tailer::poll`] is the
+//! source of truth), runs each complete line through the source's filters and sliding
+//! windows, hands the bans to the engine, and saves the files' checkpoints. Between
+//! rounds it sleeps on inotify (the directories of the followed files) for at most
+//! [`RESCAN`], so a line appended to a log is seen within milliseconds and a rotation
+//! inotify missed within a second.
+
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use serde::{Deserialize, Serialize};
+
+use super::Engine;
+use crate::clock::Timestamp;
+use crate::config::{Config, SourceKind, default_sources};
+use crate::detect::time::TimeParser;
+use crate::detect::{Ban, Detector, Filter, FilterSet, FilterSpec, Hit};
+use crate::tail::{Checkpoint, Tailer};
+
+/// The longest the loop sleeps without polling the files again.
+const RESCAN: Duration = Duration::from_millis(500);
+
+/// Per-source counters, shown by `status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SourceStatus {
+    pub source: String,
+    pub filters: Vec<String>,
+    pub lines: u64,
+    pub failures: u64,
+    pub bans: u64,
+    pub not_an_address: u64,
+    pub too_long: u64,
+    pub rotations: u64,
+}
+
+struct Source {
+    tailer: Tailer,
+    filters: FilterSet,
+    detector: Detector,
+    status: SourceStatus,
+}
+
+/// Builds the file sources of `config` (the built-in defaults when it names none).
+fn sources(config: &Config) -> Vec<Source> {
+    let configured = if config.sources.is_empty() { default_sources() } else { config.sources.clone() };
+    let mut out = Vec::new();
+    for src in configured {
+        let pattern = match &src.kind {
+            SourceKind::File(p) => p.clone(),
+            SourceKind::Journal(m) => {
+                tracing::warn!(journal = %m, "journald sources are not supported yet; this source is not followed");
+                continue;
+            }
+        };
+        let filters: Vec<Filter> = src
+            .filters
+            .iter()
+            .filter_map(|name| config.filters.get(name))
+            .filter_map(|spec| Filter::compile(spec.clone()).ok())
+            .collect();
+        out.push(Source {
+            tailer: Tailer::new(&pattern),
+            filters: FilterSet::new(filters),
+            detector: Detector::new(config.escalation),
+            status: SourceStatus { source: pattern, filters: src.filters.clone(), ..SourceStatus::default() },
+        });
+    }
+    out
+}
+
+/// Starts the detection thread; it stops when `stop` is set.
+pub fn spawn(engine: Arc<Engine>, config: &Config, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    let sources = sources(config);
+    std::thread::Builder::new()
+        .name("banshare-tail".into())
+        .spawn(move || run(engine, sources, stop))
+        .expect("spawn the detection thread")
+}
+
+fn run(engine: Arc<Engine>, mut sources: Vec<Source>, stop: Arc<AtomicBool>) {
+    for s in &sources {
+        tracing::info!(source = %s.status.source, filters = ?s.status.filters, "following");
+    }
+    let inotify = watch(&sources);
+    let mut times = TimeParser::default();
+    while !stop.load(Ordering::SeqCst) {
+        let mut bans: Vec<(Ban, FilterSpec)> = Vec::new();
+        let mut moved: Vec<(String, Checkpoint)> = Vec::new();
+        let now = Timestamp::now();
+        for src in &mut sources {
+            let saved = |p: &Path| engine.file_checkpoint(&p.to_string_lossy());
+            let Source { tailer, filters, detector, status } = src;
+            let mut sink = |_: &Path, line: &mut Vec<u8>| {
+                status.lines += 1;
+                for (index, hit) in filters.test(line) {
+                    let failure = match hit {
+                        Hit::Failure(f) => f,
+                        Hit::NotAnAddress(_) => {
+                            status.not_an_address += 1;
+                            continue;
+                        }
+                        Hit::Ignored => continue,
+                    };
+                    let spec = &filters.filters[index].spec;
+                    let at = times.parse(line, now).unwrap_or(now).min(now);
+                    // Replayed lines older than the window can no longer count.
+                    if at.0 < now.0 - spec.findtime.as_millis() as i64 || !detector.counts(index, &failure, at) {
+                        continue;
+                    }
+                    status.failures += 1;
+                    if let Some(ban) = detector.failure(index, spec, failure.addr, at, &String::from_utf8_lossy(line)) {
+                        status.bans += 1;
+                        bans.push((ban, spec.clone()));
+                    }
+                }
+            };
+            for (path, cp) in tailer.poll(&saved, &mut sink) {
+                moved.push((path.to_string_lossy().into_owned(), cp));
+            }
+            status.too_long = tailer.counters.too_long;
+            status.rotations = tailer.counters.rotations;
+            let longest = filters.filters.iter().map(|f| f.spec.findtime).max().unwrap_or_default();
+            detector.sweep(now, longest);
+        }
+        if !bans.is_empty()
+            && let Err(error) = engine.detected(bans)
+        {
+            tracing::error!(%error, "recording detected bans failed");
+        }
+        if !moved.is_empty() {
+            engine.save_checkpoints(&moved);
+        }
+        engine.set_source_status(sources.iter().map(|s| s.status.clone()).collect());
+        wait(inotify.as_ref());
+    }
+}
+
+/// Watches the directories of the followed files: any change there wakes the loop.
+fn watch(sources: &[Source]) -> Option<Inotify> {
+    let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok()?;
+    let mut dirs: Vec<&Path> = sources.iter().filter_map(|s| Path::new(s.tailer.pattern()).parent()).collect();
+    dirs.sort();
+    dirs.dedup();
+    let flags = AddWatchFlags::IN_MODIFY
+        | AddWatchFlags::IN_CREATE
+        | AddWatchFlags::IN_MOVED_TO
+        | AddWatchFlags::IN_MOVED_FROM
+        | AddWatchFlags::IN_DELETE
+        | AddWatchFlags::IN_CLOSE_WRITE;
+    for dir in dirs {
+        if let Err(error) = inotify.add_watch(dir, flags) {
+            tracing::debug!(dir = %dir.display(), %error, "cannot watch; polling only");
+        }
+    }
+    Some(inotify)
+}
+
+/// Sleeps until a file event or [`RESCAN`].
+fn wait(inotify: Option<&Inotify>) {
+    let Some(inotify) = inotify else {
+        std::thread::sleep(RESCAN);
+        return;
+    };
+    let mut fds = [PollFd::new(inotify.as_fd(), PollFlags::POLLIN)];
+    let timeout = PollTimeout::try_from(RESCAN.as_millis() as i32).unwrap_or(PollTimeout::NONE);
+    if poll(&mut fds, timeout).is_ok_and(|n| n > 0) {
+        while inotify.read_events().is_ok_and(|events| !events.is_empty()) {}
+    }
+}

@@ -1,0 +1,86 @@
+//! Detection end to end: lines appended to a followed log become `detect` decisions in
+//! the store and blocks in the firewall, across rotation and restarts.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use banshare::clock::Timestamp;
+
+use crate::support::{Env, wait_for};
+
+fn append(path: &Path, lines: &[String]) {
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
+    for l in lines {
+        writeln!(f, "{l}").unwrap();
+    }
+}
+
+/// `n` failed passwords of `ip`, stamped now (each in its own sshd session).
+fn failures(ip: &str, n: usize, pid: usize) -> Vec<String> {
+    let now = Timestamp::now();
+    (0..n).map(|i| format!("{now} web1 sshd[{}]: Failed password for root from {ip} port 4000 ssh2", pid + i)).collect()
+}
+
+fn decision<'a>(list: &'a serde_json::Value, target: &str) -> Option<&'a serde_json::Value> {
+    list["decisions"].as_array().unwrap().iter().find(|d| d["target"] == target)
+}
+
+#[test]
+fn appended_lines_become_detect_decisions_through_rotation_and_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("auth.log");
+    // A failure from two hours ago: too old for the window, it must not count.
+    let old = Timestamp(Timestamp::now().0 - 2 * 3600 * 1000);
+    append(&log, &[format!("{old} web1 sshd[1]: Failed password for root from 203.0.113.7 port 1 ssh2")]);
+    let env = Env::new(&format!("[[source]]\npath = {log:?}\nfilters = [\"sshd\"]\n[filter.sshd]\nmaxretry = 3\n"));
+    let daemon = env.start_in_process();
+
+    append(&log, &failures("203.0.113.7", 2, 100));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(env.listed().is_empty(), "two recent failures and one too old: no ban yet");
+    append(&log, &failures("203.0.113.7", 1, 200));
+    wait_for("the detect decision", Duration::from_secs(10), || env.listed() == ["203.0.113.7/32"]);
+    let list = env.cli(&["list", "--json"]).json();
+    let d = decision(&list, "203.0.113.7/32").unwrap();
+    assert_eq!(d["source"], "detect");
+    assert_eq!(d["category"], "ssh_bruteforce");
+    assert_eq!(d["reason"], "sshd: 3 failures within 10m");
+    assert!(env.dry_run_log().iter().any(|l| l["op"] == "add" && l["target"] == "203.0.113.7/32"));
+
+    // IPv6 from detection is widened to the /64.
+    append(&log, &failures("2001:db8:5:6::7", 3, 300));
+    wait_for("the IPv6 ban", Duration::from_secs(10), || env.listed().contains(&"2001:db8:5:6::/64".to_string()));
+
+    // Rotation by rename + create.
+    std::fs::rename(&log, dir.path().join("auth.log.1")).unwrap();
+    append(&log, &failures("203.0.113.8", 3, 400));
+    wait_for("a ban from the new file", Duration::from_secs(10), || {
+        env.listed().contains(&"203.0.113.8/32".to_string())
+    });
+    let status = env.cli(&["status", "--json"]).json();
+    let source = &status["sources"][0];
+    assert_eq!(source["rotations"], 1, "{status}");
+    assert_eq!(source["failures"], 9, "every failure counted once: {status}");
+
+    // Lines written while banshare is stopped are read after the restart, once.
+    daemon.stop();
+    append(&log, &failures("203.0.113.9", 3, 500));
+    let daemon = env.start_in_process();
+    wait_for("a ban from lines written while stopped", Duration::from_secs(10), || {
+        env.listed().contains(&"203.0.113.9/32".to_string())
+    });
+    let status = env.cli(&["status", "--json"]).json();
+    assert_eq!(status["sources"][0]["failures"], 3, "nothing before the checkpoint was read again: {status}");
+
+    // A repeat offender: unbanned, caught again, banned twice as long.
+    env.cli(&["unban", "203.0.113.7"]).expect_code(0);
+    append(&log, &failures("203.0.113.7", 3, 600));
+    wait_for("the second ban", Duration::from_secs(10), || env.listed().contains(&"203.0.113.7/32".to_string()));
+    let list = env.cli(&["list", "--json"]).json();
+    let d = decision(&list, "203.0.113.7/32").unwrap();
+    let (created, expires) = (d["created"].as_str().unwrap(), d["expires"].as_str().unwrap());
+    let secs = |t: &str| humantime::parse_rfc3339(t).unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert_eq!(secs(expires) - secs(created), 7200, "bantime doubled for a repeat offender");
+    daemon.stop();
+}
