@@ -21,7 +21,9 @@ measure() { # name, output file, command...: prints seconds and peak RSS
     python3 -c "print(f'$name: {$secs:.2f} s, {$lines / $secs:,.0f} lines/s, peak RSS {$kb / 1024:.1f} MiB')"
 }
 measure banshare "$work/banshare.json" target/release/banshare scan --config /dev/null --filter sshd --json "$work/auth.log"
-measure fail2ban-regex "$work/f2b.rows" fail2ban-regex -o row "$work/auth.log" /etc/fail2ban/filter.d/sshd.conf
+measure fail2ban-regex "$work/f2b.out" fail2ban-regex "$work/auth.log" /etc/fail2ban/filter.d/sshd.conf
+# The addresses fail2ban would ban: its per-failure rows (a slower output mode, not timed).
+fail2ban-regex -o row "$work/auth.log" /etc/fail2ban/filter.d/sshd.conf > "$work/f2b.rows"
 python3 - "$work" <<'PY'
 import sys
 w = sys.argv[1]
