@@ -30,7 +30,8 @@ fn main() {
     let mut samples = Vec::new();
     for i in 0..200u32 {
         let ip = format!("198.51.{}.{}", i / 250, i % 250 + 1);
-        let line = format!("{} web1 sshd[{}]: Failed password for root from {ip} port 22 ssh2\n", Timestamp::now(), 1000 + i);
+        let line =
+            format!("{} web1 sshd[{}]: Failed password for root from {ip} port 22 ssh2\n", Timestamp::now(), 1000 + i);
         let addr = ip.parse().unwrap();
         let t = Instant::now();
         file.write_all(line.as_bytes()).unwrap();

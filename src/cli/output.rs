@@ -132,6 +132,18 @@ pub fn status(s: &StatusData) -> String {
         "protected: {} allowlist entries, {} host addresses, loopback and link-local",
         s.allowlist_entries, s.host_addresses
     );
+    for src in &s.sources {
+        let _ = writeln!(
+            out,
+            "source:    {} ({}): {} lines, {} failures, {} bans, {} rotations",
+            src.source,
+            src.filters.join(", "),
+            src.lines,
+            src.failures,
+            src.bans,
+            src.rotations
+        );
+    }
     out
 }
 
