@@ -143,6 +143,9 @@ pub fn status(s: &StatusData) -> String {
             src.bans,
             src.rotations
         );
+        if let Some(w) = &src.warning {
+            let _ = writeln!(out, "           WARNING: {w}");
+        }
     }
     out
 }

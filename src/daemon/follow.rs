@@ -12,7 +12,7 @@ use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
@@ -27,6 +27,10 @@ use crate::tail::{Checkpoint, Tailer};
 
 /// The longest the loop sleeps without polling the files again.
 const RESCAN: Duration = Duration::from_millis(500);
+/// A source that reads at least [`DRIFT_LINES`] lines over this long without any filter
+/// matching one is reported: the log format may have drifted away from the filters.
+const DRIFT_AFTER: Duration = Duration::from_secs(3600);
+const DRIFT_LINES: u64 = 1000;
 
 /// Per-source counters, shown by `status`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -39,6 +43,10 @@ pub struct SourceStatus {
     pub not_an_address: u64,
     pub too_long: u64,
     pub rotations: u64,
+    /// Lines read since a filter last matched one.
+    pub lines_since_match: u64,
+    /// Set while the source reads lines that no filter matches for a long time.
+    pub warning: Option<String>,
 }
 
 struct Source {
@@ -46,6 +54,10 @@ struct Source {
     filters: FilterSet,
     detector: Detector,
     status: SourceStatus,
+    /// When a filter last matched a line (or when following began), and when the drift
+    /// warning was last logged.
+    last_match: Instant,
+    warned: Option<Instant>,
 }
 
 /// Builds the file sources of `config` (the built-in defaults when it names none).
@@ -71,6 +83,8 @@ fn sources(config: &Config) -> Vec<Source> {
             filters: FilterSet::new(filters),
             detector: Detector::new(config.escalation),
             status: SourceStatus { source: pattern, filters: src.filters.clone(), ..SourceStatus::default() },
+            last_match: Instant::now(),
+            warned: None,
         });
     }
     out
@@ -97,10 +111,17 @@ fn run(engine: Arc<Engine>, mut sources: Vec<Source>, stop: Arc<AtomicBool>) {
         let now = Timestamp::now();
         for src in &mut sources {
             let saved = |p: &Path| engine.file_checkpoint(&p.to_string_lossy());
-            let Source { tailer, filters, detector, status } = src;
+            let Source { tailer, filters, detector, status, last_match, warned } = src;
             let mut sink = |_: &Path, line: &mut Vec<u8>| {
                 status.lines += 1;
-                for (index, hit) in filters.test(line) {
+                let hits = filters.test(line);
+                if hits.is_empty() {
+                    status.lines_since_match += 1;
+                } else {
+                    status.lines_since_match = 0;
+                    *last_match = Instant::now();
+                }
+                for (index, hit) in hits {
                     let failure = match hit {
                         Hit::Failure(f) => f,
                         Hit::NotAnAddress(_) => {
@@ -129,6 +150,7 @@ fn run(engine: Arc<Engine>, mut sources: Vec<Source>, stop: Arc<AtomicBool>) {
             status.rotations = tailer.counters.rotations;
             let longest = filters.filters.iter().map(|f| f.spec.findtime).max().unwrap_or_default();
             detector.sweep(now, longest);
+            status.warning = drift(status, *last_match, warned);
         }
         if !bans.is_empty()
             && let Err(error) = engine.detected(bans)
@@ -141,6 +163,25 @@ fn run(engine: Arc<Engine>, mut sources: Vec<Source>, stop: Arc<AtomicBool>) {
         engine.set_source_status(sources.iter().map(|s| s.status.clone()).collect());
         wait(inotify.as_ref());
     }
+}
+
+/// The drift warning of a source, logged at most hourly: many lines, no match for long.
+fn drift(status: &SourceStatus, last_match: Instant, warned: &mut Option<Instant>) -> Option<String> {
+    if status.lines_since_match < DRIFT_LINES || last_match.elapsed() < DRIFT_AFTER {
+        *warned = None;
+        return None;
+    }
+    let message = format!(
+        "{} lines read without a match by {} for {}: has the log format changed?",
+        status.lines_since_match,
+        status.filters.join(", "),
+        crate::clock::human_duration(last_match.elapsed())
+    );
+    if warned.is_none_or(|w| w.elapsed() >= DRIFT_AFTER) {
+        tracing::warn!(source = %status.source, "{message}");
+        *warned = Some(Instant::now());
+    }
+    Some(message)
 }
 
 /// Watches the directories of the followed files: any change there wakes the loop.
@@ -173,5 +214,28 @@ fn wait(inotify: Option<&Inotify>) {
     let timeout = PollTimeout::try_from(RESCAN.as_millis() as i32).unwrap_or(PollTimeout::NONE);
     if poll(&mut fds, timeout).is_ok_and(|n| n > 0) {
         while inotify.read_events().is_ok_and(|events| !events.is_empty()) {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drift_is_reported_after_many_unmatched_lines_for_long() {
+        let mut status = SourceStatus {
+            source: "/var/log/auth.log".into(),
+            filters: vec!["sshd".into()],
+            ..SourceStatus::default()
+        };
+        let mut warned = None;
+        let long_ago = Instant::now() - DRIFT_AFTER - Duration::from_secs(1);
+        status.lines_since_match = DRIFT_LINES - 1;
+        assert_eq!(drift(&status, long_ago, &mut warned), None, "too few lines");
+        status.lines_since_match = DRIFT_LINES;
+        assert_eq!(drift(&status, Instant::now(), &mut warned), None, "a recent match");
+        let message = drift(&status, long_ago, &mut warned).expect("drift");
+        assert!(message.starts_with("1000 lines read without a match by sshd for 1h"), "{message}");
+        assert!(warned.is_some(), "logged once");
     }
 }
