@@ -25,6 +25,9 @@
 //! - [`cli`]: clap definitions and the thin client-side commands.
 //! - [`clock`]: wall-clock timestamps (unix milliseconds, RFC 3339 on the wire).
 //! - [`hostaddr`]: the host's own interface addresses.
+//! - [`lines`]: bounded line reading shared by the socket and log readers.
+//! - [`detect`]: filters, timestamps, sliding windows; the offline `scan` engine.
+//! - [`tail`]: following log files through rotation, truncation and restarts.
 
 pub mod cli;
 pub mod clock;
@@ -35,5 +38,6 @@ pub mod decision;
 pub mod detect;
 pub mod enforce;
 pub mod hostaddr;
+pub mod lines;
 pub mod store;
 pub mod tail;

@@ -184,18 +184,7 @@ async fn read_line(r: &mut (impl AsyncBufRead + Unpin), buf: &mut Vec<u8>, max: 
                 (false, false) => Line::Complete,
             });
         }
-        let (take, done) = match chunk.iter().position(|b| *b == b'\n') {
-            Some(i) => (i + 1, true),
-            None => (chunk.len(), false),
-        };
-        if !too_long {
-            if buf.len() + take > max {
-                too_long = true;
-                buf.clear();
-            } else {
-                buf.extend_from_slice(&chunk[..take]);
-            }
-        }
+        let (take, done) = crate::lines::take(chunk, buf, max, &mut too_long);
         r.consume(take);
         if done {
             return Ok(if too_long { Line::TooLong } else { Line::Complete });
@@ -235,7 +224,7 @@ mod tests {
         let mut buf = Vec::new();
         assert!(matches!(read_line(&mut r, &mut buf, 50).await.unwrap(), Line::TooLong));
         assert!(matches!(read_line(&mut r, &mut buf, 50).await.unwrap(), Line::Complete));
-        assert_eq!(buf, b"short\n");
+        assert_eq!(buf, b"short");
         assert!(matches!(read_line(&mut r, &mut buf, 50).await.unwrap(), Line::Eof));
     }
 }

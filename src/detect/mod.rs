@@ -80,7 +80,7 @@ pub struct Detector {
     windows: HashMap<(usize, IpAddr), Window>,
     /// Sessions with a counted failure, per filter (pruned by [`Detector::sweep`]).
     sessions: HashMap<(usize, u64), Session>,
-    /// Bans so far per address (the daemon seeds it from the store).
+    /// Bans so far per address, for offline replay (the daemon escalates from the store).
     offences: HashMap<IpAddr, u32>,
     pub escalation: Escalation,
 }
@@ -88,11 +88,6 @@ pub struct Detector {
 impl Detector {
     pub fn new(escalation: Escalation) -> Detector {
         Detector { escalation, ..Detector::default() }
-    }
-
-    /// Records earlier bans of `addr` (from the store, so escalation survives restarts).
-    pub fn set_offences(&mut self, addr: IpAddr, count: u32) {
-        self.offences.insert(addr, count);
     }
 
     /// Decides whether a failure counts, for filters with sessions: a helper line counts
@@ -150,11 +145,6 @@ impl Detector {
         let oldest = Timestamp(now.0 - findtime.as_millis() as i64);
         self.windows.retain(|_, w| w.times.back().is_some_and(|t| *t > oldest));
         self.sessions.retain(|_, s| s.at > oldest);
-    }
-
-    /// Addresses with an open window.
-    pub fn tracked(&self) -> usize {
-        self.windows.len()
     }
 }
 

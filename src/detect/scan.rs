@@ -43,19 +43,7 @@ pub fn read_line(r: &mut impl BufRead, buf: &mut Vec<u8>) -> io::Result<Read> {
                 (false, false) => Read::Line,
             });
         }
-        let (take, done) = match chunk.iter().position(|b| *b == b'\n') {
-            Some(i) => (i + 1, true),
-            None => (chunk.len(), false),
-        };
-        if !too_long {
-            let payload = if done { take - 1 } else { take };
-            if buf.len() + payload > MAX_LINE {
-                too_long = true;
-                buf.clear();
-            } else {
-                buf.extend_from_slice(&chunk[..payload]);
-            }
-        }
+        let (take, done) = crate::lines::take(chunk, buf, MAX_LINE, &mut too_long);
         r.consume(take);
         if done {
             return Ok(if too_long { Read::TooLong } else { Read::Line });

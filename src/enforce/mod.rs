@@ -251,18 +251,6 @@ impl Enforcer {
         self.backend.reconcile(&elements, now)
     }
 
-    /// Blocks `decisions` (those the guard allows).
-    pub fn add(&mut self, decisions: &[Decision], now: Timestamp) -> Result<(), FirewallError> {
-        let changes: Vec<Change> = decisions.iter().map(|d| Change::Add(d.into())).collect();
-        self.apply(&changes, now)
-    }
-
-    /// Lifts `decisions` in the kernel.
-    pub fn remove(&mut self, decisions: &[Decision], now: Timestamp) -> Result<(), FirewallError> {
-        let changes: Vec<Change> = decisions.iter().map(|d| Change::Remove(d.into())).collect();
-        self.apply(&changes, now)
-    }
-
     /// Applies a batch; additions the guard refuses are dropped here.
     pub fn apply(&mut self, changes: &[Change], now: Timestamp) -> Result<(), FirewallError> {
         let changes: Vec<Change> = changes
@@ -324,7 +312,8 @@ mod tests {
         let guard = Guard::new(vec![parse_target("192.0.2.0/24").unwrap()], vec![]);
         let mut enforcer = Enforcer::new(Box::new(backend), guard);
         let batch = [decision("127.0.0.1"), decision("192.0.2.9"), decision("203.0.113.7"), decision("::/0")];
-        enforcer.add(&batch, Timestamp(0)).unwrap();
+        let adds: Vec<Change> = batch.iter().map(|d| Change::Add(d.into())).collect();
+        enforcer.apply(&adds, Timestamp(0)).unwrap();
         assert_eq!(enforcer.element_count().unwrap(), 1);
         enforcer.reconcile(&batch, Timestamp(0)).unwrap();
         assert_eq!(enforcer.element_count().unwrap(), 1);
