@@ -5,6 +5,9 @@
 //! is a ban) and a second SQLite connection watches for the decision. 200 lines, one at
 //! a time; prints the median and the 99th percentile.
 
+// Tests drive real programs (ip, nft, the banshare binary) directly.
+#![allow(clippy::disallowed_types)]
+
 use std::io::Write;
 use std::time::{Duration, Instant};
 

@@ -12,6 +12,9 @@
 //! 4. The way fail2ban's nftables action works: one `nft add element` process per
 //!    address, 2,000 addresses on top of the loaded table, extrapolated to 100,000.
 
+// Tests drive real programs (ip, nft, the banshare binary) directly.
+#![allow(clippy::disallowed_types)]
+
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::{Command, Stdio};

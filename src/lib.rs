@@ -4,7 +4,8 @@
 //! # Architecture
 //!
 //! ```text
-//!  banshare ban/unban ──► control socket ──► decisions ──► store (SQLite) ──► enforce (dry-run | nftables | ipset)
+//!  log files ──► tail ──► detect ──────┐
+//!  banshare ban/unban/import ──► control socket ──┼──► decisions ──► store (SQLite) ──► enforce (nftables | ipset | dry-run)
 //! ```
 //!
 //! Every block, whatever produced it, is a [`decision::Decision`]. A decision is checked
@@ -19,9 +20,11 @@
 //! - [`config`]: `RawConfig` (serde mirror of the TOML file) converted once into `Config`.
 //! - [`decision`]: the `Decision` type, sources, target parsing, the allowlist guard.
 //! - [`store`]: SQLite schema, migrations and queries.
-//! - [`enforce`]: the `Firewall` trait, backend selection, the dry-run backend.
+//! - [`enforce`]: the `Firewall` trait, backend selection, the nftables, ipset and dry-run
+//!   backends, and the worker that batches changes into kernel transactions.
 //! - [`control`]: the versioned JSON-lines protocol, its server (daemon side) and client.
-//! - [`daemon`]: wiring, lifecycle, signals, expiry and pruning.
+//! - [`daemon`]: wiring, lifecycle, signals, expiry, pruning, the firewall health check,
+//!   and the detection loop over the followed logs.
 //! - [`cli`]: clap definitions and the thin client-side commands.
 //! - [`clock`]: wall-clock timestamps (unix milliseconds, RFC 3339 on the wire).
 //! - [`hostaddr`]: the host's own interface addresses.

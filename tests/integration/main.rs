@@ -4,6 +4,9 @@
 //! in-process ([`support::Env::start_in_process`]) or as a real `banshare run` process
 //! when the test needs signals or a hard kill.
 
+// Tests drive real programs (ip, nft, the banshare binary) directly.
+#![allow(clippy::disallowed_types)]
+
 #[path = "../support/mod.rs"]
 mod support;
 
