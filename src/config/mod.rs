@@ -64,8 +64,8 @@ pub struct SourceConfig {
 pub enum SourceKind {
     /// A path or glob.
     File(String),
-    /// A journald match such as `_SYSTEMD_UNIT=ssh.service`.
-    Journal(String),
+    /// journald matches such as `_SYSTEMD_UNIT=ssh.service`, optionally in a journal file.
+    Journal(crate::tail::journal::JournalSpec),
 }
 
 /// The sources used when the config names none: auth.log with sshd when it exists (a
@@ -80,12 +80,12 @@ pub fn default_sources() -> Vec<SourceConfig> {
     if Path::new("/var/log/auth.log").exists() {
         out.push(file("/var/log/auth.log", &["sshd"]));
     } else {
-        for unit in ["ssh.service", "sshd.service"] {
-            out.push(SourceConfig {
-                kind: SourceKind::Journal(format!("_SYSTEMD_UNIT={unit}")),
-                filters: vec!["sshd".into()],
-            });
-        }
+        // Matches on one field are alternatives: either unit name Debian or others use.
+        let matches = "_SYSTEMD_UNIT=ssh.service _SYSTEMD_UNIT=sshd.service".to_string();
+        out.push(SourceConfig {
+            kind: SourceKind::Journal(crate::tail::journal::JournalSpec { matches, file: None }),
+            filters: vec!["sshd".into()],
+        });
     }
     if Path::new("/var/log/nginx/access.log").exists() {
         out.push(file("/var/log/nginx/access.log", &["nginx-botsearch"]));
@@ -309,12 +309,36 @@ impl Config {
         }
         let mut sources = Vec::new();
         for (i, src) in raw.source.unwrap_or_default().into_iter().enumerate() {
-            let kind = match (src.path, src.journal) {
-                (Some(p), None) if Path::new(&p).is_absolute() => SourceKind::File(p),
-                (Some(p), None) => {
+            let kind = match (src.path, src.journal, src.journal_file) {
+                (Some(_), _, Some(_)) => {
+                    return Err(invalid(
+                        &format!("source[{i}].journal_file"),
+                        "`journal_file` only with `journal`",
+                        &"`path`",
+                    ));
+                }
+                (Some(p), None, None) if Path::new(&p).is_absolute() => SourceKind::File(p),
+                (Some(p), None, None) => {
                     return Err(invalid(&format!("source[{i}].path"), "an absolute path or glob", &format!("{p:?}")));
                 }
-                (None, Some(m)) => SourceKind::Journal(m),
+                (None, Some(m), file) => {
+                    if m.split_whitespace().any(|t| t != "+" && !t.contains('=')) {
+                        let expected = "journalctl matches like \"_SYSTEMD_UNIT=ssh.service\"";
+                        return Err(invalid(&format!("source[{i}].journal"), expected, &format!("{m:?}")));
+                    }
+                    let file = match file {
+                        Some(f) if Path::new(&f).is_absolute() => Some(PathBuf::from(f)),
+                        Some(f) => {
+                            return Err(invalid(
+                                &format!("source[{i}].journal_file"),
+                                "an absolute path",
+                                &format!("{f:?}"),
+                            ));
+                        }
+                        None => None,
+                    };
+                    SourceKind::Journal(crate::tail::journal::JournalSpec { matches: m, file })
+                }
                 _ => {
                     return Err(invalid(
                         &format!("source[{i}]"),
@@ -572,6 +596,25 @@ mod tests {
         assert!(e.contains("key `filter.sshd.category`"), "{e}");
         let e = parse("[filter.sshd]\nmaxretries = 3").unwrap_err();
         assert!(e.contains("key `filter.sshd.maxretries`: unknown field"), "{e}");
+    }
+
+    #[test]
+    fn sources_are_checked() {
+        let c = parse("[[source]]\njournal = \"_SYSTEMD_UNIT=ssh.service\"\nfilters = [\"sshd\"]\n[[source]]\npath = \"/var/log/nginx/*.log\"\nfilters = [\"nginx-botsearch\"]").unwrap();
+        assert_eq!(c.sources.len(), 2);
+        assert_eq!(c.sources[1].kind, SourceKind::File("/var/log/nginx/*.log".into()));
+        let e = parse("[[source]]\npath = \"/var/log/auth.log\"\nfilters = [\"sshd\", \"sshdd\"]").unwrap_err();
+        assert!(e.contains("key `source[0].filters[1]`: expected one of apache-auth, dovecot,"), "{e}");
+        let e = parse("[[source]]\nfilters = [\"sshd\"]").unwrap_err();
+        assert!(e.contains("key `source[0]`: expected exactly one of `path` or `journal`"), "{e}");
+        let e = parse("[[source]]\npath = \"auth.log\"\nfilters = [\"sshd\"]").unwrap_err();
+        assert!(e.contains("key `source[0].path`: expected an absolute path or glob"), "{e}");
+        let e = parse("[[source]]\njournal = \"ssh\"\nfilters = [\"sshd\"]").unwrap_err();
+        assert!(e.contains("key `source[0].journal`: expected journalctl matches"), "{e}");
+        let e = parse("[[source]]\npath = \"/x\"\njournal_file = \"/j\"\nfilters = [\"sshd\"]").unwrap_err();
+        assert!(e.contains("key `source[0].journal_file`"), "{e}");
+        let e = parse("[[source]]\npath = \"/var/log/auth.log\"").unwrap_err();
+        assert!(e.contains("key `source[0].filters`: expected at least one filter name"), "{e}");
     }
 
     #[test]

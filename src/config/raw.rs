@@ -29,6 +29,7 @@ pub struct RawConfig {
 pub struct RawSource {
     pub path: Option<String>,
     pub journal: Option<String>,
+    pub journal_file: Option<String>,
     pub filters: Option<Vec<String>>,
 }
 

@@ -45,8 +45,8 @@ pub struct Engine {
     started_at: Instant,
     /// Woken after each new decision so the expiry loop can recompute its deadline.
     pub(super) expiry_wake: Notify,
-    /// The detection loop's counters, for `status`.
-    sources: Mutex<Vec<SourceStatus>>,
+    /// The detection loops' counters per source, for `status`.
+    sources: Mutex<std::collections::BTreeMap<String, SourceStatus>>,
 }
 
 /// Guarded by the engine's one mutex.
@@ -77,7 +77,7 @@ impl Engine {
             started: Timestamp::now(),
             started_at: Instant::now(),
             expiry_wake: Notify::new(),
-            sources: Mutex::new(Vec::new()),
+            sources: Mutex::new(std::collections::BTreeMap::new()),
         }
     }
 
@@ -202,8 +202,22 @@ impl Engine {
         }
     }
 
-    pub(super) fn set_source_status(&self, status: Vec<SourceStatus>) {
-        *self.sources.lock().unwrap_or_else(|e| e.into_inner()) = status;
+    pub(super) fn set_source_status(&self, status: &SourceStatus) {
+        self.sources.lock().unwrap_or_else(|e| e.into_inner()).insert(status.source.clone(), status.clone());
+    }
+
+    /// The saved cursor of a journal source.
+    pub fn journal_cursor(&self, key: &str) -> Option<String> {
+        self.state().store.journal_cursor(key).unwrap_or_else(|error| {
+            tracing::warn!(%error, "cannot read a journal cursor");
+            None
+        })
+    }
+
+    pub fn save_journal_cursor(&self, key: &str, cursor: &str) {
+        if let Err(error) = self.state().store.save_journal_cursor(key, cursor, Timestamp::now()) {
+            tracing::warn!(%error, "cannot save a journal cursor");
+        }
     }
 
     /// Lifts every decision whose time has come. Returns the next expiry.
@@ -489,7 +503,7 @@ impl Engine {
             active,
             allowlist_entries: config.allowlist.len(),
             host_addresses,
-            sources: self.sources.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            sources: self.sources.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect(),
         })
     }
 }

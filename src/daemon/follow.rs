@@ -1,17 +1,18 @@
-//! The detection loop: follows the configured log sources and turns what their filters
+//! The detection loops: follow the configured log sources and turn what their filters
 //! find into `detect` decisions.
 //!
-//! One thread. Each round polls every file source ([`crate::tail::Tailer::poll`] is the
-//! source of truth), runs each complete line through the source's filters and sliding
-//! windows, hands the bans to the engine, and saves the files' checkpoints. Between
-//! rounds it sleeps on inotify (the directories of the followed files) for at most
-//! [`RESCAN`], so a line appended to a log is seen within milliseconds and a rotation
-//! inotify missed within a second.
+//! One thread for all file sources: each round polls every file
+//! ([`crate::tail::Tailer::poll`] is the source of truth), runs each complete line through
+//! the source's filters and sliding windows, hands the bans to the engine, and saves the
+//! files' checkpoints; between rounds it sleeps on inotify (the directories of the
+//! followed files) for at most [`RESCAN`], so a line appended to a log is seen within
+//! milliseconds and a rotation inotify missed within a second. One thread per journal
+//! source, reading `journalctl --follow` ([`crate::tail::journal`]) and saving its cursor.
 
 use std::os::fd::AsFd;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -23,6 +24,7 @@ use crate::clock::Timestamp;
 use crate::config::{Config, SourceKind, default_sources};
 use crate::detect::time::TimeParser;
 use crate::detect::{Ban, Detector, Filter, FilterSet, FilterSpec, Hit};
+use crate::tail::journal::{Journal, JournalSpec};
 use crate::tail::{Checkpoint, Tailer};
 
 /// The longest the loop sleeps without polling the files again.
@@ -50,7 +52,6 @@ pub struct SourceStatus {
 }
 
 struct Source {
-    tailer: Tailer,
     filters: FilterSet,
     detector: Detector,
     status: SourceStatus,
@@ -60,108 +61,217 @@ struct Source {
     warned: Option<Instant>,
 }
 
-/// Builds the file sources of `config` (the built-in defaults when it names none).
-fn sources(config: &Config) -> Vec<Source> {
-    let configured = if config.sources.is_empty() { default_sources() } else { config.sources.clone() };
-    let mut out = Vec::new();
-    for src in configured {
-        let pattern = match &src.kind {
-            SourceKind::File(p) => p.clone(),
-            SourceKind::Journal(m) => {
-                tracing::warn!(journal = %m, "journald sources are not supported yet; this source is not followed");
-                continue;
-            }
-        };
-        let filters: Vec<Filter> = src
-            .filters
+impl Source {
+    fn new(name: String, filter_names: &[String], config: &Config) -> Source {
+        let filters: Vec<Filter> = filter_names
             .iter()
             .filter_map(|name| config.filters.get(name))
             .filter_map(|spec| Filter::compile(spec.clone()).ok())
             .collect();
-        out.push(Source {
-            tailer: Tailer::new(&pattern),
+        Source {
             filters: FilterSet::new(filters),
             detector: Detector::new(config.escalation),
-            status: SourceStatus { source: pattern, filters: src.filters.clone(), ..SourceStatus::default() },
+            status: SourceStatus { source: name, filters: filter_names.to_vec(), ..SourceStatus::default() },
             last_match: Instant::now(),
             warned: None,
-        });
+        }
     }
-    out
+
+    /// The longest window of the source's filters: older lines no longer count.
+    fn longest_findtime(&self) -> Duration {
+        self.filters.filters.iter().map(|f| f.spec.findtime).max().unwrap_or_default()
+    }
+
+    /// Runs one line through the filters and windows; bans go to `bans`.
+    fn line(&mut self, times: &mut TimeParser, line: &[u8], now: Timestamp, bans: &mut Vec<(Ban, FilterSpec)>) {
+        self.status.lines += 1;
+        let hits = self.filters.test(line);
+        if hits.is_empty() {
+            self.status.lines_since_match += 1;
+        } else {
+            self.status.lines_since_match = 0;
+            self.last_match = Instant::now();
+        }
+        for (index, hit) in hits {
+            let failure = match hit {
+                Hit::Failure(f) => f,
+                Hit::NotAnAddress(_) => {
+                    self.status.not_an_address += 1;
+                    continue;
+                }
+                Hit::Ignored => continue,
+            };
+            let spec = &self.filters.filters[index].spec;
+            let at = times.parse(line, now).unwrap_or(now).min(now);
+            // Replayed lines older than the window can no longer count.
+            if at.0 < now.0 - spec.findtime.as_millis() as i64 || !self.detector.counts(index, &failure, at) {
+                continue;
+            }
+            self.status.failures += 1;
+            if let Some(ban) = self.detector.failure(index, spec, failure.addr, at, &String::from_utf8_lossy(line)) {
+                self.status.bans += 1;
+                bans.push((ban, spec.clone()));
+            }
+        }
+    }
+
+    /// End of a round: forget stale windows, check for drift, publish the counters.
+    fn settle(&mut self, engine: &Engine, now: Timestamp) {
+        let longest = self.longest_findtime();
+        self.detector.sweep(now, longest);
+        self.status.warning = drift(&self.status, self.last_match, &mut self.warned);
+        engine.set_source_status(&self.status);
+    }
 }
 
-/// Starts the detection thread; it stops when `stop` is set.
-pub fn spawn(engine: Arc<Engine>, config: &Config, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
-    let sources = sources(config);
-    std::thread::Builder::new()
-        .name("banshare-tail".into())
-        .spawn(move || run(engine, sources, stop))
-        .expect("spawn the detection thread")
+/// The threads that follow the configured logs.
+pub struct Followers {
+    stop: Arc<AtomicBool>,
+    /// Running journalctl children: killing them unblocks their readers at shutdown.
+    journal_pids: Arc<Mutex<Vec<u32>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
-fn run(engine: Arc<Engine>, mut sources: Vec<Source>, stop: Arc<AtomicBool>) {
-    for s in &sources {
-        tracing::info!(source = %s.status.source, filters = ?s.status.filters, "following");
+impl Followers {
+    /// Starts one thread for the file sources and one per journal source.
+    pub fn spawn(engine: Arc<Engine>, config: &Config) -> Followers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let journal_pids = Arc::new(Mutex::new(Vec::new()));
+        let configured = if config.sources.is_empty() { default_sources() } else { config.sources.clone() };
+        let mut files = Vec::new();
+        let mut threads = Vec::new();
+        for src in configured {
+            match src.kind {
+                SourceKind::File(pattern) => {
+                    files.push((Tailer::new(&pattern), Source::new(pattern, &src.filters, config)));
+                }
+                SourceKind::Journal(spec) => {
+                    let source = Source::new(format!("journal {}", spec.matches), &src.filters, config);
+                    let (engine, stop, pids) = (Arc::clone(&engine), Arc::clone(&stop), Arc::clone(&journal_pids));
+                    let thread = std::thread::Builder::new()
+                        .name("banshare-journal".into())
+                        .spawn(move || follow_journal(engine, spec, source, stop, pids))
+                        .expect("spawn a journal thread");
+                    threads.push(thread);
+                }
+            }
+        }
+        if !files.is_empty() {
+            let (engine, stop) = (Arc::clone(&engine), Arc::clone(&stop));
+            let thread = std::thread::Builder::new()
+                .name("banshare-tail".into())
+                .spawn(move || follow_files(engine, files, stop))
+                .expect("spawn the file thread");
+            threads.push(thread);
+        }
+        Followers { stop, journal_pids, threads }
     }
-    let inotify = watch(&sources);
+
+    /// Stops every follower; each saves its checkpoints or cursor on the way out.
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for pid in self.journal_pids.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), nix::sys::signal::Signal::SIGTERM);
+        }
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn follow_files(engine: Arc<Engine>, mut sources: Vec<(Tailer, Source)>, stop: Arc<AtomicBool>) {
+    for (tailer, s) in &sources {
+        tracing::info!(source = %tailer.pattern(), filters = ?s.status.filters, "following");
+    }
+    let inotify = watch(sources.iter().map(|(t, _)| t.pattern()));
     let mut times = TimeParser::default();
     while !stop.load(Ordering::SeqCst) {
         let mut bans: Vec<(Ban, FilterSpec)> = Vec::new();
         let mut moved: Vec<(String, Checkpoint)> = Vec::new();
         let now = Timestamp::now();
-        for src in &mut sources {
+        for (tailer, src) in &mut sources {
             let saved = |p: &Path| engine.file_checkpoint(&p.to_string_lossy());
-            let Source { tailer, filters, detector, status, last_match, warned } = src;
-            let mut sink = |_: &Path, line: &mut Vec<u8>| {
-                status.lines += 1;
-                let hits = filters.test(line);
-                if hits.is_empty() {
-                    status.lines_since_match += 1;
-                } else {
-                    status.lines_since_match = 0;
-                    *last_match = Instant::now();
-                }
-                for (index, hit) in hits {
-                    let failure = match hit {
-                        Hit::Failure(f) => f,
-                        Hit::NotAnAddress(_) => {
-                            status.not_an_address += 1;
-                            continue;
-                        }
-                        Hit::Ignored => continue,
-                    };
-                    let spec = &filters.filters[index].spec;
-                    let at = times.parse(line, now).unwrap_or(now).min(now);
-                    // Replayed lines older than the window can no longer count.
-                    if at.0 < now.0 - spec.findtime.as_millis() as i64 || !detector.counts(index, &failure, at) {
-                        continue;
-                    }
-                    status.failures += 1;
-                    if let Some(ban) = detector.failure(index, spec, failure.addr, at, &String::from_utf8_lossy(line)) {
-                        status.bans += 1;
-                        bans.push((ban, spec.clone()));
-                    }
-                }
-            };
+            let mut sink = |_: &Path, line: &mut Vec<u8>| src.line(&mut times, line, now, &mut bans);
             for (path, cp) in tailer.poll(&saved, &mut sink) {
                 moved.push((path.to_string_lossy().into_owned(), cp));
             }
-            status.too_long = tailer.counters.too_long;
-            status.rotations = tailer.counters.rotations;
-            let longest = filters.filters.iter().map(|f| f.spec.findtime).max().unwrap_or_default();
-            detector.sweep(now, longest);
-            status.warning = drift(status, *last_match, warned);
+            src.status.too_long = tailer.counters.too_long;
+            src.status.rotations = tailer.counters.rotations;
+            src.settle(&engine, now);
         }
-        if !bans.is_empty()
-            && let Err(error) = engine.detected(bans)
-        {
-            tracing::error!(%error, "recording detected bans failed");
-        }
+        record(&engine, bans);
         if !moved.is_empty() {
             engine.save_checkpoints(&moved);
         }
-        engine.set_source_status(sources.iter().map(|s| s.status.clone()).collect());
         wait(inotify.as_ref());
+    }
+}
+
+/// Follows one journal source until `stop`, restarting journalctl if it ends.
+fn follow_journal(
+    engine: Arc<Engine>,
+    spec: JournalSpec,
+    mut src: Source,
+    stop: Arc<AtomicBool>,
+    pids: Arc<Mutex<Vec<u32>>>,
+) {
+    let key = spec.key();
+    let mut times = TimeParser::default();
+    tracing::info!(source = %src.status.source, filters = ?src.status.filters, "following");
+    while !stop.load(Ordering::SeqCst) {
+        let since = Timestamp(Timestamp::now().0 - src.longest_findtime().as_millis() as i64);
+        let cursor = engine.journal_cursor(&key);
+        let mut journal = match Journal::spawn(&spec, cursor.as_deref(), since) {
+            Ok(j) => j,
+            Err(error) => {
+                tracing::error!(%error, "cannot start journalctl (apt install systemd); retrying in 5 s");
+                sleep_unless(&stop, Duration::from_secs(5));
+                continue;
+            }
+        };
+        pids.lock().unwrap_or_else(|e| e.into_inner()).push(journal.pid());
+        let mut unsaved: Option<String> = None;
+        let mut saved_at = Instant::now();
+        while let Ok(Some(entry)) = journal.next_entry() {
+            let now = Timestamp::now();
+            let mut bans = Vec::new();
+            src.line(&mut times, &entry.line, now, &mut bans);
+            let banned = !bans.is_empty();
+            record(&engine, bans);
+            unsaved = Some(entry.cursor);
+            if banned || saved_at.elapsed() >= Duration::from_secs(1) {
+                if let Some(c) = unsaved.take() {
+                    engine.save_journal_cursor(&key, &c);
+                }
+                saved_at = Instant::now();
+                src.settle(&engine, now);
+            }
+        }
+        if let Some(c) = unsaved {
+            engine.save_journal_cursor(&key, &c);
+        }
+        src.settle(&engine, Timestamp::now());
+        pids.lock().unwrap_or_else(|e| e.into_inner()).retain(|p| *p != journal.pid());
+        if !stop.load(Ordering::SeqCst) {
+            tracing::warn!(source = %src.status.source, "journalctl ended; restarting it in 1 s");
+            sleep_unless(&stop, Duration::from_secs(1));
+        }
+    }
+}
+
+fn sleep_unless(stop: &AtomicBool, total: Duration) {
+    let until = Instant::now() + total;
+    while !stop.load(Ordering::SeqCst) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Hands detected bans to the engine.
+fn record(engine: &Engine, bans: Vec<(Ban, FilterSpec)>) {
+    if !bans.is_empty()
+        && let Err(error) = engine.detected(bans)
+    {
+        tracing::error!(%error, "recording detected bans failed");
     }
 }
 
@@ -185,9 +295,9 @@ fn drift(status: &SourceStatus, last_match: Instant, warned: &mut Option<Instant
 }
 
 /// Watches the directories of the followed files: any change there wakes the loop.
-fn watch(sources: &[Source]) -> Option<Inotify> {
+fn watch<'a>(patterns: impl Iterator<Item = &'a str>) -> Option<Inotify> {
     let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok()?;
-    let mut dirs: Vec<&Path> = sources.iter().filter_map(|s| Path::new(s.tailer.pattern()).parent()).collect();
+    let mut dirs: Vec<&Path> = patterns.filter_map(|p| Path::new(p).parent()).collect();
     dirs.sort();
     dirs.dedup();
     let flags = AddWatchFlags::IN_MODIFY

@@ -75,9 +75,8 @@ pub enum DaemonError {
 /// A running daemon.
 pub struct DaemonHandle {
     engine: Arc<Engine>,
-    /// Stops the detection thread (a plain thread: it blocks on inotify).
-    stop_watch: Arc<std::sync::atomic::AtomicBool>,
-    watch: Option<std::thread::JoinHandle<()>>,
+    /// The log followers (plain threads: they block on inotify and journalctl).
+    followers: Option<follow::Followers>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     socket: PathBuf,
@@ -98,10 +97,9 @@ impl DaemonHandle {
 
     /// Drains and stops the daemon; returns once every task has finished.
     pub async fn shutdown(mut self) {
-        // Stop reading logs first; its last checkpoints are saved before the store closes.
-        self.stop_watch.store(true, std::sync::atomic::Ordering::SeqCst);
-        if let Some(watch) = self.watch.take() {
-            let _ = tokio::task::spawn_blocking(move || watch.join()).await;
+        // Stop reading logs first; their last checkpoints are saved before the store closes.
+        if let Some(followers) = self.followers.take() {
+            let _ = tokio::task::spawn_blocking(move || followers.stop()).await;
         }
         let _ = self.shutdown.send(true);
         while self.tasks.join_next().await.is_some() {}
@@ -153,12 +151,11 @@ pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
     tasks.spawn(maintenance_loop(Arc::clone(&engine), shutdown_rx.clone()));
     tasks.spawn(firewall_loop(Arc::clone(&engine), shutdown_rx));
 
-    let stop_watch = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watch = Some(follow::spawn(Arc::clone(&engine), &engine.config(), Arc::clone(&stop_watch)));
+    let followers = Some(follow::Followers::spawn(Arc::clone(&engine), &engine.config()));
 
     tracing::info!(config = %origin, socket = %socket.display(), "banshare ready");
     notify("READY=1\nSTATUS=ready");
-    Ok(DaemonHandle { engine, stop_watch, watch, shutdown, tasks, socket, lock })
+    Ok(DaemonHandle { engine, followers, shutdown, tasks, socket, lock })
 }
 
 /// `banshare run`: starts the daemon and serves until SIGTERM or SIGINT; SIGHUP reloads.

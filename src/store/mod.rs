@@ -319,6 +319,25 @@ impl Store {
         Ok(())
     }
 
+    /// The journald cursor saved for a journal source.
+    pub fn journal_cursor(&self, source: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row("SELECT cursor FROM checkpoints WHERE source = ?1", params![source], |r| r.get(0))
+            .optional()?
+            .flatten())
+    }
+
+    /// Saves a journald cursor.
+    pub fn save_journal_cursor(&self, source: &str, cursor: &str, now: Timestamp) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO checkpoints (source, cursor, updated_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (source) DO UPDATE SET cursor = excluded.cursor, updated_ms = excluded.updated_ms",
+            params![source, cursor, now.0],
+        )?;
+        Ok(())
+    }
+
     /// How many times local detection banned exactly `target` before (for escalation).
     pub fn earlier_detections(&self, target: &IpNet) -> Result<u32> {
         let (start, end) = range_keys(target);

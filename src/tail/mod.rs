@@ -16,6 +16,8 @@
 //! [`MAX_LINE`] are skipped and counted. Which lines are too old to matter is the
 //! detector's business, by log time.
 
+pub mod journal;
+
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};

@@ -84,3 +84,66 @@ fn appended_lines_become_detect_decisions_through_rotation_and_restart() {
     assert_eq!(secs(expires) - secs(created), 7200, "bantime doubled for a repeat offender");
     daemon.stop();
 }
+
+/// Appends journal entries to `file` as systemd-journal-remote writes them.
+fn journal_append(file: &Path, entries: &[(&str, u32)], seq: &mut u32) {
+    let mut export = String::new();
+    let now = Timestamp::now().0 * 1000;
+    for (message, pid) in entries {
+        *seq += 1;
+        export.push_str(&format!(
+            "__CURSOR=s=0;i={seq}\n__REALTIME_TIMESTAMP={}\n__MONOTONIC_TIMESTAMP={seq}\n\
+             _BOOT_ID=0123456789abcdef0123456789abcdef\n_SYSTEMD_UNIT=ssh.service\n\
+             SYSLOG_IDENTIFIER=sshd\n_PID={pid}\n_HOSTNAME=web1\nMESSAGE={message}\n\n",
+            now + i64::from(*seq)
+        ));
+    }
+    let export_path = file.with_extension("export");
+    std::fs::write(&export_path, export).unwrap();
+    let out = std::process::Command::new("/lib/systemd/systemd-journal-remote")
+        .arg(format!("--output={}", file.display()))
+        .arg(&export_path)
+        .output()
+        .expect("systemd-journal-remote");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn journal_entries_become_detect_decisions_and_the_cursor_survives_a_restart() {
+    if !crate::support::netns::privileged("journal test", &["journalctl"]) {
+        return;
+    }
+    assert!(
+        Path::new("/lib/systemd/systemd-journal-remote").exists() || std::env::var("CI").is_err(),
+        "the journal test needs systemd-journal-remote (scripts/install-test-deps.sh installs it)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("remote.journal");
+    let mut seq = 0;
+    let fail = |ip: &str| format!("Failed password for root from {ip} port 22 ssh2");
+    journal_append(&journal, &[(&fail("203.0.113.7"), 1)], &mut seq);
+    let env = Env::new(&format!(
+        "[[source]]\njournal = \"_SYSTEMD_UNIT=ssh.service\"\njournal_file = {journal:?}\nfilters = [\"sshd\"]\n[filter.sshd]\nmaxretry = 3\n"
+    ));
+    let daemon = env.start_in_process();
+    journal_append(&journal, &[(&fail("203.0.113.7"), 2), (&fail("203.0.113.7"), 3)], &mut seq);
+    wait_for("a ban from the journal", Duration::from_secs(15), || env.listed() == ["203.0.113.7/32"]);
+    let list = env.cli(&["list", "--json"]).json();
+    assert_eq!(decision(&list, "203.0.113.7/32").unwrap()["source"], "detect");
+
+    // Entries written while banshare is stopped are read after it, and nothing before
+    // the saved cursor is counted again.
+    daemon.stop();
+    journal_append(
+        &journal,
+        &[(&fail("198.51.100.4"), 4), (&fail("198.51.100.4"), 5), (&fail("198.51.100.4"), 6)],
+        &mut seq,
+    );
+    let _daemon = env.start_in_process();
+    wait_for("a ban from entries written while stopped", Duration::from_secs(15), || {
+        env.listed().contains(&"198.51.100.4/32".to_string())
+    });
+    wait_for("the journal source's counters", Duration::from_secs(5), || {
+        env.cli(&["status", "--json"]).json()["sources"][0]["failures"] == 3
+    });
+}
