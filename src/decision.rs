@@ -82,6 +82,9 @@ pub struct Decision {
     /// When the block was lifted (expired, unbanned, allowlisted), if it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifted: Option<Timestamp>,
+    /// The log lines that led to it (detection: the last matched lines, at most 10).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evidence: Vec<String>,
 }
 
 impl Decision {
@@ -101,6 +104,8 @@ pub struct NewDecision {
     pub score: Option<u8>,
     /// `None` for a permanent block.
     pub duration: Option<Duration>,
+    /// The log lines behind it, if any.
+    pub evidence: Vec<String>,
 }
 
 /// Parses an address or CIDR as an operator types it (`203.0.113.7`, `203.0.113.0/24`,

@@ -79,6 +79,9 @@ pub fn query(q: &QueryData, now: Timestamp) -> String {
         if let Some(s) = d.score {
             let _ = writeln!(out, "  score: {s}");
         }
+        for line in &d.evidence {
+            let _ = writeln!(out, "  evidence: {line}");
+        }
     }
     for d in &q.history {
         let ended = d.lifted.or(d.expires).map(|t| t.to_string()).unwrap_or_default();

@@ -180,6 +180,7 @@ impl Engine {
                     category: Some(spec.category.clone()),
                     score: None,
                     duration: Some(config.escalation.bantime(spec.bantime, earlier)),
+                    evidence: ban.evidence,
                 });
             }
             out
@@ -357,6 +358,7 @@ impl Engine {
             category: None,
             score: None,
             duration,
+            evidence: Vec::new(),
         };
         let outcome = self.decide(vec![proposal], Timestamp::now()).map_err(internal)?.remove(0);
         match outcome {
@@ -387,6 +389,7 @@ impl Engine {
                     category: None,
                     score: None,
                     duration,
+                    evidence: Vec::new(),
                 }),
                 Err(message) => data.invalid.push(message),
             }

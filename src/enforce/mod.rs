@@ -302,6 +302,7 @@ mod tests {
             created: Timestamp(0),
             expires: None,
             lifted: None,
+            evidence: Vec::new(),
         }
     }
 

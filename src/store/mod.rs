@@ -88,7 +88,8 @@ impl LiftReason {
     }
 }
 
-const DECISION_COLUMNS: &str = "id, target, source, reason, category, score, created_ms, expires_ms, lifted_ms";
+const DECISION_COLUMNS: &str =
+    "id, target, source, reason, category, score, created_ms, expires_ms, lifted_ms, evidence";
 
 /// An open state database.
 pub struct Store {
@@ -377,13 +378,14 @@ fn upsert_in(tx: &Transaction, new: &NewDecision, now: Timestamp) -> Result<(Dec
         created: now,
         expires,
         lifted: None,
+        evidence: new.evidence.clone(),
     };
     // The common case (a target without a live decision from this source) is one
     // statement; a conflict falls through to extending the existing decision.
     let inserted: Option<i64> = tx
         .prepare_cached(
-            "INSERT INTO decisions (target, range_start, range_end, source, reason, category, score, created_ms, expires_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+            "INSERT INTO decisions (target, range_start, range_end, source, reason, category, score, created_ms, expires_ms, evidence)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
              ON CONFLICT (range_start, range_end, source) WHERE lifted_ms IS NULL DO NOTHING
              RETURNING id",
         )?
@@ -397,7 +399,8 @@ fn upsert_in(tx: &Transaction, new: &NewDecision, now: Timestamp) -> Result<(Dec
                 new.category,
                 new.score,
                 now.0,
-                expires.map(|t| t.0)
+                expires.map(|t| t.0),
+                evidence_json(&new.evidence)
             ],
             |r| r.get(0),
         )
@@ -426,14 +429,22 @@ fn upsert_in(tx: &Transaction, new: &NewDecision, now: Timestamp) -> Result<(Dec
     }
     tx.prepare_cached(
         "UPDATE decisions SET expires_ms = ?2, reason = ?3, category = COALESCE(?4, category),
-         score = COALESCE(?5, score) WHERE id = ?1",
+         score = COALESCE(?5, score), evidence = COALESCE(?6, evidence) WHERE id = ?1",
     )?
-    .execute(params![old.id, later.map(|t| t.0), new.reason, new.category, new.score])?;
+    .execute(params![
+        old.id,
+        later.map(|t| t.0),
+        new.reason,
+        new.category,
+        new.score,
+        evidence_json(&new.evidence)
+    ])?;
     let updated = Decision {
         expires: later,
         reason: new.reason.clone(),
         category: new.category.clone().or(old.category),
         score: new.score.or(old.score),
+        evidence: if new.evidence.is_empty() { old.evidence } else { new.evidence.clone() },
         ..old
     };
     Ok((updated, Upsert::Extended))
@@ -455,6 +466,11 @@ fn lift_in(tx: &Transaction, decisions: Vec<Decision>, reason: LiftReason, now: 
         }
     }
     Ok(out)
+}
+
+/// Evidence as stored: a JSON array, or NULL when there is none.
+fn evidence_json(lines: &[String]) -> Option<String> {
+    (!lines.is_empty()).then(|| serde_json::to_string(lines).unwrap_or_default())
 }
 
 /// Reads a row selected with [`DECISION_COLUMNS`]. The outer `Result` is SQLite's; the
@@ -479,6 +495,10 @@ fn read_decision(r: &Row) -> rusqlite::Result<Result<Decision>> {
             created: Timestamp(r.get(6)?),
             expires: r.get::<_, Option<i64>>(7)?.map(Timestamp),
             lifted: r.get::<_, Option<i64>>(8)?.map(Timestamp),
+            evidence: r
+                .get::<_, Option<String>>(9)?
+                .and_then(|json| serde_json::from_str(&json).ok())
+                .unwrap_or_default(),
         })
     })();
     Ok(decision)
@@ -520,6 +540,7 @@ mod tests {
             category: None,
             score: None,
             duration: secs.map(Duration::from_secs),
+            evidence: Vec::new(),
         }
     }
 
@@ -608,6 +629,33 @@ mod tests {
         // A new ban after an unban is a new decision.
         let (_, u) = store.upsert_decision(&ban("203.0.113.7", Source::Manual, None), now).unwrap();
         assert_eq!(u, Upsert::Created);
+    }
+
+    #[test]
+    fn evidence_is_kept_and_a_version_1_database_is_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        // A database as the first release wrote it: schema version 1 with a decision.
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(schema::MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO decisions (target, range_start, range_end, source, created_ms) VALUES ('203.0.113.7/32', ?1, ?2, 'manual', 1)",
+                params![&range_key("203.0.113.7".parse().unwrap())[..], &range_key("203.0.113.7".parse().unwrap())[..]],
+            )
+            .unwrap();
+        }
+        let mut store = Store::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+        let old = &store.active(None, Timestamp(2)).unwrap()[0];
+        assert_eq!((old.target.to_string(), old.evidence.len()), ("203.0.113.7/32".into(), 0));
+        let mut new = ban("198.51.100.1", Source::Detect, Some(60));
+        new.evidence = vec!["line one".into(), "line two".into()];
+        let (d, _) = store.upsert_decision(&new, Timestamp(2)).unwrap();
+        assert_eq!(d.evidence, ["line one", "line two"]);
+        let (found, _) = store.covering("198.51.100.1".parse().unwrap(), Timestamp(3), 0).unwrap();
+        assert_eq!(found[0].evidence, ["line one", "line two"]);
     }
 
     #[test]

@@ -61,4 +61,8 @@ pub const MIGRATIONS: &[&str] = &[
         value        TEXT    NOT NULL
     );
     "#,
+    // 2: the log lines that made a detection decision (JSON array, at most 10).
+    r#"
+    ALTER TABLE decisions ADD COLUMN evidence TEXT;
+    "#,
 ];

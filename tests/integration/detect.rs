@@ -46,6 +46,11 @@ fn appended_lines_become_detect_decisions_through_rotation_and_restart() {
     assert_eq!(d["source"], "detect");
     assert_eq!(d["category"], "ssh_bruteforce");
     assert_eq!(d["reason"], "sshd: 3 failures within 10m");
+    let evidence = d["evidence"].as_array().expect("the matched lines are kept");
+    assert_eq!(evidence.len(), 3);
+    assert!(evidence.iter().all(|l| l.as_str().unwrap().contains("Failed password for root from 203.0.113.7")));
+    let q = env.cli(&["query", "203.0.113.7"]);
+    assert_eq!(q.stdout.matches("  evidence: ").count(), 3, "{}", q.stdout);
     assert!(env.dry_run_log().iter().any(|l| l["op"] == "add" && l["target"] == "203.0.113.7/32"));
 
     // IPv6 from detection is widened to the /64.
