@@ -220,7 +220,7 @@ fn scan(
     json: bool,
     files: &[PathBuf],
 ) -> Result<u8, CliError> {
-    use crate::detect::scan::{Outcome, Read, Scanner, read_line};
+    use crate::detect::scan::{Outcome, Scanner};
     use crate::detect::{Filter, FilterSet};
 
     let config = load_config(config_path)?;
@@ -234,33 +234,129 @@ fn scan(
         filters.push(Filter::compile(spec.clone()).map_err(|e| CliError::new(exit::BAD_INPUT, e.to_string()))?);
     }
     let mut scanner = Scanner::new(FilterSet::new(filters), config.escalation, config.decisions.ipv6_prefix);
-    let mut buf = Vec::with_capacity(4096);
     for file in files {
-        let reader: Box<dyn std::io::BufRead> = if file == Path::new("-") {
-            Box::new(std::io::BufReader::with_capacity(1 << 16, std::io::stdin().lock()))
+        let reader: Box<dyn std::io::BufRead + Send> = if file == Path::new("-") {
+            Box::new(std::io::BufReader::with_capacity(1 << 16, std::io::stdin()))
         } else {
             let f = std::fs::File::open(file)
                 .map_err(|e| CliError::new(exit::BAD_INPUT, format!("{}: cannot read: {e}", file.display())))?;
             Box::new(std::io::BufReader::with_capacity(1 << 16, f))
         };
-        let mut reader = reader;
-        loop {
-            match read_line(&mut reader, &mut buf) {
-                Ok(Read::Eof) => break,
-                Ok(Read::TooLong) => scanner.too_long(),
-                Ok(Read::Line) => {
-                    let outcome = scanner.bytes(&mut buf);
-                    if (show_matches && outcome == Outcome::Matched) || (show_missed && outcome == Outcome::Missed) {
-                        println!("{}", String::from_utf8_lossy(&buf));
-                    }
-                }
-                Err(e) => return Err(CliError::new(exit::FAILURE, format!("{}: read error: {e}", file.display()))),
+        scan_parallel(&mut scanner, reader, |line, outcome| {
+            if (show_matches && outcome == Outcome::Matched) || (show_missed && outcome == Outcome::Missed) {
+                println!("{}", String::from_utf8_lossy(line));
             }
-        }
+        })
+        .map_err(|e| CliError::new(exit::FAILURE, format!("{}: read error: {e}", file.display())))?;
     }
     let report = scanner.finish();
     print(json, &report, || output::scan(&report));
     Ok(exit::OK)
+}
+
+/// Lines per batch handed to a matching thread.
+const SCAN_BATCH: usize = 2048;
+
+/// One batch of raw lines: the bytes, where each line ends, and lines skipped as too long.
+#[derive(Default)]
+struct Batch {
+    data: Vec<u8>,
+    ends: Vec<usize>,
+    too_long: usize,
+}
+
+impl Batch {
+    fn lines(&self) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+        self.ends.iter().scan(0, |start, end| {
+            let range = *start..*end;
+            *start = *end;
+            Some(range)
+        })
+    }
+}
+
+/// Replays `reader` through `scanner`: one thread reads batches of lines, the cores test
+/// them against the filters, and this thread records the results in order (windows and
+/// sessions depend on it). `each` sees every line with its outcome.
+fn scan_parallel(
+    scanner: &mut crate::detect::scan::Scanner,
+    mut reader: Box<dyn std::io::BufRead + Send>,
+    mut each: impl FnMut(&[u8], crate::detect::scan::Outcome),
+) -> std::io::Result<()> {
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex, mpsc};
+
+    use crate::detect::Hit;
+    use crate::detect::scan::{Read, Scanner, read_line};
+
+    type Tested = (usize, Batch, Vec<(Vec<(usize, Hit)>, (bool, bool))>);
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
+    let filters = scanner.filters().clone();
+    let (batch_tx, batch_rx) = mpsc::sync_channel::<(usize, Batch)>(workers);
+    let batch_rx = Arc::new(Mutex::new(batch_rx));
+    let (done_tx, done_rx) = mpsc::sync_channel::<Tested>(workers);
+    std::thread::scope(|scope| -> std::io::Result<()> {
+        let reading = scope.spawn(move || -> std::io::Result<()> {
+            let mut buf = Vec::with_capacity(4096);
+            let mut seq = 0;
+            let mut batch = Batch::default();
+            loop {
+                match read_line(&mut reader, &mut buf)? {
+                    Read::Eof => break,
+                    Read::TooLong => batch.too_long += 1,
+                    Read::Line => {
+                        batch.data.extend_from_slice(&buf);
+                        batch.ends.push(batch.data.len());
+                    }
+                }
+                if batch.ends.len() + batch.too_long >= SCAN_BATCH {
+                    let _ = batch_tx.send((seq, std::mem::take(&mut batch)));
+                    seq += 1;
+                }
+            }
+            let _ = batch_tx.send((seq, batch));
+            Ok(())
+        });
+        for _ in 0..workers {
+            let (rx, tx, filters) = (Arc::clone(&batch_rx), done_tx.clone(), &filters);
+            scope.spawn(move || {
+                loop {
+                    let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    let Ok((seq, mut batch)) = next else { break };
+                    let ranges: Vec<_> = batch.lines().collect();
+                    let tested = ranges
+                        .into_iter()
+                        .map(|r| {
+                            let flags = Scanner::sanitize(&mut batch.data[r.clone()]);
+                            (filters.test(&batch.data[r]), flags)
+                        })
+                        .collect();
+                    if tx.send((seq, batch, tested)).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(done_tx);
+        // Record in order: batches may finish out of order.
+        let mut pending: BTreeMap<usize, (Batch, Vec<(Vec<(usize, Hit)>, (bool, bool))>)> = BTreeMap::new();
+        let mut next = 0;
+        for (seq, batch, tested) in done_rx {
+            pending.insert(seq, (batch, tested));
+            while let Some((batch, tested)) = pending.remove(&next) {
+                for _ in 0..batch.too_long {
+                    scanner.too_long();
+                }
+                for (range, (hits, flags)) in batch.lines().zip(tested) {
+                    let line = &batch.data[range];
+                    let outcome = scanner.record_raw(line, hits, flags);
+                    each(line, outcome);
+                }
+                next += 1;
+            }
+        }
+        reading.join().unwrap_or(Ok(()))
+    })
 }
 
 fn firewall_show(config_path: Option<&Path>, json: bool) -> Result<u8, CliError> {

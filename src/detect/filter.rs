@@ -122,25 +122,28 @@ impl Filter {
 
     /// This filter's verdict on `line`, if any of its patterns matches.
     pub fn test(&self, line: &[u8]) -> Option<Hit> {
+        let caps;
         let (host, session, helper) = match &self.combined {
             Some(re) => {
-                let caps = re.captures(line)?;
+                caps = re.captures(line)?;
                 let (i, host) = self.groups.iter().enumerate().find_map(|(i, (h, _))| caps.get(*h).map(|m| (i, m)))?;
                 let session = self.groups[i].1.and_then(|s| caps.get(s)).and_then(|m| number(m.as_bytes()));
-                (String::from_utf8_lossy(host.as_bytes()).into_owned(), session, i >= self.helpers_from)
+                (host.as_bytes(), session, i >= self.helpers_from)
             }
             None => {
-                let (i, caps) = self.fail.iter().enumerate().find_map(|(i, re)| re.captures(line).map(|c| (i, c)))?;
+                let (i, c) = self.fail.iter().enumerate().find_map(|(i, re)| re.captures(line).map(|c| (i, c)))?;
+                caps = c;
                 let session = caps.name("session").and_then(|m| number(m.as_bytes()));
-                (String::from_utf8_lossy(caps.name("host")?.as_bytes()).into_owned(), session, i >= self.helpers_from)
+                (caps.name("host")?.as_bytes(), session, i >= self.helpers_from)
             }
         };
         if self.ignore.as_ref().is_some_and(|ig| ig.is_match(line)) {
             return Some(Hit::Ignored);
         }
-        Some(match parse_host(&host) {
+        let parsed = std::str::from_utf8(host).ok().and_then(parse_host);
+        Some(match parsed {
             Some(addr) => Hit::Failure(Failure { addr, session, helper }),
-            None => Hit::NotAnAddress(host),
+            None => Hit::NotAnAddress(String::from_utf8_lossy(host).into_owned()),
         })
     }
 }

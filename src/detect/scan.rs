@@ -157,20 +157,41 @@ impl Scanner {
     /// Runs one raw line (without its newline) through the filters. Filters work on
     /// bytes; invalid UTF-8 is only counted (and decoded lossily where a line is kept).
     pub fn bytes(&mut self, raw: &mut [u8]) -> Outcome {
-        if raw.contains(&0) {
-            self.lines.nul_bytes += 1;
-            raw.iter_mut().filter(|b| **b == 0).for_each(|b| *b = b' ');
-        }
-        if !raw.is_ascii() && std::str::from_utf8(raw).is_err() {
-            self.lines.invalid_utf8 += 1;
-        }
-        self.line(raw)
+        let flags = Scanner::sanitize(raw);
+        let hits = self.set.test(raw);
+        self.record_raw(raw, hits, flags)
     }
 
     /// Runs one line through the filters.
     pub fn line(&mut self, line: &[u8]) -> Outcome {
-        self.lines.read += 1;
         let hits = self.set.test(line);
+        self.record(line, hits)
+    }
+
+    /// The filters, for testing lines elsewhere (in parallel) before [`Scanner::record`].
+    pub fn filters(&self) -> &FilterSet {
+        &self.set
+    }
+
+    /// Counts a raw line's NUL bytes and invalid UTF-8 (NULs become spaces), as
+    /// [`Scanner::bytes`] does, without testing it.
+    pub fn sanitize(raw: &mut [u8]) -> (bool, bool) {
+        let nul = raw.contains(&0);
+        if nul {
+            raw.iter_mut().filter(|b| **b == 0).for_each(|b| *b = b' ');
+        }
+        (nul, !raw.is_ascii() && std::str::from_utf8(raw).is_err())
+    }
+
+    /// Records a line whose hits were computed already (in order: windows depend on it).
+    pub fn record_raw(&mut self, line: &[u8], hits: Vec<(usize, Hit)>, (nul, invalid): (bool, bool)) -> Outcome {
+        self.lines.nul_bytes += u64::from(nul);
+        self.lines.invalid_utf8 += u64::from(invalid);
+        self.record(line, hits)
+    }
+
+    fn record(&mut self, line: &[u8], hits: Vec<(usize, Hit)>) -> Outcome {
+        self.lines.read += 1;
         if hits.is_empty() {
             self.lines.missed += 1;
             return Outcome::Missed;
@@ -221,7 +242,8 @@ impl Scanner {
             return;
         }
         let spec = &self.set.filters[index].spec;
-        if let Some(ban) = self.detector.failure(index, spec, addr, at, &String::from_utf8_lossy(line)) {
+        // A replay reports no evidence: skip copying the line.
+        if let Some(ban) = self.detector.failure(index, spec, addr, at, "") {
             self.banned_until.insert(addr, at.plus(ban.bantime));
             report.bans.push(ScanBan {
                 ip: addr,
@@ -231,7 +253,7 @@ impl Scanner {
                 failures: ban.failures,
             });
         }
-        if self.lines.matched.is_multiple_of(100_000) {
+        if self.lines.matched.is_multiple_of(10_000) {
             let longest = self.set.filters.iter().map(|f| f.spec.findtime).max().unwrap_or_default();
             self.detector.sweep(at, longest);
         }
