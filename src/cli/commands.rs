@@ -289,7 +289,9 @@ fn scan_parallel(
     use crate::detect::Hit;
     use crate::detect::scan::{Read, Scanner, read_line};
 
-    type Tested = (usize, Batch, Vec<(Vec<(usize, Hit)>, (bool, bool))>);
+    /// Per line of a batch: its hits, and whether it held NUL bytes / invalid UTF-8.
+    type LineTests = Vec<(Vec<(usize, Hit)>, (bool, bool))>;
+    type Tested = (usize, Batch, LineTests);
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
     let filters = scanner.filters().clone();
     let (batch_tx, batch_rx) = mpsc::sync_channel::<(usize, Batch)>(workers);
@@ -339,7 +341,7 @@ fn scan_parallel(
         }
         drop(done_tx);
         // Record in order: batches may finish out of order.
-        let mut pending: BTreeMap<usize, (Batch, Vec<(Vec<(usize, Hit)>, (bool, bool))>)> = BTreeMap::new();
+        let mut pending: BTreeMap<usize, (Batch, LineTests)> = BTreeMap::new();
         let mut next = 0;
         for (seq, batch, tested) in done_rx {
             pending.insert(seq, (batch, tested));
