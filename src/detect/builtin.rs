@@ -51,14 +51,14 @@ pub const BANTIME: Duration = Duration::from_secs(3600);
 
 /// A built-in filter by name; `aggressive` adds sshd's scanner patterns.
 pub fn spec(name: &str, aggressive: bool) -> Option<FilterSpec> {
-    let prefixed = |prefix: &str, pats: &[&str]| pats.iter().map(|p| format!("{prefix}{p}")).collect::<Vec<_>>();
+    // One prefix, then the alternatives: the program tag is matched once per line, not
+    // once per pattern.
+    let prefixed = |prefix: &str, pats: &[&str]| vec![format!("{prefix}(?:{})", pats.join("|"))];
     let mut helpers = Vec::new();
     let (category, failregex, maxretry): (&str, Vec<String>, u32) = match name {
         "sshd" => {
-            let mut pats = prefixed(SSHD, SSHD_NORMAL);
-            if aggressive {
-                pats.extend(prefixed(SSHD, SSHD_AGGRESSIVE));
-            }
+            let all: Vec<&str> = SSHD_NORMAL.iter().chain(if aggressive { SSHD_AGGRESSIVE } else { &[] }).copied().collect();
+            let pats = prefixed(SSHD, &all);
             helpers = prefixed(SSHD, SSHD_HELPERS);
             ("ssh_bruteforce", pats, MAXRETRY)
         }

@@ -35,12 +35,14 @@ pub struct Filter {
     /// `failregex` then `helperregex`; patterns from `helpers_from` on are helpers.
     fail: Vec<Regex>,
     helpers_from: usize,
-    /// Every pattern in one alternation, pattern `i` with its own groups `h{i}` (host)
-    /// and `s{i}` (session): one search per line instead of a set search plus a
+    /// Every pattern in one alternation, pattern `i` with its own groups `h{i}_{k}`
+    /// (hosts) and `s{i}` (session): one search per line instead of a set search plus a
     /// capture search. `None` when the patterns' own group names collide.
     combined: Option<Regex>,
-    /// Group indices in `combined` of each pattern's host and session.
-    groups: Vec<(usize, Option<usize>)>,
+    /// Group indices in `combined` of each pattern's hosts and session.
+    groups: Vec<(Vec<usize>, Option<usize>)>,
+    /// `<HOST>` occurrences per pattern (groups `host0..` in the pattern's own regex).
+    hosts: Vec<usize>,
     ignore: Option<RegexSet>,
 }
 
@@ -54,9 +56,22 @@ pub struct FilterError {
     pub message: String,
 }
 
-/// Expands `<HOST>` (and `<ADDR>`, its fail2ban synonym).
-fn expand(pattern: &str) -> String {
-    pattern.replace("<HOST>", HOST).replace("<ADDR>", HOST)
+/// Expands `<HOST>` (and `<ADDR>`, its fail2ban synonym); the k-th occurrence captures
+/// as `{name}{k}`, so a pattern may offer the address in several places (alternatives).
+fn expand(pattern: &str, name: &str) -> (String, usize) {
+    let mut out = String::with_capacity(pattern.len() + 64);
+    let mut rest = pattern;
+    let mut k = 0;
+    loop {
+        let next = ["<HOST>", "<ADDR>"].iter().filter_map(|tag| rest.find(tag)).min();
+        let Some(at) = next else { break };
+        out.push_str(&rest[..at]);
+        out.push_str(&HOST.replace("(?P<host>", &format!("(?P<{name}{k}>")));
+        rest = &rest[at + 6..];
+        k += 1;
+    }
+    out.push_str(rest);
+    (out, k)
 }
 
 /// Patterns run on raw line bytes with ASCII classes: `\d`, `\w`, `.` as in every log
@@ -73,22 +88,22 @@ impl Filter {
             if !p.contains("<HOST>") && !p.contains("<ADDR>") {
                 return Err(err("failregex", i, "has no <HOST> (the address to ban)".into()));
             }
-            fail.push(compile(&expand(p)).map_err(|e| err("failregex", i, e.to_string()))?);
+            fail.push(compile(&expand(p, "host").0).map_err(|e| err("failregex", i, e.to_string()))?);
         }
         if fail.is_empty() {
             return Err(err("failregex", 0, "a filter needs at least one failregex".into()));
         }
         let helpers_from = fail.len();
         for (i, p) in spec.helperregex.iter().enumerate() {
-            fail.push(compile(&expand(p)).map_err(|e| err("helperregex", i, e.to_string()))?);
+            fail.push(compile(&expand(p, "host").0).map_err(|e| err("helperregex", i, e.to_string()))?);
         }
         let ignore = if spec.ignoreregex.is_empty() {
             None
         } else {
             for (i, p) in spec.ignoreregex.iter().enumerate() {
-                compile(&expand(p)).map_err(|e| err("ignoreregex", i, e.to_string()))?;
+                compile(&expand(p, "host").0).map_err(|e| err("ignoreregex", i, e.to_string()))?;
             }
-            let set = RegexSetBuilder::new(spec.ignoreregex.iter().map(|p| expand(p))).unicode(false).build();
+            let set = RegexSetBuilder::new(spec.ignoreregex.iter().map(|p| expand(p, "host").0)).unicode(false).build();
             Some(set.expect("each pattern compiled"))
         };
         let combined = compile(
@@ -98,26 +113,27 @@ impl Filter {
                 .chain(&spec.helperregex)
                 .enumerate()
                 .map(|(i, p)| {
-                    let host = HOST.replace("(?P<host>", &format!("(?P<h{i}>"));
-                    format!(
-                        "(?:{})",
-                        p.replace("<HOST>", &host)
-                            .replace("<ADDR>", &host)
-                            .replace("(?P<session>", &format!("(?P<s{i}>"))
-                    )
+                    format!("(?:{})", expand(p, &format!("h{i}_")).0.replace("(?P<session>", &format!("(?P<s{i}>")))
                 })
                 .collect::<Vec<_>>()
                 .join("|"),
         )
         .ok();
+        let hosts: Vec<usize> = spec.failregex.iter().chain(&spec.helperregex).map(|p| expand(p, "host").1).collect();
         let groups = combined
             .as_ref()
             .map(|re| {
                 let index = |name: String| re.capture_names().position(|n| n == Some(name.as_str()));
-                (0..fail.len()).map(|i| (index(format!("h{i}")).unwrap_or(0), index(format!("s{i}")))).collect()
+                hosts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| {
+                        ((0..*n).filter_map(|k| index(format!("h{i}_{k}"))).collect(), index(format!("s{i}")))
+                    })
+                    .collect()
             })
             .unwrap_or_default();
-        Ok(Filter { spec, fail, helpers_from, combined, groups, ignore })
+        Ok(Filter { spec, fail, helpers_from, combined, groups, hosts, ignore })
     }
 
     /// This filter's verdict on `line`, if any of its patterns matches.
@@ -126,7 +142,11 @@ impl Filter {
         let (host, session, helper) = match &self.combined {
             Some(re) => {
                 caps = re.captures(line)?;
-                let (i, host) = self.groups.iter().enumerate().find_map(|(i, (h, _))| caps.get(*h).map(|m| (i, m)))?;
+                let (i, host) = self
+                    .groups
+                    .iter()
+                    .enumerate()
+                    .find_map(|(i, (hs, _))| hs.iter().find_map(|h| caps.get(*h)).map(|m| (i, m)))?;
                 let session = self.groups[i].1.and_then(|s| caps.get(s)).and_then(|m| number(m.as_bytes()));
                 (host.as_bytes(), session, i >= self.helpers_from)
             }
@@ -134,7 +154,8 @@ impl Filter {
                 let (i, c) = self.fail.iter().enumerate().find_map(|(i, re)| re.captures(line).map(|c| (i, c)))?;
                 caps = c;
                 let session = caps.name("session").and_then(|m| number(m.as_bytes()));
-                (caps.name("host")?.as_bytes(), session, i >= self.helpers_from)
+                let host = (0..self.hosts[i]).find_map(|k| caps.name(&format!("host{k}")))?;
+                (host.as_bytes(), session, i >= self.helpers_from)
             }
         };
         if self.ignore.as_ref().is_some_and(|ig| ig.is_match(line)) {
