@@ -138,13 +138,14 @@ pub fn status(s: &StatusData) -> String {
     for src in &s.sources {
         let _ = writeln!(
             out,
-            "source:    {} ({}): {} lines, {} failures, {} bans, {} rotations",
+            "source:    {} ({}): {} lines, {} failures, {} bans, {} rotations, {} unparseable",
             src.source,
             src.filters.join(", "),
             src.lines,
             src.failures,
             src.bans,
-            src.rotations
+            src.rotations,
+            src.no_timestamp + src.not_an_address + src.too_long
         );
         if let Some(w) = &src.warning {
             let _ = writeln!(out, "           WARNING: {w}");

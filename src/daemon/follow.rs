@@ -42,6 +42,8 @@ pub struct SourceStatus {
     pub lines: u64,
     pub failures: u64,
     pub bans: u64,
+    /// Matched lines whose timestamp could not be read (the time of reading is used).
+    pub no_timestamp: u64,
     pub not_an_address: u64,
     pub too_long: u64,
     pub rotations: u64,
@@ -102,7 +104,13 @@ impl Source {
                 Hit::Ignored => continue,
             };
             let spec = &self.filters.filters[index].spec;
-            let at = times.parse(line, now).unwrap_or(now).min(now);
+            let at = match times.parse(line, now) {
+                Some(t) => t.min(now),
+                None => {
+                    self.status.no_timestamp += 1;
+                    now
+                }
+            };
             // Replayed lines older than the window can no longer count.
             if at.0 < now.0 - spec.findtime.as_millis() as i64 || !self.detector.counts(index, &failure, at) {
                 continue;
