@@ -117,14 +117,26 @@ impl Engine {
     pub fn decide(&self, proposals: Vec<NewDecision>, now: Timestamp) -> Result<Vec<Outcome>, StoreError> {
         let started = Instant::now();
         let mut st = self.state();
-        let checked: Vec<Result<NewDecision, Refusal>> =
-            proposals.into_iter().map(|p| st.guard.check(&p.target).map(|()| p)).collect();
-        let accepted: Vec<NewDecision> = checked.iter().filter_map(|c| c.as_ref().ok().cloned()).collect();
+        // Accepted proposals move to the store; the refusals keep their place in line.
+        let mut accepted = Vec::with_capacity(proposals.len());
+        let refusals: Vec<Option<Refusal>> = proposals
+            .into_iter()
+            .map(|p| match st.guard.check(&p.target) {
+                Ok(()) => {
+                    accepted.push(p);
+                    None
+                }
+                Err(refusal) => Some(refusal),
+            })
+            .collect();
         let mut committed = st.store.upsert_decisions(&accepted, now)?.into_iter();
 
-        let outcomes: Vec<Outcome> = checked
+        let outcomes: Vec<Outcome> = refusals
             .into_iter()
-            .map(|c| c.map(|_| committed.next().expect("one commit per accepted proposal")))
+            .map(|r| match r {
+                None => Ok(committed.next().expect("one commit per accepted proposal")),
+                Some(refusal) => Err(refusal),
+            })
             .collect();
         let changed: Vec<Decision> = outcomes
             .iter()

@@ -77,6 +77,23 @@ struct Followed {
     pending_rotated: Option<(PathBuf, u64)>,
 }
 
+impl Followed {
+    /// An open file, to be read from `offset`.
+    fn at(file: File, meta: &std::fs::Metadata, offset: u64) -> Followed {
+        Followed {
+            file,
+            device: meta.dev(),
+            inode: meta.ino(),
+            offset,
+            head_hash: 0,
+            head_len: 0,
+            partial: Vec::new(),
+            discarding: false,
+            pending_rotated: None,
+        }
+    }
+}
+
 /// Follows the files of one pattern.
 pub struct Tailer {
     pattern: String,
@@ -187,17 +204,7 @@ impl Tailer {
     fn open(&mut self, path: &Path, saved: Option<Checkpoint>) -> io::Result<Followed> {
         let file = File::open(path)?;
         let meta = file.metadata()?;
-        let mut f = Followed {
-            file,
-            device: meta.dev(),
-            inode: meta.ino(),
-            offset: 0,
-            head_hash: 0,
-            head_len: 0,
-            partial: Vec::new(),
-            discarding: false,
-            pending_rotated: None,
-        };
+        let mut f = Followed::at(file, &meta, 0);
         if let Some(cp) = saved {
             if (cp.device, cp.inode) == (f.device, f.inode) {
                 let h = head(&f.file, cp.head_len as usize)?;
@@ -235,17 +242,7 @@ impl Tailer {
         {
             tracing::info!(path = %rotated.display(), "reading the rest of a file rotated while banshare was stopped");
             let meta = file.metadata()?;
-            let mut old = Followed {
-                file,
-                device: meta.dev(),
-                inode: meta.ino(),
-                offset,
-                head_hash: 0,
-                head_len: 0,
-                partial: Vec::new(),
-                discarding: false,
-                pending_rotated: None,
-            };
+            let mut old = Followed::at(file, &meta, offset);
             self.drain(path, &mut old, sink, true)?;
         }
         f.file.seek(SeekFrom::Start(f.offset))?;
