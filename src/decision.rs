@@ -106,6 +106,19 @@ pub struct NewDecision {
     pub duration: Option<Duration>,
     /// The log lines behind it, if any.
     pub evidence: Vec<String>,
+    /// A report for the community feed, queued in the same transaction as the decision.
+    pub report: Option<ReportDraft>,
+}
+
+/// A community report waiting to be queued: the already sanitised request body, and the
+/// rule that keeps one (address, category) from being reported twice within `cooldown`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportDraft {
+    pub ip: IpAddr,
+    pub category: String,
+    /// The JSON body of `POST /v1/ip/report`.
+    pub payload: String,
+    pub cooldown: Duration,
 }
 
 /// Parses an address or CIDR as an operator types it (`203.0.113.7`, `203.0.113.0/24`,
@@ -149,6 +162,49 @@ pub fn ban_target(addr: IpAddr, source: Source, ipv6_prefix: u8) -> IpNet {
             Ipv6Net::new(v6, ipv6_prefix.min(128)).map(|n| IpNet::V6(n.trunc())).unwrap_or_else(|_| IpNet::from(addr))
         }
         _ => IpNet::from(addr),
+    }
+}
+
+/// Special-purpose ranges (IANA's registries) that are never reported to the community
+/// feed nor accepted from it: private, shared, documentation, benchmarking, reserved.
+/// The guard's protected ranges (loopback, link-local, multicast) are covered too.
+const SPECIAL_V4: &[(u8, u8, u8, u8, u8)] = &[
+    (0, 0, 0, 0, 8),
+    (10, 0, 0, 0, 8),
+    (100, 64, 0, 0, 10),
+    (127, 0, 0, 0, 8),
+    (169, 254, 0, 0, 16),
+    (172, 16, 0, 0, 12),
+    (192, 0, 0, 0, 24),
+    (192, 0, 2, 0, 24),
+    (192, 88, 99, 0, 24),
+    (192, 168, 0, 0, 16),
+    (198, 18, 0, 0, 15),
+    (198, 51, 100, 0, 24),
+    (203, 0, 113, 0, 24),
+    (224, 0, 0, 0, 3), // multicast and 240/4 reserved, broadcast included
+];
+
+/// Whether every address of `net` is a public unicast address: one worth reporting to,
+/// or accepting from, the community feed. IPv6 must lie in global unicast (2000::/3)
+/// outside its documentation and protocol-assignment blocks.
+pub fn is_public(net: &IpNet) -> bool {
+    match normalize(*net) {
+        IpNet::V4(v4) => SPECIAL_V4.iter().all(|&(a, b, c, d, len)| {
+            let special = Ipv4Net::new(Ipv4Addr::new(a, b, c, d), len).expect("valid built-in prefix");
+            !(special.contains(&v4) || v4.contains(&special))
+        }),
+        IpNet::V6(v6) => {
+            let within = |text: &str| {
+                let range: Ipv6Net = text.parse().expect("valid built-in prefix");
+                range.contains(&v6)
+            };
+            let touches = |text: &str| {
+                let range: Ipv6Net = text.parse().expect("valid built-in prefix");
+                range.contains(&v6) || v6.contains(&range)
+            };
+            within("2000::/3") && !["2001::/23", "2001:db8::/32", "2002::/16", "3fff::/20"].iter().any(|r| touches(r))
+        }
     }
 }
 
@@ -237,6 +293,40 @@ mod tests {
 
     fn t(s: &str) -> IpNet {
         parse_target(s).unwrap()
+    }
+
+    #[test]
+    fn only_public_unicast_is_public() {
+        for public in ["45.155.205.7", "8.8.8.0/24", "2a01:4f8::1", "2a01:4f8::/32", "::ffff:45.155.205.7"] {
+            assert!(is_public(&t(public)), "{public}");
+        }
+        for special in [
+            "10.1.2.3",
+            "172.20.0.1",
+            "192.168.1.1",
+            "100.64.0.1",
+            "127.0.0.1",
+            "169.254.1.1",
+            "203.0.113.7",
+            "198.51.100.1",
+            "192.0.2.1",
+            "198.19.0.1",
+            "224.0.0.1",
+            "240.0.0.1",
+            "255.255.255.255",
+            "0.0.0.0/0",
+            "8.0.0.0/4",
+            "::1",
+            "fe80::1",
+            "fc00::1",
+            "2001:db8::1",
+            "ff02::1",
+            "::/0",
+            "2000::/2",
+            "2002:0101::1",
+        ] {
+            assert!(!is_public(&t(special)), "{special}");
+        }
     }
 
     #[test]

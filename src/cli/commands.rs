@@ -19,6 +19,9 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// `import` of a large list commits and loads it all at once; give it time.
 const IMPORT_TIMEOUT: Duration = Duration::from_secs(600);
 
+/// Requests that wait on the community feed's API (its timeout is 10 s by default).
+const FEED_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// A failed command: the exit code and the one line to print.
 #[derive(Debug)]
 pub struct CliError {
@@ -27,7 +30,7 @@ pub struct CliError {
 }
 
 impl CliError {
-    fn new(code: u8, message: impl Into<String>) -> Self {
+    pub(super) fn new(code: u8, message: impl Into<String>) -> Self {
         CliError { code, message: message.into() }
     }
 }
@@ -40,7 +43,7 @@ impl From<ClientError> for CliError {
                 ErrorCode::BadRequest | ErrorCode::InvalidTarget | ErrorCode::TooLarge => exit::BAD_INPUT,
                 ErrorCode::Refused => exit::REFUSED,
                 ErrorCode::NotFound => exit::NO,
-                ErrorCode::UnsupportedVersion | ErrorCode::Internal => exit::FAILURE,
+                ErrorCode::UnsupportedVersion | ErrorCode::Internal | ErrorCode::Upstream => exit::FAILURE,
             },
             _ => exit::FAILURE,
         };
@@ -73,8 +76,11 @@ pub fn execute(cli: Cli) -> Result<u8, CliError> {
             print(json, &q, || output::query(&q, Timestamp::now()));
             Ok(if q.blocked { exit::OK } else { exit::NO })
         }
-        Command::Ban { target, ban, json } => {
-            let request = ban_request(target, ban.length, ban.reason)?;
+        Command::Ban { target, ban, report, category, json } => {
+            let mut request = ban_request(target, ban.length, ban.reason)?;
+            if let Request::Ban { report: r, category: c, .. } = &mut request {
+                (*r, *c) = (report, category);
+            }
             let b: BanData = connect(&cli.config, &cli.socket)?.call_as(&request)?;
             print(json, &b, || {
                 let d = &b.decision;
@@ -98,6 +104,24 @@ pub fn execute(cli: Cli) -> Result<u8, CliError> {
         }
         Command::Firewall { action: FirewallCommand::Show { json } } => firewall_show(cli.config.as_deref(), json),
         Command::Firewall { action: FirewallCommand::Teardown } => firewall_teardown(),
+        Command::Sync { json } => super::feed::sync(connect_with(&cli.config, &cli.socket, IMPORT_TIMEOUT)?, json),
+        Command::Check { ip, json } => {
+            parse_target(&ip).map_err(|m| CliError::new(exit::BAD_INPUT, m))?;
+            super::feed::check(connect_with(&cli.config, &cli.socket, FEED_TIMEOUT)?, ip, json)
+        }
+        Command::Report { args, dry_run } => super::feed::report(cli.config.as_deref(), args, dry_run),
+        Command::Register { name, contact, domain, source_type, json } => {
+            let request = Request::Register { name, contact, domain, source_type };
+            super::feed::register(connect_with(&cli.config, &cli.socket, FEED_TIMEOUT)?, request, json)
+        }
+        Command::Verify { domain, json } => {
+            super::feed::verify(connect_with(&cli.config, &cli.socket, FEED_TIMEOUT)?, domain, json)
+        }
+        Command::Delist { ip, reason, hostname, contact, json } => {
+            let target = parse_target(&ip).map_err(|m| CliError::new(exit::BAD_INPUT, m))?;
+            let request = Request::Delist { ip: show_target(&target), reason, hostname, contact };
+            super::feed::delist(connect_with(&cli.config, &cli.socket, FEED_TIMEOUT)?, request, json)
+        }
         Command::Unban { target, json } => {
             let target = parse_target(&target).map_err(|m| CliError::new(exit::BAD_INPUT, m))?.to_string();
             let u: UnbanData = connect(&cli.config, &cli.socket)?.call_as(&Request::Unban { target })?;
@@ -113,7 +137,7 @@ pub fn execute(cli: Cli) -> Result<u8, CliError> {
 fn ban_request(target: String, length: Option<String>, reason: Option<String>) -> Result<Request, CliError> {
     let target = parse_target(&target).map_err(|m| CliError::new(exit::BAD_INPUT, m))?.to_string();
     let (for_secs, permanent) = ban_length(length.as_deref())?;
-    Ok(Request::Ban { target, for_secs, permanent, reason })
+    Ok(Request::Ban { target, for_secs, permanent, reason, report: false, category: None })
 }
 
 /// `--for`: seconds, or permanent.
@@ -416,7 +440,7 @@ fn config_check(config_path: Option<&Path>) -> Result<u8, CliError> {
     Ok(exit::OK)
 }
 
-fn load_config(path: Option<&Path>) -> Result<Config, CliError> {
+pub(super) fn load_config(path: Option<&Path>) -> Result<Config, CliError> {
     config::load(path).map_err(|e| CliError::new(exit::BAD_INPUT, e.to_string()))
 }
 
@@ -438,7 +462,7 @@ fn connect_with(
 }
 
 /// Prints `data` as JSON or as the text `human` renders.
-fn print<T: Serialize>(json: bool, data: &T, human: impl FnOnce() -> String) {
+pub(super) fn print<T: Serialize>(json: bool, data: &T, human: impl FnOnce() -> String) {
     if json {
         println!("{}", serde_json::to_string_pretty(data).unwrap_or_default());
     } else {

@@ -8,6 +8,7 @@
 //! Exit codes are part of the interface, see [`exit`].
 
 mod commands;
+mod feed;
 mod output;
 
 use std::path::PathBuf;
@@ -81,6 +82,12 @@ pub enum Command {
         target: String,
         #[command(flatten)]
         ban: BanArgs,
+        /// Also report it to the community feed (manual bans are not reported otherwise)
+        #[arg(long)]
+        report: bool,
+        /// The report's category [default: other]
+        #[arg(long, requires = "report", value_name = "CATEGORY")]
+        category: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -120,6 +127,64 @@ pub enum Command {
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
     },
+    /// Pull the community feed's live threats now and print what changed
+    Sync {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Look an address up: local state first, then the community feed (cached)
+    Check {
+        ip: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the community report a ban would send (sanitised), without sending it
+    Report {
+        #[command(flatten)]
+        args: ReportArgs,
+        /// Print the request body instead of sending it
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Register this host as a reporter with the community feed (stores the reporter id)
+    Register {
+        /// A name for this reporter (your organisation or host)
+        #[arg(long)]
+        name: String,
+        /// An email address the feed's operators can reach
+        #[arg(long)]
+        contact: String,
+        /// A domain you control, for verification (`banshare verify`)
+        #[arg(long)]
+        domain: Option<String>,
+        /// automated, hybrid or manual
+        #[arg(long, default_value = "automated")]
+        source_type: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the DNS TXT record that verifies the reporter's domain, and the current status
+    Verify {
+        /// The domain [default: the one given to `register`]
+        #[arg(long)]
+        domain: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the community feed to delist an address you control (reviewed by people)
+    Delist {
+        ip: String,
+        /// Why it should be delisted
+        #[arg(long)]
+        reason: String,
+        /// The hostname that proves control of the address (its PTR or A record)
+        #[arg(long)]
+        hostname: String,
+        #[arg(long)]
+        contact: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// What banshare holds in the kernel (runs locally, as root)
     Firewall {
         #[command(subcommand)]
@@ -141,6 +206,29 @@ pub struct BanArgs {
     /// A note kept with the block
     #[arg(long)]
     pub reason: Option<String>,
+}
+
+/// A ban event to report, as the fail2ban action passes it.
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// The banned address
+    #[arg(long)]
+    pub ip: String,
+    /// The fail2ban jail or banshare filter
+    #[arg(long)]
+    pub jail: String,
+    /// Report category [default: from the jail's name]
+    #[arg(long)]
+    pub category: Option<String>,
+    /// Failures that led to the ban
+    #[arg(long)]
+    pub failures: Option<u32>,
+    /// When the ban happened (unix seconds)
+    #[arg(long)]
+    pub time: Option<f64>,
+    /// The log lines that matched (newline-separated)
+    #[arg(long)]
+    pub matches: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -6,7 +6,10 @@
 //! file, the key (`allowlist[2]`, `decisions.ipv6_prefix`) and what was expected.
 //! `banshare config check` runs exactly [`load`], as `banshare run` and SIGHUP do.
 
+mod feed;
 mod raw;
+
+pub use feed::FeedConfig;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -50,6 +53,8 @@ pub struct Config {
     pub escalation: Escalation,
     /// `[[source]]` entries; empty means the built-in defaults ([`default_sources`]).
     pub sources: Vec<SourceConfig>,
+    /// `[feed]`: the WAYSCloud community feed.
+    pub feed: FeedConfig,
 }
 
 /// A log to follow.
@@ -161,6 +166,7 @@ impl Default for Config {
                 .collect(),
             escalation: Escalation::default(),
             sources: Vec::new(),
+            feed: FeedConfig::default(),
         }
     }
 }
@@ -364,6 +370,8 @@ impl Config {
             sources.push(SourceConfig { kind, filters: names });
         }
 
+        let feed = feed::feed_config(raw.feed, &invalid)?;
+
         Ok(Config {
             source_path: Some(path.to_path_buf()),
             state_dir,
@@ -375,6 +383,7 @@ impl Config {
             filters,
             escalation,
             sources,
+            feed,
         })
     }
 

@@ -21,6 +21,7 @@ pub struct RawConfig {
     pub detect: Option<RawDetect>,
     pub filter: Option<BTreeMap<String, RawFilter>>,
     pub source: Option<Vec<RawSource>>,
+    pub feed: Option<RawFeed>,
 }
 
 /// `[[source]]`: a log to follow and the filters that read it.
@@ -51,6 +52,31 @@ pub struct RawFilter {
     pub mode: Option<String>,
     pub failregex: Option<Vec<String>>,
     pub ignoreregex: Option<Vec<String>>,
+}
+
+/// `[feed]`: the WAYSCloud community feed.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFeed {
+    pub base_url: Option<String>,
+    pub api_key_file: Option<String>,
+    pub timeout: Option<RawDuration>,
+    pub report: Option<bool>,
+    pub report_cooldown: Option<RawDuration>,
+    pub reports_per_minute: Option<i64>,
+    pub reports_per_day: Option<i64>,
+    pub outbox_max_age: Option<RawDuration>,
+    pub pull: Option<bool>,
+    pub pull_interval: Option<RawDuration>,
+    pub min_score: Option<i64>,
+    pub time_range: Option<String>,
+    pub page_size: Option<i64>,
+    pub max_entries: Option<i64>,
+    pub ttl: Option<RawDuration>,
+    pub unban_grace: Option<RawDuration>,
+    pub widest_ipv4: Option<i64>,
+    pub widest_ipv6: Option<i64>,
+    pub lookup_cache: Option<RawDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]

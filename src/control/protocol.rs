@@ -41,6 +41,12 @@ pub enum Request {
         permanent: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+        /// Also report it to the community feed (manual bans are not reported otherwise).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        report: bool,
+        /// The report's category (default `other`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        category: Option<String>,
     },
     Unban {
         target: String,
@@ -54,6 +60,30 @@ pub enum Request {
         permanent: bool,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+    },
+    /// Pull the live feed now; answers with what changed ([`crate::feed::pull::PullReport`]).
+    Sync,
+    /// Local state, then the feed's lookup (cached).
+    Check {
+        ip: String,
+    },
+    Register {
+        name: String,
+        contact: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        domain: Option<String>,
+        source_type: String,
+    },
+    Verify {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        domain: Option<String>,
+    },
+    Delist {
+        ip: String,
+        reason: String,
+        hostname: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        contact: Option<String>,
     },
 }
 
@@ -109,6 +139,8 @@ pub enum ErrorCode {
     NotFound,
     /// The daemon failed (store or firewall).
     Internal,
+    /// The community feed's API failed, refused, or is not configured (no key).
+    Upstream,
 }
 
 /// `status`
@@ -133,6 +165,66 @@ pub struct StatusData {
     /// The followed logs and what detection made of them.
     #[serde(default)]
     pub sources: Vec<crate::daemon::SourceStatus>,
+    pub feed: FeedStatus,
+}
+
+/// The community feed in `status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FeedStatus {
+    pub base_url: String,
+    /// Where the API key comes from, or why there is none (the key itself never appears).
+    pub key: String,
+    /// Whether a client could be built (a usable key).
+    pub ready: bool,
+    pub reporter_id: Option<String>,
+    /// `feed.report`: local bans are queued for reporting.
+    pub report: bool,
+    pub outbox: crate::store::OutboxStats,
+    pub reporter: crate::feed::reporter::ReporterStatus,
+    /// `feed.pull`: the live feed is pulled on a schedule.
+    pub pull: bool,
+    pub last_pull: Option<crate::feed::pull::PullReport>,
+    pub last_pull_error: Option<String>,
+    pub last_pull_error_at: Option<Timestamp>,
+    pub next_pull: Option<Timestamp>,
+}
+
+/// `check`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckData {
+    pub local: QueryData,
+    /// What the feed says; `None` with `lookup_error` set means unknown (never clean).
+    pub lookup: Option<crate::feed::wire::Lookup>,
+    /// When the lookup was fetched (it may come from the cache).
+    pub fetched: Option<Timestamp>,
+    pub cached: bool,
+    pub lookup_error: Option<String>,
+}
+
+/// `register`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterData {
+    pub reporter_id: String,
+    pub status: Option<String>,
+    pub trust_score: Option<f64>,
+}
+
+/// `verify`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VerifyData {
+    pub domain: String,
+    pub status: String,
+    /// The DNS TXT record to create, while pending.
+    pub record_name: Option<String>,
+    pub record_value: Option<String>,
+    pub verified_at: Option<String>,
+}
+
+/// `delist`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DelistData {
+    pub request_id: Option<String>,
+    pub status: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -185,7 +277,14 @@ mod tests {
 
     #[test]
     fn requests_have_a_stable_wire_form() {
-        let req = Request::Ban { target: "203.0.113.7".into(), for_secs: Some(60), permanent: false, reason: None };
+        let req = Request::Ban {
+            target: "203.0.113.7".into(),
+            for_secs: Some(60),
+            permanent: false,
+            reason: None,
+            report: false,
+            category: None,
+        };
         assert_eq!(
             serde_json::to_string(&req).unwrap(),
             r#"{"cmd":"ban","target":"203.0.113.7","for_secs":60,"permanent":false}"#

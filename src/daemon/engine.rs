@@ -16,9 +16,11 @@ use ipnet::IpNet;
 use serde_json::Value;
 use tokio::sync::Notify;
 
+use super::feed::{self, FeedRuntime};
 use super::follow::SourceStatus;
 use crate::clock::Timestamp;
 use crate::clock::human_duration;
+use crate::config::FeedConfig;
 use crate::config::{self, Config};
 use crate::control::protocol::{
     BanData, ErrorBody, ErrorCode, FirewallStatus, ImportData, ListData, QueryData, Request, StatusData, UnbanData,
@@ -27,6 +29,8 @@ use crate::control::server::Handler;
 use crate::decision::{Decision, Guard, NewDecision, Refusal, Source, ban_target, parse_target, show_target};
 use crate::detect::{Ban, FilterSpec};
 use crate::enforce::FirewallHandle;
+use crate::feed::sanitize::Sanitizer;
+use crate::feed::wire::ReportInput;
 use crate::hostaddr;
 use crate::store::{LiftReason, Store, StoreError, Upsert};
 use crate::tail::Checkpoint;
@@ -47,11 +51,13 @@ pub struct Engine {
     pub(super) expiry_wake: Notify,
     /// The detection loops' counters per source, for `status`.
     sources: Mutex<std::collections::BTreeMap<String, SourceStatus>>,
+    /// The community feed: API client, reporter and pull state.
+    pub(super) feed: FeedRuntime,
 }
 
 /// Guarded by the engine's one mutex.
-struct State {
-    store: Store,
+pub(super) struct State {
+    pub(super) store: Store,
     guard: Guard,
     host: Vec<IpAddr>,
 }
@@ -70,6 +76,7 @@ impl Engine {
     pub fn new(config: Config, store: Store, firewall: FirewallHandle, host: Vec<IpAddr>) -> Engine {
         let guard = Guard::new(config.allowlist.clone(), host.clone());
         firewall.set_guard(guard.clone());
+        let feed = FeedRuntime::new(&config.feed);
         Engine {
             state: Mutex::new(State { store, guard, host }),
             firewall,
@@ -78,6 +85,7 @@ impl Engine {
             started_at: Instant::now(),
             expiry_wake: Notify::new(),
             sources: Mutex::new(std::collections::BTreeMap::new()),
+            feed,
         }
     }
 
@@ -86,7 +94,7 @@ impl Engine {
         Arc::clone(&self.info.read().unwrap_or_else(|e| e.into_inner()).config)
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
+    pub(super) fn state(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves the store consistent (SQLite rolls back
         // the open transaction), so a poisoned lock is safe to keep using.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -157,6 +165,7 @@ impl Engine {
         let ticket = self.firewall.add(&changed);
         drop(st);
         self.expiry_wake.notify_one();
+        self.feed.wake.notify_one();
         ticket.wait();
         if bulk {
             tracing::info!(
@@ -176,23 +185,37 @@ impl Engine {
         let config = self.config();
         let proposals = {
             let st = self.state();
+            let sanitizer = Sanitizer::for_host(&st.host);
             let mut out = Vec::with_capacity(bans.len());
             for (ban, spec) in bans {
                 let target = ban_target(ban.addr, Source::Detect, config.decisions.ipv6_prefix);
                 let earlier = st.store.earlier_detections(&target)?;
+                let reason =
+                    format!("{}: {} failures within {}", spec.name, ban.failures, human_duration(spec.findtime));
+                let report = feed::report_draft(
+                    &config.feed,
+                    &sanitizer,
+                    ban.addr,
+                    ReportInput {
+                        ip: ban.addr,
+                        category: &spec.category,
+                        comment: &reason,
+                        seen: ban.at,
+                        evidence: &ban.evidence,
+                        source: "banshare",
+                        jail: Some(&spec.name),
+                        failures: Some(ban.failures),
+                    },
+                );
                 out.push(NewDecision {
                     target,
                     source: Source::Detect,
-                    reason: format!(
-                        "{}: {} failures within {}",
-                        spec.name,
-                        ban.failures,
-                        human_duration(spec.findtime)
-                    ),
+                    reason,
                     category: Some(spec.category.clone()),
                     score: None,
                     duration: Some(config.escalation.bantime(spec.bantime, earlier)),
                     evidence: ban.evidence,
+                    report,
                 });
             }
             out
@@ -342,6 +365,7 @@ impl Engine {
             tracing::error!(%error, "applying the new allowlist failed");
         }
         drop(st);
+        self.feed.reconfigure(&new.feed);
         tracing::info!(config = %new.origin(), "config reloaded");
         let mut info = self.info.write().unwrap_or_else(|e| e.into_inner());
         *info = Info { config: Arc::new(new), loaded: now, reload_error: None };
@@ -350,27 +374,64 @@ impl Engine {
     fn ban(
         &self,
         target: &str,
-        for_secs: Option<u64>,
-        permanent: bool,
+        length: (Option<u64>, bool),
         reason: Option<String>,
+        report: Option<String>,
     ) -> Result<Value, ErrorBody> {
         let target = parse_target(target).map_err(|m| ErrorBody::new(ErrorCode::InvalidTarget, m))?;
-        let duration = match (permanent, for_secs) {
-            (true, _) => None,
-            (false, Some(0)) => {
-                return Err(ErrorBody::new(ErrorCode::BadRequest, "a ban must last at least one second"));
+        let duration = self.ban_length(length.0, length.1)?;
+        let reason = reason.filter(|r| !r.trim().is_empty()).unwrap_or_else(|| "manual ban".into());
+        let config = self.config();
+        let report = match report {
+            Some(category) if target.prefix_len() == target.max_prefix_len() => {
+                if !crate::feed::wire::valid_category(&category) {
+                    let message = format!(
+                        "`{category}` is not a report category (expected e.g. ssh_bruteforce, web_attack, other)"
+                    );
+                    return Err(ErrorBody::new(ErrorCode::BadRequest, message));
+                }
+                let sanitizer = Sanitizer::for_host(&self.state().host);
+                let input = ReportInput {
+                    ip: target.addr(),
+                    category: &category,
+                    comment: &reason,
+                    seen: Timestamp::now(),
+                    evidence: &[],
+                    source: "manual",
+                    jail: None,
+                    failures: None,
+                };
+                let draft = feed::report_draft(
+                    &FeedConfig { report: true, ..config.feed.clone() },
+                    &sanitizer,
+                    target.addr(),
+                    input,
+                );
+                if draft.is_none() {
+                    return Err(ErrorBody::new(
+                        ErrorCode::Refused,
+                        format!("{} is not a public address; it is never reported", show_target(&target)),
+                    ));
+                }
+                draft
             }
-            (false, Some(secs)) => Some(Duration::from_secs(secs)),
-            (false, None) => self.config().decisions.manual_bantime,
+            Some(_) => {
+                return Err(ErrorBody::new(
+                    ErrorCode::BadRequest,
+                    "only a single address can be reported, not a network",
+                ));
+            }
+            None => None,
         };
         let proposal = NewDecision {
             target,
             source: Source::Manual,
-            reason: reason.filter(|r| !r.trim().is_empty()).unwrap_or_else(|| "manual ban".into()),
-            category: None,
+            reason,
+            category: report.as_ref().map(|r| r.category.clone()),
             score: None,
             duration,
             evidence: Vec::new(),
+            report,
         };
         let outcome = self.decide(vec![proposal], Timestamp::now()).map_err(internal)?.remove(0);
         match outcome {
@@ -402,6 +463,7 @@ impl Engine {
                     score: None,
                     duration,
                     evidence: Vec::new(),
+                    report: None,
                 }),
                 Err(message) => data.invalid.push(message),
             }
@@ -460,6 +522,10 @@ impl Engine {
     }
 
     fn query(&self, ip: &str) -> Result<Value, ErrorBody> {
+        to_value(self.query_data(ip)?)
+    }
+
+    pub(super) fn query_data(&self, ip: &str) -> Result<QueryData, ErrorBody> {
         let net = parse_target(ip).map_err(|m| ErrorBody::new(ErrorCode::InvalidTarget, m))?;
         if net.prefix_len() != net.max_prefix_len() {
             return Err(ErrorBody::new(
@@ -472,7 +538,7 @@ impl Engine {
         let st = self.state();
         let (active, history) = st.store.covering(ip, now, QUERY_HISTORY).map_err(internal)?;
         let protected = st.guard.check(&net).err().map(|r| r.to_string());
-        to_value(QueryData { ip, blocked: !active.is_empty(), active, history, protected })
+        Ok(QueryData { ip, blocked: !active.is_empty(), active, history, protected })
     }
 
     fn list(&self, source: Option<Source>) -> Result<Value, ErrorBody> {
@@ -519,6 +585,7 @@ impl Engine {
             allowlist_entries: config.allowlist.len(),
             host_addresses,
             sources: self.sources.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect(),
+            feed: self.feed_status(),
         })
     }
 }
@@ -530,11 +597,19 @@ impl Handler for Engine {
             Request::Status => self.status(),
             Request::List { source } => self.list(source),
             Request::Query { ip } => self.query(&ip),
-            Request::Ban { target, for_secs, permanent, reason } => self.ban(&target, for_secs, permanent, reason),
+            Request::Ban { target, for_secs, permanent, reason, report, category } => {
+                let report = report.then(|| category.unwrap_or_else(|| "other".into()));
+                self.ban(&target, (for_secs, permanent), reason, report)
+            }
             Request::Unban { target } => self.unban(&target),
             Request::Import { targets, for_secs, permanent, reason } => {
                 self.import(targets, for_secs, permanent, reason)
             }
+            request @ (Request::Sync
+            | Request::Check { .. }
+            | Request::Register { .. }
+            | Request::Verify { .. }
+            | Request::Delist { .. }) => self.feed_request(request),
         }
     }
 }

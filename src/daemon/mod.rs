@@ -10,6 +10,7 @@
 //! before it replies), stop the timers, remove the socket file, release the lock.
 
 mod engine;
+mod feed;
 mod follow;
 mod lock;
 mod notify;
@@ -149,7 +150,9 @@ pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
     ));
     tasks.spawn(expiry_loop(Arc::clone(&engine), shutdown_rx.clone()));
     tasks.spawn(maintenance_loop(Arc::clone(&engine), shutdown_rx.clone()));
-    tasks.spawn(firewall_loop(Arc::clone(&engine), shutdown_rx));
+    tasks.spawn(firewall_loop(Arc::clone(&engine), shutdown_rx.clone()));
+    tasks.spawn(feed::report_loop(Arc::clone(&engine), shutdown_rx.clone()));
+    tasks.spawn(feed::pull_loop(Arc::clone(&engine), shutdown_rx));
 
     let followers = Some(follow::Followers::spawn(Arc::clone(&engine), &engine.config()));
 

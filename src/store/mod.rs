@@ -9,7 +9,10 @@
 //! Neighbours: [`crate::daemon`] owns the store; [`crate::decision`] defines what is
 //! stored.
 
+mod outbox;
 mod schema;
+
+pub use outbox::{OutboxEntry, OutboxStats};
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -90,6 +93,18 @@ impl LiftReason {
 
 const DECISION_COLUMNS: &str =
     "id, target, source, reason, category, score, created_ms, expires_ms, lifted_ms, evidence";
+
+/// Lends the store for a moment: the daemon's engine (under its one lock) or, in tests,
+/// a plain mutex. Lets the feed's workers use the store without owning it.
+pub trait StoreAccess: Send + Sync + 'static {
+    fn with_store<T>(&self, f: impl FnOnce(&mut Store) -> T) -> T;
+}
+
+impl StoreAccess for std::sync::Mutex<Store> {
+    fn with_store<T>(&self, f: impl FnOnce(&mut Store) -> T) -> T {
+        f(&mut self.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
 
 /// An open state database.
 pub struct Store {
@@ -246,11 +261,31 @@ impl Store {
         Ok(ms.map(Timestamp))
     }
 
-    /// Deletes decisions lifted before `before`. Returns how many.
+    /// Deletes decisions lifted before `before`, and outbox entries settled (sent,
+    /// failed, dropped) before it. Returns how many decisions.
     pub fn prune(&mut self, before: Timestamp) -> Result<usize> {
-        Ok(self
+        let tx = self.conn.transaction()?;
+        let n =
+            tx.execute("DELETE FROM decisions WHERE lifted_ms IS NOT NULL AND lifted_ms < ?1", params![before.0])?;
+        tx.execute("DELETE FROM outbox WHERE COALESCE(sent_ms, failed_ms, dropped_ms) < ?1", params![before.0])?;
+        tx.execute("DELETE FROM lookups WHERE fetched_ms < ?1", params![before.0])?;
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// Targets the operator unbanned since `since` (the feed must not re-add them).
+    pub fn unbanned_since(&self, since: Timestamp) -> Result<Vec<IpNet>> {
+        let mut stmt = self
             .conn
-            .execute("DELETE FROM decisions WHERE lifted_ms IS NOT NULL AND lifted_ms < ?1", params![before.0])?)
+            .prepare_cached("SELECT DISTINCT target FROM decisions WHERE lifted_ms > ?1 AND lift_reason = 'unban'")?;
+        let rows = stmt.query_map(params![since.0], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            if let Ok(net) = IpNet::from_str(&row?) {
+                out.push(net);
+            }
+        }
+        Ok(out)
     }
 
     /// Number of decisions in force per source (every source present, zero or not).
@@ -406,6 +441,9 @@ fn upsert_in(tx: &Transaction, new: &NewDecision, now: Timestamp) -> Result<(Dec
         )
         .optional()?;
     if let Some(id) = inserted {
+        if let Some(report) = &new.report {
+            outbox::enqueue_in(tx, id, report, now)?;
+        }
         return Ok((decision(id), Upsert::Created));
     }
 
@@ -424,6 +462,11 @@ fn upsert_in(tx: &Transaction, new: &NewDecision, now: Timestamp) -> Result<(Dec
         (None, _) | (_, None) => None,
         (Some(a), Some(b)) => Some(a.max(b)),
     };
+    // A report is queued even when the block stays as it was: another filter or jail
+    // saw another kind of attack (the cooldown keeps repeats out).
+    if let Some(report) = &new.report {
+        outbox::enqueue_in(tx, old.id, report, now)?;
+    }
     if later == old.expires {
         return Ok((old, Upsert::Unchanged));
     }
@@ -541,6 +584,7 @@ mod tests {
             score: None,
             duration: secs.map(Duration::from_secs),
             evidence: Vec::new(),
+            report: None,
         }
     }
 

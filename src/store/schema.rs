@@ -65,4 +65,21 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE decisions ADD COLUMN evidence TEXT;
     "#,
+    // 3: outbox entries dropped unsent (too old), lookups cached for `banshare check`.
+    r#"
+    ALTER TABLE outbox ADD COLUMN dropped_ms INTEGER;
+    DROP INDEX outbox_pending;
+    CREATE INDEX outbox_pending ON outbox (id) WHERE sent_ms IS NULL AND failed_ms IS NULL AND dropped_ms IS NULL;
+    -- The per-(address, category) cooldown looks back from the newest entry.
+    CREATE INDEX outbox_recent ON outbox (ip, category, created_ms);
+    -- Budgets and status count what was sent and failed lately.
+    CREATE INDEX outbox_sent ON outbox (sent_ms) WHERE sent_ms IS NOT NULL;
+    CREATE INDEX outbox_failed ON outbox (failed_ms) WHERE failed_ms IS NOT NULL;
+
+    CREATE TABLE lookups (
+        ip           TEXT    PRIMARY KEY,
+        body         TEXT    NOT NULL,            -- the API's answer, as received
+        fetched_ms   INTEGER NOT NULL
+    );
+    "#,
 ];

@@ -170,8 +170,14 @@ fn a_kill_9_during_a_ban_storm_loses_no_acknowledged_ban() {
         std::thread::spawn(move || {
             for i in 0..1000u32 {
                 let target = format!("198.18.{}.{}", i / 250, i % 250 + 1);
-                let request =
-                    Request::Ban { target: target.clone(), for_secs: Some(3600), permanent: false, reason: None };
+                let request = Request::Ban {
+                    target: target.clone(),
+                    for_secs: Some(3600),
+                    permanent: false,
+                    reason: None,
+                    report: false,
+                    category: None,
+                };
                 if client.call(&request).is_err() {
                     break;
                 }
@@ -281,7 +287,16 @@ fn concurrent_bans_share_firewall_transactions() {
             std::thread::spawn(move || {
                 for i in 0..10u32 {
                     let target = format!("198.19.{c}.{}", i + 1);
-                    client.call(&Request::Ban { target, for_secs: Some(600), permanent: false, reason: None }).unwrap();
+                    client
+                        .call(&Request::Ban {
+                            target,
+                            for_secs: Some(600),
+                            permanent: false,
+                            reason: None,
+                            report: false,
+                            category: None,
+                        })
+                        .unwrap();
                 }
             })
         })

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod emulator;
 pub mod netns;
 
 use std::path::{Path, PathBuf};

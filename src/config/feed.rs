@@ -1,0 +1,146 @@
+//! `[feed]`: how banshare talks to the WAYSCloud community feed (see
+//! `shared/wayscloud-api.md`): where, with which key, how much it may send, and what it
+//! takes from the live feed. Validated here once; [`crate::feed`] only reads it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::raw::RawFeed;
+use super::{ConfigError, duration};
+
+/// `[feed]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedConfig {
+    /// The API's base URL, without a trailing slash.
+    pub base_url: String,
+    /// A 0600 file holding the API key (`BANSHARE_API_KEY` takes precedence).
+    pub api_key_file: PathBuf,
+    /// Per HTTP request.
+    pub timeout: Duration,
+    /// Report local bans (detection, fail2ban) as a contributor.
+    pub report: bool,
+    /// One report per (address, category) within this window.
+    pub report_cooldown: Duration,
+    /// Budgets for reports; the API's own limits (429, `X-RateLimit-*`) apply on top.
+    pub reports_per_minute: u32,
+    pub reports_per_day: u32,
+    /// Reports still unsent after this long are dropped (and counted).
+    pub outbox_max_age: Duration,
+    /// Pull the live threat feed and block its entries.
+    pub pull: bool,
+    pub pull_interval: Duration,
+    /// Entries below this score are ignored (85-100: block, per the feed's guidance).
+    pub min_score: u8,
+    /// The feed's `time_range` parameter (`1h`, `6h`, `24h`, `7d`, `30d`).
+    pub time_range: String,
+    /// Entries asked for per request (`limit`).
+    pub page_size: u32,
+    /// At most this many feed entries are blocked; the highest scores win.
+    pub max_entries: usize,
+    /// How long a feed entry stays blocked after the last pull that listed it.
+    pub ttl: Duration,
+    /// An address the operator unbanned is not re-added by the feed for this long.
+    pub unban_grace: Duration,
+    /// Feed networks wider than these prefixes are skipped.
+    pub widest_ipv4: u8,
+    pub widest_ipv6: u8,
+    /// How long `banshare check` reuses a lookup.
+    pub lookup_cache: Duration,
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        FeedConfig {
+            base_url: "https://api.wayscloud.services".into(),
+            api_key_file: PathBuf::from("/etc/banshare/api-key"),
+            timeout: Duration::from_secs(10),
+            report: true,
+            report_cooldown: Duration::from_secs(15 * 60),
+            // The free tier allows 20 requests a minute and 1,000 a day for everything;
+            // pulls every 5 minutes take 288 of those.
+            reports_per_minute: 10,
+            reports_per_day: 500,
+            outbox_max_age: Duration::from_secs(24 * 3600),
+            pull: true,
+            pull_interval: Duration::from_secs(5 * 60),
+            min_score: 85,
+            time_range: "24h".into(),
+            page_size: 1000,
+            max_entries: 50_000,
+            ttl: Duration::from_secs(24 * 3600),
+            unban_grace: Duration::from_secs(7 * 24 * 3600),
+            widest_ipv4: 16,
+            widest_ipv6: 32,
+            lookup_cache: Duration::from_secs(3600),
+        }
+    }
+}
+
+const TIME_RANGES: [&str; 5] = ["1h", "6h", "24h", "7d", "30d"];
+
+/// Builds [`FeedConfig`] from `[feed]`. `invalid(key, expected, got)` makes the error.
+pub(super) fn feed_config(
+    raw: Option<RawFeed>,
+    invalid: &dyn Fn(&str, &str, &dyn std::fmt::Display) -> ConfigError,
+) -> Result<FeedConfig, ConfigError> {
+    let d = FeedConfig::default();
+    let Some(raw) = raw else { return Ok(d) };
+    let dur = |key: &str, value: Option<super::raw::RawDuration>, default: Duration, example: &str| match value {
+        None => Ok(default),
+        Some(v) => match duration(&v) {
+            Ok(x) if !x.is_zero() => Ok(x),
+            Ok(_) => Err(invalid(&format!("feed.{key}"), &format!("a duration like \"{example}\""), &"0")),
+            Err(got) => Err(invalid(&format!("feed.{key}"), &format!("a duration like \"{example}\""), &got)),
+        },
+    };
+    let int = |key: &str, value: Option<i64>, default: i64, min: i64, max: i64| match value {
+        None => Ok(default),
+        Some(v) if (min..=max).contains(&v) => Ok(v),
+        Some(v) => Err(invalid(&format!("feed.{key}"), &format!("a number from {min} to {max}"), &v)),
+    };
+
+    let base_url = match raw.base_url {
+        None => d.base_url,
+        Some(u) if (u.starts_with("https://") || u.starts_with("http://")) && u.len() > "https://".len() => {
+            u.trim_end_matches('/').to_string()
+        }
+        Some(u) => {
+            return Err(invalid("feed.base_url", "an http:// or https:// URL", &format!("{u:?}")));
+        }
+    };
+    let api_key_file = match raw.api_key_file {
+        None => d.api_key_file,
+        Some(p) if p.starts_with('/') => PathBuf::from(p),
+        Some(p) => return Err(invalid("feed.api_key_file", "an absolute path", &format!("{p:?}"))),
+    };
+    let time_range = match raw.time_range {
+        None => d.time_range,
+        Some(t) if TIME_RANGES.contains(&t.as_str()) => t,
+        Some(t) => {
+            let expected = format!("one of {}", TIME_RANGES.map(|r| format!("\"{r}\"")).join(", "));
+            return Err(invalid("feed.time_range", &expected, &format!("{t:?}")));
+        }
+    };
+    Ok(FeedConfig {
+        base_url,
+        api_key_file,
+        timeout: dur("timeout", raw.timeout, d.timeout, "10s")?,
+        report: raw.report.unwrap_or(d.report),
+        report_cooldown: dur("report_cooldown", raw.report_cooldown, d.report_cooldown, "15m")?,
+        reports_per_minute: int("reports_per_minute", raw.reports_per_minute, d.reports_per_minute.into(), 1, 100_000)?
+            as u32,
+        reports_per_day: int("reports_per_day", raw.reports_per_day, d.reports_per_day.into(), 1, 10_000_000)? as u32,
+        outbox_max_age: dur("outbox_max_age", raw.outbox_max_age, d.outbox_max_age, "24h")?,
+        pull: raw.pull.unwrap_or(d.pull),
+        pull_interval: dur("pull_interval", raw.pull_interval, d.pull_interval, "5m")?,
+        min_score: int("min_score", raw.min_score, d.min_score.into(), 0, 100)? as u8,
+        time_range,
+        page_size: int("page_size", raw.page_size, d.page_size.into(), 1, 1_000_000)? as u32,
+        max_entries: int("max_entries", raw.max_entries, d.max_entries as i64, 1, 10_000_000)? as usize,
+        ttl: dur("ttl", raw.ttl, d.ttl, "24h")?,
+        unban_grace: dur("unban_grace", raw.unban_grace, d.unban_grace, "7d")?,
+        widest_ipv4: int("widest_ipv4", raw.widest_ipv4, d.widest_ipv4.into(), 0, 32)? as u8,
+        widest_ipv6: int("widest_ipv6", raw.widest_ipv6, d.widest_ipv6.into(), 0, 128)? as u8,
+        lookup_cache: dur("lookup_cache", raw.lookup_cache, d.lookup_cache, "1h")?,
+    })
+}

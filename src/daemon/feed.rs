@@ -1,0 +1,454 @@
+//! The daemon's side of the community feed: the API client (rebuilt on reload), the
+//! reporter and pull loops, and the feed requests of the control socket (`sync`,
+//! `check`, `register`, `verify`, `delist`). The rules themselves live in
+//! [`crate::feed`]; this module wires them to the engine.
+
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tokio::sync::{Notify, watch};
+
+use super::engine::Engine;
+use crate::clock::Timestamp;
+use crate::config::FeedConfig;
+use crate::control::protocol::{
+    CheckData, DelistData, ErrorBody, ErrorCode, FeedStatus, QueryData, RegisterData, VerifyData,
+};
+use crate::decision::{ReportDraft, is_public, parse_target};
+use crate::feed::api::{Answer, Api, Call, KEY_ENV, load_key};
+use crate::feed::pull::{self, Fetched, PullReport};
+use crate::feed::reporter::{Next, Reporter, ReporterStatus};
+use crate::feed::sanitize::Sanitizer;
+use crate::feed::wire::{self, ReportInput};
+use crate::store::StoreAccess;
+
+/// How long an idle reporter sleeps before looking at the outbox anyway.
+const IDLE_RECHECK: Duration = Duration::from_secs(60);
+const META_REPORTER_ID: &str = "feed.reporter_id";
+const META_REPORTER_DOMAIN: &str = "feed.reporter_domain";
+
+/// The feed's runtime state, owned by the engine.
+pub struct FeedRuntime {
+    /// The client, or why there is none (no key, unreadable key). Rebuilt on reload.
+    api: RwLock<Result<Api, String>>,
+    /// Where the key came from, for `status`.
+    key_origin: RwLock<String>,
+    /// The reporter loop publishes its state here after each step.
+    reporter: Mutex<ReporterStatus>,
+    /// Set by reload: the reporter forgets a 401/403 pause (the key may be fixed).
+    resume: std::sync::atomic::AtomicBool,
+    pull: Mutex<PullState>,
+    /// One pull at a time (the schedule and `banshare sync`).
+    pulling: tokio::sync::Mutex<()>,
+    /// A report was queued, or the config changed: the reporter looks at once.
+    pub(super) wake: Notify,
+    /// The config changed: the pull loop re-reads its schedule.
+    pub(super) pull_wake: Notify,
+}
+
+#[derive(Default)]
+struct PullState {
+    last: Option<PullReport>,
+    last_error: Option<(Timestamp, String)>,
+    next: Option<Timestamp>,
+}
+
+impl FeedRuntime {
+    pub fn new(cfg: &FeedConfig) -> FeedRuntime {
+        let (api, origin) = build_api(cfg);
+        FeedRuntime {
+            api: RwLock::new(api),
+            key_origin: RwLock::new(origin),
+            reporter: Mutex::new(ReporterStatus::default()),
+            resume: Default::default(),
+            pull: Mutex::new(PullState::default()),
+            pulling: tokio::sync::Mutex::new(()),
+            wake: Notify::new(),
+            pull_wake: Notify::new(),
+        }
+    }
+
+    /// After a reload: a new key, URL or timeout takes effect; a paused reporter retries.
+    pub fn reconfigure(&self, cfg: &FeedConfig) {
+        let (api, origin) = build_api(cfg);
+        *self.api.write().unwrap_or_else(|e| e.into_inner()) = api;
+        *self.key_origin.write().unwrap_or_else(|e| e.into_inner()) = origin;
+        self.resume.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.wake.notify_one();
+        self.pull_wake.notify_one();
+    }
+
+    pub fn api(&self) -> Result<Api, String> {
+        self.api.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn upstream(&self) -> Result<Api, ErrorBody> {
+        self.api().map_err(|m| ErrorBody::new(ErrorCode::Upstream, m))
+    }
+}
+
+/// The client for `cfg`, and where its key came from (or why there is none).
+fn build_api(cfg: &FeedConfig) -> (Result<Api, String>, String) {
+    let from_env = std::env::var(KEY_ENV).is_ok_and(|v| !v.trim().is_empty());
+    let origin = if from_env { KEY_ENV.to_string() } else { cfg.api_key_file.display().to_string() };
+    match load_key(&cfg.api_key_file) {
+        Ok(Some(key)) => {
+            let api = Api::new(&cfg.base_url, &key, cfg.timeout);
+            if let Err(error) = &api {
+                tracing::error!(%error, "the community feed is off");
+            }
+            (api, origin)
+        }
+        Ok(None) => {
+            let why = format!(
+                "no API key ({} does not exist and {KEY_ENV} is not set): reporting waits, pulling is off",
+                cfg.api_key_file.display()
+            );
+            tracing::info!("{why}");
+            (Err(why.clone()), why)
+        }
+        Err(error) => {
+            tracing::error!(%error, "the community feed is off");
+            (Err(error.to_string()), error.to_string())
+        }
+    }
+}
+
+impl StoreAccess for Engine {
+    fn with_store<T>(&self, f: impl FnOnce(&mut crate::store::Store) -> T) -> T {
+        f(&mut self.state().store)
+    }
+}
+
+/// The report a local ban queues, when the config reports and the address is public.
+/// `source`: `banshare`, `fail2ban` or `manual`.
+pub(super) fn report_draft(
+    cfg: &FeedConfig,
+    sanitizer: &Sanitizer,
+    addr: IpAddr,
+    input: ReportInput<'_>,
+) -> Option<ReportDraft> {
+    let addr = crate::decision::normalize(addr.into()).addr();
+    if !cfg.report || !is_public(&addr.into()) {
+        return None;
+    }
+    let body = wire::report_body(&ReportInput { ip: addr, ..input }, sanitizer);
+    Some(ReportDraft {
+        ip: addr,
+        category: body["category"].as_str().unwrap_or("other").to_string(),
+        payload: body.to_string(),
+        cooldown: cfg.report_cooldown,
+    })
+}
+
+impl Engine {
+    /// Records a pull: plans the decisions, applies them in one batch, and remembers the
+    /// outcome for `status`. A failed fetch changes nothing that is enforced.
+    pub fn apply_pull(&self, fetched: Result<Fetched, String>, started: Instant) -> Result<PullReport, String> {
+        let now = Timestamp::now();
+        let fetched = match fetched {
+            Ok(f) => f,
+            Err(message) => {
+                tracing::warn!(error = %message, "feed pull failed; what is enforced stays as it is");
+                self.feed.pull.lock().unwrap_or_else(|e| e.into_inner()).last_error = Some((now, message.clone()));
+                return Err(message);
+            }
+        };
+        let cfg = self.config();
+        let (received, pages) = (fetched.received, fetched.pages);
+        let grace_start = Timestamp(now.0 - cfg.feed.unban_grace.as_millis() as i64);
+        let (unbanned, before) = self
+            .with_store(|s| Ok::<_, crate::store::StoreError>((s.unbanned_since(grace_start)?, s.counts(now)?)))
+            .map_err(|e| e.to_string())?;
+        let (proposals, mut skipped) = pull::plan(fetched, &cfg.feed, &unbanned);
+        let outcomes = self.decide(proposals, now).map_err(|e| e.to_string())?;
+        let mut report = PullReport { at: now, pages, received, ..PullReport::default() };
+        for outcome in outcomes {
+            match outcome {
+                Ok((_, crate::store::Upsert::Created)) => report.added += 1,
+                Ok(_) => report.refreshed += 1,
+                Err(_) => skipped.protected += 1,
+            }
+        }
+        report.skipped = skipped;
+        let feed_before = before.get(&crate::decision::Source::Feed).copied().unwrap_or(0) as usize;
+        report.left = feed_before.saturating_sub(report.refreshed);
+        report.millis = started.elapsed().as_millis() as u64;
+        tracing::info!(pages, "feed pulled: {}", pull::summary(&report));
+        let mut st = self.feed.pull.lock().unwrap_or_else(|e| e.into_inner());
+        st.last = Some(report.clone());
+        st.last_error = None;
+        Ok(report)
+    }
+
+    /// `banshare sync`: pulls now (waiting for a scheduled pull in progress).
+    fn sync(&self) -> Result<Value, ErrorBody> {
+        let api = self.feed.upstream()?;
+        let cfg = self.config();
+        let rt = tokio::runtime::Handle::current();
+        let _one = rt.block_on(self.feed.pulling.lock());
+        let started = Instant::now();
+        let fetched = rt.block_on(pull::fetch(&api, &cfg.feed));
+        let report = self.apply_pull(fetched, started).map_err(|m| ErrorBody::new(ErrorCode::Upstream, m))?;
+        Ok(serde_json::to_value(report).expect("a pull report serialises"))
+    }
+
+    /// `banshare check IP`: local state, then the feed's lookup (cached `lookup_cache`).
+    fn check(&self, ip: &str, local: QueryData) -> Result<Value, ErrorBody> {
+        let mut data = CheckData { local, lookup: None, fetched: None, cached: false, lookup_error: None };
+        let net = parse_target(ip).map_err(|m| ErrorBody::new(ErrorCode::InvalidTarget, m))?;
+        let addr = net.addr().to_string();
+        let cfg = self.config();
+        let now = Timestamp::now();
+        if !is_public(&net) {
+            data.lookup_error = Some("not a public address: it is never sent to the feed".into());
+            return Ok(serde_json::to_value(data).expect("serialises"));
+        }
+        let since = Timestamp(now.0 - cfg.feed.lookup_cache.as_millis() as i64);
+        let cached = self.with_store(|s| s.lookup_get(&addr, since)).unwrap_or_else(|error| {
+            tracing::warn!(%error, "cannot read the lookup cache");
+            None
+        });
+        if let Some((body, at)) = cached {
+            data.lookup = wire::parse_lookup(body.as_bytes());
+            (data.fetched, data.cached) = (Some(at), true);
+        } else {
+            match self.feed.api() {
+                Err(message) => data.lookup_error = Some(format!("unknown: {message}")),
+                Ok(api) => {
+                    let call = Call::get(format!("/v1/ip/{addr}"), Vec::new());
+                    let (answer, response) = tokio::runtime::Handle::current().block_on(api.exchange(&call));
+                    match (answer, response) {
+                        (Answer::Ok, Some(r)) => match wire::parse_lookup(&r.body) {
+                            Some(lookup) => {
+                                let body = String::from_utf8_lossy(&r.body).into_owned();
+                                if let Err(error) = self.with_store(|s| s.lookup_put(&addr, &body, now)) {
+                                    tracing::warn!(%error, "cannot cache a lookup");
+                                }
+                                data.lookup = Some(lookup);
+                                data.fetched = Some(now);
+                            }
+                            None => data.lookup_error = Some("unknown: the lookup answer is not readable".into()),
+                        },
+                        (other, _) => data.lookup_error = Some(format!("unknown: {}", answer_text(&other))),
+                    }
+                }
+            }
+        }
+        Ok(serde_json::to_value(data).expect("serialises"))
+    }
+
+    fn register(
+        &self,
+        name: String,
+        contact: String,
+        domain: Option<String>,
+        source_type: String,
+    ) -> Result<Value, ErrorBody> {
+        if !["automated", "hybrid", "manual"].contains(&source_type.as_str()) {
+            return Err(ErrorBody::new(ErrorCode::BadRequest, "source type must be automated, hybrid or manual"));
+        }
+        let mut body = json!({
+            "name": name,
+            "source_type": source_type,
+            "contact": contact,
+            "intent": "banshare: reports attacks blocked on this host",
+        });
+        if let Some(d) = &domain {
+            body["domain"] = json!(d);
+        }
+        let answer = self.api_call(Call::post("/v1/ip/reporters/register", body))?;
+        let id = answer
+            .get("reporter_id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ErrorBody::new(ErrorCode::Upstream, "the API's answer has no reporter_id"))?;
+        self.with_store(|s| {
+            s.meta_set(META_REPORTER_ID, id)?;
+            if let Some(d) = &domain {
+                s.meta_set(META_REPORTER_DOMAIN, d)?;
+            }
+            Ok::<_, crate::store::StoreError>(())
+        })
+        .map_err(|e| ErrorBody::new(ErrorCode::Internal, e.to_string()))?;
+        tracing::info!(reporter_id = id, "registered as a reporter");
+        let data = RegisterData {
+            reporter_id: id.to_string(),
+            status: answer.get("status").and_then(Value::as_str).map(str::to_string),
+            trust_score: answer.get("trust_score").and_then(Value::as_f64),
+        };
+        Ok(serde_json::to_value(data).expect("serialises"))
+    }
+
+    fn verify(&self, domain: Option<String>) -> Result<Value, ErrorBody> {
+        let (id, saved) = self
+            .with_store(|s| {
+                Ok::<_, crate::store::StoreError>((s.meta_get(META_REPORTER_ID)?, s.meta_get(META_REPORTER_DOMAIN)?))
+            })
+            .map_err(|e| ErrorBody::new(ErrorCode::Internal, e.to_string()))?;
+        let id =
+            id.ok_or_else(|| ErrorBody::new(ErrorCode::NotFound, "not registered yet: run `banshare register` first"))?;
+        let domain = domain
+            .or(saved)
+            .ok_or_else(|| ErrorBody::new(ErrorCode::BadRequest, "no domain: give --domain (or register with one)"))?;
+        let answer =
+            self.api_call(Call::post("/v1/ip/reporters/verify", json!({"reporter_id": id, "domain": domain})))?;
+        let record = answer.get("txt_record");
+        let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
+        let data = VerifyData {
+            domain,
+            status: text(answer.get("status")).unwrap_or_else(|| "unknown".into()),
+            record_name: text(record.and_then(|r| r.get("name"))),
+            record_value: text(record.and_then(|r| r.get("value"))),
+            verified_at: text(answer.get("verified_at")),
+        };
+        Ok(serde_json::to_value(data).expect("serialises"))
+    }
+
+    fn delist(
+        &self,
+        ip: String,
+        reason: String,
+        hostname: String,
+        contact: Option<String>,
+    ) -> Result<Value, ErrorBody> {
+        let net = parse_target(&ip).map_err(|m| ErrorBody::new(ErrorCode::InvalidTarget, m))?;
+        let mut body = json!({"ip": crate::decision::show_target(&net), "reason": reason, "hostname": hostname});
+        if let Some(c) = contact {
+            body["contact"] = json!(c);
+        }
+        let answer = self.api_call(Call::post("/v1/ip/delist", body))?;
+        let text = |k: &str| answer.get(k).and_then(Value::as_str).map(str::to_string);
+        let data = DelistData { request_id: text("request_id"), status: text("status") };
+        Ok(serde_json::to_value(data).expect("serialises"))
+    }
+
+    /// One call that must succeed; its JSON answer.
+    fn api_call(&self, call: Call) -> Result<Value, ErrorBody> {
+        let api = self.feed.upstream()?;
+        let (answer, response) = tokio::runtime::Handle::current().block_on(api.exchange(&call));
+        match (answer, response) {
+            (Answer::Ok, Some(r)) => Ok(serde_json::from_slice(&r.body).unwrap_or(Value::Null)),
+            (other, _) => Err(ErrorBody::new(ErrorCode::Upstream, answer_text(&other))),
+        }
+    }
+
+    pub(super) fn feed_request(&self, request: crate::control::protocol::Request) -> Result<Value, ErrorBody> {
+        use crate::control::protocol::Request;
+        match request {
+            Request::Sync => self.sync(),
+            Request::Check { ip } => {
+                let local = self.query_data(&ip)?;
+                self.check(&ip, local)
+            }
+            Request::Register { name, contact, domain, source_type } => {
+                self.register(name, contact, domain, source_type)
+            }
+            Request::Verify { domain } => self.verify(domain),
+            Request::Delist { ip, reason, hostname, contact } => self.delist(ip, reason, hostname, contact),
+            _ => Err(ErrorBody::new(ErrorCode::BadRequest, "not a feed request")),
+        }
+    }
+
+    pub(super) fn feed_status(&self) -> FeedStatus {
+        let cfg = self.config();
+        let now = Timestamp::now();
+        let (outbox, reporter_id) = self
+            .with_store(|s| Ok::<_, crate::store::StoreError>((s.outbox_stats(now)?, s.meta_get(META_REPORTER_ID)?)))
+            .unwrap_or_else(|error| {
+                tracing::warn!(%error, "cannot read the outbox");
+                Default::default()
+            });
+        let pull = self.feed.pull.lock().unwrap_or_else(|e| e.into_inner());
+        FeedStatus {
+            base_url: cfg.feed.base_url.clone(),
+            key: self.feed.key_origin.read().unwrap_or_else(|e| e.into_inner()).clone(),
+            ready: self.feed.api().is_ok(),
+            reporter_id,
+            report: cfg.feed.report,
+            outbox,
+            reporter: self.feed.reporter.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            pull: cfg.feed.pull,
+            last_pull: pull.last.clone(),
+            last_pull_error: pull.last_error.as_ref().map(|(_, m)| m.clone()),
+            last_pull_error_at: pull.last_error.as_ref().map(|(t, _)| *t),
+            next_pull: pull.next,
+        }
+    }
+}
+
+/// An answer that is not a success, as one line.
+fn answer_text(answer: &Answer) -> String {
+    match answer {
+        Answer::Ok => "no response".into(),
+        Answer::RateLimited { retry_after } => match retry_after {
+            Some(d) => format!("rate limited by the API (retry after {}s)", d.as_secs()),
+            None => "rate limited by the API".into(),
+        },
+        Answer::Unavailable { message, .. } => format!("the API is unavailable: {message}"),
+        Answer::Unauthorized { message } => format!("the API refused the key: {message}"),
+        Answer::Rejected { message, .. } => format!("the API rejected the request: {message}"),
+    }
+}
+
+/// Sends the outbox while the daemon runs.
+pub(super) async fn report_loop(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
+    let mut reporter = Reporter::default();
+    loop {
+        if engine.feed.resume.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            reporter.resume();
+        }
+        let cfg = engine.config();
+        let next = match engine.feed.api() {
+            Ok(api) if cfg.feed.report => {
+                let step = reporter.step(&engine, &api, &cfg.feed, Timestamp::now());
+                let next = tokio::select! {
+                    n = step => n,
+                    _ = super::stopped(&mut shutdown) => return,
+                };
+                next.unwrap_or_else(|error| {
+                    tracing::error!(%error, "reporting failed on the state database");
+                    Next::At(Timestamp::now().plus(Duration::from_secs(30)))
+                })
+            }
+            _ => Next::Idle,
+        };
+        *engine.feed.reporter.lock().unwrap_or_else(|e| e.into_inner()) = reporter.status();
+        let wait = match next {
+            Next::Idle => IDLE_RECHECK,
+            Next::At(t) => Duration::from_millis(t.0.saturating_sub(Timestamp::now().0).max(0) as u64),
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = engine.feed.wake.notified() => {}
+            _ = super::stopped(&mut shutdown) => return,
+        }
+    }
+}
+
+/// Pulls the live feed at start and then every `pull_interval` (jittered by up to 10%).
+pub(super) async fn pull_loop(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let cfg = engine.config();
+        if let (true, Ok(api)) = (cfg.feed.pull, engine.feed.api()) {
+            let one = engine.feed.pulling.lock().await;
+            let started = Instant::now();
+            let fetched = tokio::select! {
+                f = pull::fetch(&api, &cfg.feed) => f,
+                _ = super::stopped(&mut shutdown) => return,
+            };
+            let e = Arc::clone(&engine);
+            let _ = tokio::task::spawn_blocking(move || e.apply_pull(fetched, started)).await;
+            drop(one);
+        }
+        let wait = crate::feed::jitter(cfg.feed.pull_interval, 0.1);
+        engine.feed.pull.lock().unwrap_or_else(|e| e.into_inner()).next =
+            (cfg.feed.pull).then(|| Timestamp::now().plus(wait));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = engine.feed.pull_wake.notified() => {}
+            _ = super::stopped(&mut shutdown) => return,
+        }
+    }
+}
