@@ -260,7 +260,7 @@ fn systemd_is_told_ready_reloading_and_stopping() {
     let notify_path = env.dir.path().join("notify.sock");
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
     notify.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let daemon = env.spawn_daemon_with(&[("NOTIFY_SOCKET", &notify_path)]);
+    let daemon = env.spawn_daemon_with(&[("NOTIFY_SOCKET", notify_path.to_str().unwrap())]);
     let mut buf = [0u8; 256];
     let n = notify.recv(&mut buf).expect("a readiness message");
     let msg = String::from_utf8_lossy(&buf[..n]).to_string();

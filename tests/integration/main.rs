@@ -13,5 +13,6 @@ mod support;
 mod bad_input;
 mod daemon;
 mod detect;
+mod feed_reporter;
 mod firewall;
 mod scan;

@@ -144,17 +144,33 @@ impl Emulator {
     }
 
     pub fn start_on(port: u16) -> Emulator {
-        let std_listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind the emulator");
-        std_listener.set_nonblocking(true).expect("nonblocking");
-        let addr = std_listener.local_addr().expect("local addr");
+        Emulator::start_with(port, None)
+    }
+
+    /// Starts inside a network namespace (`ip netns` name), for a daemon running there.
+    pub fn start_in(netns: &str) -> Emulator {
+        Emulator::start_with(0, Some(format!("/run/netns/{netns}")))
+    }
+
+    fn start_with(port: u16, netns: Option<String>) -> Emulator {
         let state = Arc::new(Mutex::new(State::default()));
         let clock = Arc::new(AtomicI64::new(0));
         let (stop, stopped) = tokio::sync::oneshot::channel();
         let (s, c) = (Arc::clone(&state), Arc::clone(&clock));
+        let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
+            // The namespace of this thread is where the socket is created.
+            if let Some(path) = netns {
+                let fd = std::fs::File::open(&path).expect("open the network namespace");
+                nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter the network namespace");
+            }
+            let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind the emulator");
+            listener.set_nonblocking(true).expect("nonblocking");
+            tx.send(listener.local_addr().expect("local addr")).expect("report the address");
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-            rt.block_on(serve(std_listener, s, c, stopped));
+            rt.block_on(serve(listener, s, c, stopped));
         });
+        let addr = rx.recv().expect("the emulator starts");
         Emulator { addr, state, clock, stop: Some(stop), thread: Some(thread) }
     }
 

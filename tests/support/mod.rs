@@ -63,6 +63,16 @@ impl Env {
         std::fs::write(&self.config_path, text).expect("write config");
     }
 
+    /// Writes the emulator's key to `api-key` (0600) and returns the `[feed]` section
+    /// pointing at `url` with that key file, plus `extra` keys.
+    pub fn feed_section(&self, url: &str, extra: &str) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let key = self.dir.path().join("api-key");
+        std::fs::write(&key, format!("{}\n", emulator::TEST_KEY)).expect("write the key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod the key");
+        format!("[feed]\nbase_url = {url:?}\napi_key_file = {key:?}\n{extra}\n")
+    }
+
     /// Overwrites the config file with exactly `text`.
     pub fn write_raw_config(&self, text: &str) {
         std::fs::write(&self.config_path, text).expect("write config");
@@ -119,7 +129,7 @@ impl Env {
     }
 
     /// Like [`Env::spawn_daemon`], with extra environment variables.
-    pub fn spawn_daemon_with(&self, vars: &[(&str, &Path)]) -> DaemonProcess {
+    pub fn spawn_daemon_with(&self, vars: &[(&str, &str)]) -> DaemonProcess {
         self.spawn_daemon_from(Command::new(BIN), vars)
     }
 
@@ -128,7 +138,7 @@ impl Env {
         self.spawn_daemon_from(ns.command(&[BIN]), &[])
     }
 
-    fn spawn_daemon_from(&self, mut command: Command, vars: &[(&str, &Path)]) -> DaemonProcess {
+    fn spawn_daemon_from(&self, mut command: Command, vars: &[(&str, &str)]) -> DaemonProcess {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
