@@ -151,7 +151,49 @@ pub fn status(s: &StatusData) -> String {
             let _ = writeln!(out, "           WARNING: {w}");
         }
     }
+    feed_status(&mut out, &s.feed);
     out
+}
+
+/// The community feed's part of `status`.
+fn feed_status(out: &mut String, f: &crate::control::protocol::FeedStatus) {
+    let key = if f.ready { format!("key from {}", f.key) } else { format!("OFF: {}", f.key) };
+    let id = f.reporter_id.as_deref().map(|id| format!(", reporter {id}")).unwrap_or_default();
+    let _ = writeln!(out, "feed:      {} ({key}{id})", f.base_url);
+    let r = &f.reporter;
+    let o = &f.outbox;
+    let mut reports = if f.report {
+        format!("{} queued, {} sent, {} failed, {} dropped in 24 h", o.pending, o.sent_24h, o.failed_24h, o.dropped_24h)
+    } else {
+        "off (feed.report = false)".to_string()
+    };
+    if let Some(q) = r.quota.filter(|q| q.remaining.is_some()) {
+        let _ = write!(reports, "; quota left {}", q.remaining.unwrap_or(0));
+        if let Some(limit) = q.limit {
+            let _ = write!(reports, " of {limit}");
+        }
+    }
+    let _ = writeln!(out, "reports:   {reports}");
+    if let Some(p) = &r.paused {
+        let _ = writeln!(out, "           PAUSED: {p} (fix the key, then `systemctl reload banshare`)");
+    } else if let Some(until) = r.hold_until.filter(|t| *t > Timestamp::now()) {
+        let _ = writeln!(out, "           holding until {until}");
+    }
+    if let (Some(e), Some(at)) = (&r.last_error, r.last_error_at) {
+        let _ = writeln!(out, "           last error at {at}: {e}");
+    }
+    let pull = match (&f.last_pull, f.pull) {
+        (_, false) => "scheduled pulls off (feed.pull = false); `banshare sync` pulls on demand".to_string(),
+        (Some(p), true) => format!("last at {}: {}", p.at, crate::feed::pull::summary(p)),
+        (None, true) => "no pull yet".to_string(),
+    };
+    let _ = writeln!(out, "pull:      {pull}");
+    if let (Some(e), Some(at)) = (&f.last_pull_error, f.last_pull_error_at) {
+        let _ = writeln!(out, "           last pull FAILED at {at}: {e}");
+    }
+    if let Some(next) = f.next_pull.filter(|_| f.pull) {
+        let _ = writeln!(out, "           next pull at {next}");
+    }
 }
 
 /// The `import` summary.

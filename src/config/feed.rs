@@ -144,3 +144,33 @@ pub(super) fn feed_config(
         lookup_cache: dur("lookup_cache", raw.lookup_cache, d.lookup_cache, "1h")?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::Config;
+
+    fn err(text: &str) -> String {
+        Config::from_toml(text, Path::new("/etc/banshare/banshare.toml")).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn bad_feed_values_name_the_key_and_the_expectation() {
+        assert_eq!(
+            err("[feed]\nmin_score = 150"),
+            "/etc/banshare/banshare.toml: key `feed.min_score`: expected a number from 0 to 100, got 150"
+        );
+        assert_eq!(
+            err("[feed]\nbase_url = \"api.wayscloud.services\""),
+            "/etc/banshare/banshare.toml: key `feed.base_url`: expected an http:// or https:// URL, got \"api.wayscloud.services\""
+        );
+        assert!(err("[feed]\ntime_range = \"2d\"").contains("key `feed.time_range`: expected one of \"1h\", \"6h\""));
+        assert!(err("[feed]\nreport_cooldown = \"soon\"").contains("key `feed.report_cooldown`: expected a duration"));
+        assert!(err("[feed]\npull_interval = 0").contains("key `feed.pull_interval`"));
+        assert!(err("[feed]\napi_key = \"x\"").contains("unknown field `api_key`"), "the key never goes in the config");
+        let ok = Config::from_toml("[feed]\nbase_url = \"http://127.0.0.1:8099/\"\nmin_score = 90", Path::new("/x"))
+            .unwrap();
+        assert_eq!((ok.feed.base_url.as_str(), ok.feed.min_score), ("http://127.0.0.1:8099", 90));
+    }
+}

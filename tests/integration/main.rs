@@ -13,6 +13,7 @@ mod support;
 mod bad_input;
 mod daemon;
 mod detect;
+mod feed;
 mod feed_reporter;
 mod firewall;
 mod scan;

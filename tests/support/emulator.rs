@@ -85,8 +85,10 @@ pub struct State {
     pub rejected: u64,
     pub feed: FeedSource,
     pub shape: Shape,
-    /// The most items one feed page holds, whatever `limit` asks (1000 per the contract).
+    /// The most items one feed page holds (1000 per the contract).
     pub max_limit: usize,
+    /// Answer the whole feed in one page, whatever `limit` says (a misbehaving server).
+    pub ignore_limit: bool,
     /// Canned lookup answers by address; others are derived from reports.
     pub lookups: HashMap<String, Value>,
     pub reporters: BTreeMap<String, String>,
@@ -114,6 +116,7 @@ impl Default for State {
             feed: FeedSource::Items(Vec::new()),
             shape: Shape::Threats,
             max_limit: 1000,
+            ignore_limit: false,
             lookups: HashMap::new(),
             reporters: BTreeMap::new(),
             verified: Vec::new(),
@@ -440,6 +443,7 @@ fn param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
 
 fn live(s: &State, query: &str) -> Value {
     let limit = param(query, "limit").and_then(|l| l.parse().ok()).unwrap_or(100usize).min(s.max_limit);
+    let limit = if s.ignore_limit { usize::MAX } else { limit };
     let offset = param(query, "offset").and_then(|o| o.parse().ok()).unwrap_or(0usize);
     let min_score = param(query, "min_score").and_then(|m| m.parse().ok()).unwrap_or(0.0f64);
     let all: Vec<Value> = match &s.feed {
