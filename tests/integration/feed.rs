@@ -404,3 +404,42 @@ fn pages_are_followed_until_the_feed_ends() {
         ]
     );
 }
+
+#[test]
+fn report_dry_run_prints_exactly_what_would_be_sent() {
+    let env = Env::new("");
+    let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    let matches = format!(
+        "Jan  2 03:04:05 {host} sshd[9]: Failed password for alice from 45.155.205.7 port 1 ssh2\n\
+         Jan  2 03:04:07 {host} sshd[9]: Failed password for alice from 45.155.205.7 port 2 ssh2"
+    );
+    let run = env.cli(&[
+        "report",
+        "--dry-run",
+        "--ip",
+        "45.155.205.7",
+        "--jail",
+        "sshd",
+        "--category",
+        "ssh_bruteforce",
+        "--failures",
+        "5",
+        "--time",
+        "1767323045",
+        "--matches",
+        &matches,
+    ]);
+    run.expect_code(0);
+    let (first, body) = run.stdout.split_once('\n').unwrap();
+    assert_eq!(first, "POST https://api.wayscloud.services/v1/ip/report");
+    let body: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(body["ip"], "45.155.205.7");
+    assert_eq!(body["timestamp"], "2026-01-02T03:04:05Z");
+    assert_eq!(
+        body["evidence"][0],
+        "Jan  2 03:04:05 [host] sshd[9]: Failed password for [user] from 45.155.205.7 port 1 ssh2"
+    );
+    assert!(!run.stdout.contains("alice"));
+    env.cli(&["report", "--dry-run", "--ip", "10.0.0.1", "--jail", "sshd"]).expect_code(4);
+    env.cli(&["report", "--dry-run", "--ip", "nope", "--jail", "sshd"]).expect_code(2);
+}
