@@ -85,6 +85,14 @@ pub struct Decision {
     /// The log lines that led to it (detection: the last matched lines, at most 10).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub evidence: Vec<String>,
+    /// Whether banshare's firewall enforces it. `false` for a fail2ban ban in report
+    /// mode: recorded (and reported), while fail2ban's own banaction blocks it.
+    #[serde(default = "enforced_default")]
+    pub enforced: bool,
+}
+
+fn enforced_default() -> bool {
+    true
 }
 
 impl Decision {
@@ -108,6 +116,8 @@ pub struct NewDecision {
     pub evidence: Vec<String>,
     /// A report for the community feed, queued in the same transaction as the decision.
     pub report: Option<ReportDraft>,
+    /// Enforce it in banshare's firewall (see [`Decision::enforced`]).
+    pub enforce: bool,
 }
 
 /// A community report waiting to be queued: the already sanitised request body, and the

@@ -40,6 +40,7 @@ pub mod daemon;
 pub mod decision;
 pub mod detect;
 pub mod enforce;
+pub mod fail2ban;
 pub mod feed;
 pub mod hostaddr;
 pub mod lines;

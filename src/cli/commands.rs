@@ -109,7 +109,8 @@ pub fn execute(cli: Cli) -> Result<u8, CliError> {
             parse_target(&ip).map_err(|m| CliError::new(exit::BAD_INPUT, m))?;
             super::feed::check(connect_with(&cli.config, &cli.socket, FEED_TIMEOUT)?, ip, json)
         }
-        Command::Report { args, dry_run } => super::feed::report(cli.config.as_deref(), args, dry_run),
+        Command::Report { args, dry_run: true } => super::fail2ban::report_dry_run(cli.config.as_deref(), args),
+        Command::Report { args, dry_run: false } => super::fail2ban::report(&cli.config, &cli.socket, args),
         Command::Register { name, contact, domain, source_type, json } => {
             let request = Request::Register { name, contact, domain, source_type };
             super::feed::register(connect_with(&cli.config, &cli.socket, FEED_TIMEOUT)?, request, json)

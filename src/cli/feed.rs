@@ -1,18 +1,14 @@
-//! The community-feed commands: `sync`, `check`, `report --dry-run`, `register`,
-//! `verify`, `delist`. All but `report --dry-run` ask the daemon, which holds the key.
+//! The community-feed commands: `sync`, `check`, `register`, `verify`, `delist`. Each
+//! asks the daemon, which holds the API key.
 
 use std::fmt::Write as _;
-use std::path::Path;
 
-use super::commands::{CliError, load_config, print};
-use super::{ReportArgs, exit};
+use super::commands::{CliError, print};
+use super::exit;
 use crate::clock::Timestamp;
 use crate::control::client::Client;
 use crate::control::protocol::{CheckData, DelistData, RegisterData, Request, VerifyData};
-use crate::decision::{is_public, parse_target};
 use crate::feed::pull::{PullReport, summary};
-use crate::feed::sanitize::Sanitizer;
-use crate::feed::wire::{ReportInput, report_body};
 
 pub fn sync(mut client: Client, json: bool) -> Result<u8, CliError> {
     let r: PullReport = client.call_as(&Request::Sync)?;
@@ -68,44 +64,6 @@ pub fn check(mut client: Client, ip: String, json: bool) -> Result<u8, CliError>
         out
     });
     Ok(if c.local.blocked { exit::OK } else { exit::NO })
-}
-
-/// `report --dry-run`: the exact body the daemon would queue for this event.
-pub fn report(config: Option<&Path>, args: ReportArgs, dry_run: bool) -> Result<u8, CliError> {
-    if !dry_run {
-        return Err(CliError::new(
-            exit::BAD_INPUT,
-            "reporting a ban through the daemon is the fail2ban action's job (not built yet); use --dry-run to see the report",
-        ));
-    }
-    let cfg = load_config(config)?;
-    let target = parse_target(&args.ip).map_err(|m| CliError::new(exit::BAD_INPUT, m))?;
-    if target.prefix_len() != target.max_prefix_len() {
-        return Err(CliError::new(exit::BAD_INPUT, format!("--ip {}: one address, not a network", args.ip)));
-    }
-    if !is_public(&target) {
-        return Err(CliError::new(exit::REFUSED, format!("{} is not a public address; it is never reported", args.ip)));
-    }
-    let host = crate::hostaddr::host_addresses().unwrap_or_default();
-    let matches: Vec<String> =
-        args.matches.as_deref().unwrap_or("").lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
-    let seen = args.time.map_or_else(Timestamp::now, |t| Timestamp((t * 1000.0) as i64));
-    let category = args.category.unwrap_or_else(|| "other".into());
-    let comment = format!("{}: banned", args.jail);
-    let input = ReportInput {
-        ip: target.addr(),
-        category: &category,
-        comment: &comment,
-        seen,
-        evidence: &matches,
-        source: "fail2ban",
-        jail: Some(&args.jail),
-        failures: args.failures,
-    };
-    let body = report_body(&input, &Sanitizer::for_host(&host));
-    println!("POST {}{}", cfg.feed.base_url, crate::feed::reporter::REPORT_PATH);
-    println!("{}", serde_json::to_string_pretty(&body).unwrap_or_default());
-    Ok(exit::OK)
 }
 
 pub fn register(mut client: Client, request: Request, json: bool) -> Result<u8, CliError> {

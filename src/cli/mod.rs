@@ -8,6 +8,7 @@
 //! Exit codes are part of the interface, see [`exit`].
 
 mod commands;
+mod fail2ban;
 mod feed;
 mod output;
 
@@ -138,11 +139,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show the community report a ban would send (sanitised), without sending it
+    /// A fail2ban ban or unban (the `banshare` fail2ban action runs this)
+    ///
+    /// Hands the event to the daemon; when the daemon is not running, writes the decision
+    /// and its report to the state database, and the daemon picks them up at its start.
+    /// Never waits more than 20 s. Restored bans are never reported again.
     Report {
         #[command(flatten)]
         args: ReportArgs,
-        /// Print the request body instead of sending it
+        /// Print the report that would be sent (sanitised) and do nothing else
         #[arg(long)]
         dry_run: bool,
     },
@@ -226,7 +231,22 @@ pub struct ReportArgs {
     /// When the ban happened (unix seconds)
     #[arg(long)]
     pub time: Option<f64>,
-    /// The log lines that matched (newline-separated)
+    /// fail2ban's bantime in seconds (-1: permanent)
+    #[arg(long, allow_negative_numbers = true)]
+    pub bantime: Option<i64>,
+    /// How many times fail2ban banned this address (kept in the comment)
+    #[arg(long)]
+    pub bancount: Option<u32>,
+    /// 1 when fail2ban restored the ban at its start: recorded, never reported again
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub restored: u8,
+    /// report: fail2ban blocks, banshare reports; block: banshare blocks too
+    #[arg(long, value_enum, default_value = "report")]
+    pub mode: crate::fail2ban::Mode,
+    /// ban, or unban (fail2ban's actionunban)
+    #[arg(long, value_enum, default_value = "ban")]
+    pub event: crate::fail2ban::Kind,
+    /// The log lines that matched (newline-separated, as fail2ban's <matches>)
     #[arg(long)]
     pub matches: Option<String>,
 }

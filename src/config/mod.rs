@@ -6,9 +6,11 @@
 //! file, the key (`allowlist[2]`, `decisions.ipv6_prefix`) and what was expected.
 //! `banshare config check` runs exactly [`load`], as `banshare run` and SIGHUP do.
 
+mod fail2ban;
 mod feed;
 mod raw;
 
+pub use fail2ban::Fail2banConfig;
 pub use feed::FeedConfig;
 
 use std::fmt;
@@ -55,6 +57,8 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     /// `[feed]`: the WAYSCloud community feed.
     pub feed: FeedConfig,
+    /// `[fail2ban]`: jail categories, the log follower.
+    pub fail2ban: Fail2banConfig,
 }
 
 /// A log to follow.
@@ -97,6 +101,10 @@ pub fn default_sources() -> Vec<SourceConfig> {
     }
     if Path::new("/var/log/nginx/error.log").exists() {
         out.push(file("/var/log/nginx/error.log", &["nginx-http-auth", "nginx-limit-req"]));
+    }
+    // fail2ban's bans, without touching its jails (reported; fail2ban blocks them).
+    if Path::new(crate::fail2ban::DEFAULT_LOG).exists() {
+        out.push(file(crate::fail2ban::DEFAULT_LOG, &[crate::fail2ban::LOG_FILTER]));
     }
     out
 }
@@ -167,6 +175,7 @@ impl Default for Config {
             escalation: Escalation::default(),
             sources: Vec::new(),
             feed: FeedConfig::default(),
+            fail2ban: Fail2banConfig::default(),
         }
     }
 }
@@ -358,8 +367,13 @@ impl Config {
                 return Err(invalid(&format!("source[{i}].filters"), "at least one filter name", &"none"));
             }
             for (j, name) in names.iter().enumerate() {
-                if !filters.contains_key(name) {
-                    let known = filters.keys().map(String::as_str).collect::<Vec<_>>().join(", ");
+                if name != crate::fail2ban::LOG_FILTER && !filters.contains_key(name) {
+                    let known = filters
+                        .keys()
+                        .map(String::as_str)
+                        .chain([crate::fail2ban::LOG_FILTER])
+                        .collect::<Vec<_>>()
+                        .join(", ");
                     return Err(invalid(
                         &format!("source[{i}].filters[{j}]"),
                         &format!("one of {known}"),
@@ -371,6 +385,7 @@ impl Config {
         }
 
         let feed = feed::feed_config(raw.feed, &invalid)?;
+        let fail2ban = fail2ban::fail2ban_config(raw.fail2ban, &invalid)?;
 
         Ok(Config {
             source_path: Some(path.to_path_buf()),
@@ -384,6 +399,7 @@ impl Config {
             escalation,
             sources,
             feed,
+            fail2ban,
         })
     }
 

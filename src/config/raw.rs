@@ -22,6 +22,7 @@ pub struct RawConfig {
     pub filter: Option<BTreeMap<String, RawFilter>>,
     pub source: Option<Vec<RawSource>>,
     pub feed: Option<RawFeed>,
+    pub fail2ban: Option<super::fail2ban::RawFail2ban>,
 }
 
 /// `[[source]]`: a log to follow and the filters that read it.

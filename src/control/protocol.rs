@@ -61,6 +61,10 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
     },
+    /// A fail2ban ban or unban (the `banshare` action, `banshare report`).
+    Fail2ban {
+        event: crate::fail2ban::Event,
+    },
     /// Pull the live feed now; answers with what changed ([`crate::feed::pull::PullReport`]).
     Sync,
     /// Local state, then the feed's lookup (cached).
@@ -199,6 +203,19 @@ pub struct CheckData {
     pub fetched: Option<Timestamp>,
     pub cached: bool,
     pub lookup_error: Option<String>,
+}
+
+/// `fail2ban`: what an event did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Fail2banData {
+    /// For a ban: the decision and whether it was new, extended or already there.
+    pub decision: Option<Decision>,
+    pub outcome: Option<Upsert>,
+    /// A report was due: queued, unless one for the same address and category was
+    /// queued within the cooldown (never for restored bans or private addresses).
+    pub report_due: bool,
+    /// For an unban: how many decisions were lifted.
+    pub lifted: usize,
 }
 
 /// `register`

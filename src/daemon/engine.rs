@@ -16,7 +16,7 @@ use ipnet::IpNet;
 use serde_json::Value;
 use tokio::sync::Notify;
 
-use super::feed::{self, FeedRuntime};
+use super::feed::FeedRuntime;
 use super::follow::SourceStatus;
 use crate::clock::Timestamp;
 use crate::clock::human_duration;
@@ -192,7 +192,7 @@ impl Engine {
                 let earlier = st.store.earlier_detections(&target)?;
                 let reason =
                     format!("{}: {} failures within {}", spec.name, ban.failures, human_duration(spec.findtime));
-                let report = feed::report_draft(
+                let report = crate::feed::report_draft(
                     &config.feed,
                     &sanitizer,
                     ban.addr,
@@ -216,6 +216,7 @@ impl Engine {
                     duration: Some(config.escalation.bantime(spec.bantime, earlier)),
                     evidence: ban.evidence,
                     report,
+                    enforce: true,
                 });
             }
             out
@@ -254,6 +255,16 @@ impl Engine {
         if let Err(error) = self.state().store.save_journal_cursor(key, cursor, Timestamp::now()) {
             tracing::warn!(%error, "cannot save a journal cursor");
         }
+    }
+
+    /// This host's addresses as last read.
+    pub(super) fn host_addresses(&self) -> Vec<IpAddr> {
+        self.state().host.clone()
+    }
+
+    /// Removes lifted decisions from the firewall and waits for the kernel.
+    pub(super) fn lift_enforced(&self, lifted: &[Decision]) {
+        self.firewall.remove(lifted).wait();
     }
 
     /// Lifts every decision whose time has come. Returns the next expiry.
@@ -401,7 +412,7 @@ impl Engine {
                     jail: None,
                     failures: None,
                 };
-                let draft = feed::report_draft(
+                let draft = crate::feed::report_draft(
                     &FeedConfig { report: true, ..config.feed.clone() },
                     &sanitizer,
                     target.addr(),
@@ -432,6 +443,7 @@ impl Engine {
             duration,
             evidence: Vec::new(),
             report,
+            enforce: true,
         };
         let outcome = self.decide(vec![proposal], Timestamp::now()).map_err(internal)?.remove(0);
         match outcome {
@@ -464,6 +476,7 @@ impl Engine {
                     duration,
                     evidence: Vec::new(),
                     report: None,
+                    enforce: true,
                 }),
                 Err(message) => data.invalid.push(message),
             }
@@ -594,6 +607,7 @@ impl Handler for Engine {
     fn handle(&self, request: Request) -> Result<Value, ErrorBody> {
         match request {
             Request::Ping => Ok(Value::String("pong".into())),
+            Request::Fail2ban { event } => to_value(self.fail2ban(event)?),
             Request::Status => self.status(),
             Request::List { source } => self.list(source),
             Request::Query { ip } => self.query(&ip),

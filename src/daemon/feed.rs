@@ -3,7 +3,6 @@
 //! `check`, `register`, `verify`, `delist`). The rules themselves live in
 //! [`crate::feed`]; this module wires them to the engine.
 
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -16,12 +15,11 @@ use crate::config::FeedConfig;
 use crate::control::protocol::{
     CheckData, DelistData, ErrorBody, ErrorCode, FeedStatus, QueryData, RegisterData, VerifyData,
 };
-use crate::decision::{ReportDraft, is_public, parse_target};
+use crate::decision::{is_public, parse_target};
 use crate::feed::api::{Answer, Api, Call, KEY_ENV, load_key};
 use crate::feed::pull::{self, Fetched, PullReport};
 use crate::feed::reporter::{Next, Reporter, ReporterStatus};
-use crate::feed::sanitize::Sanitizer;
-use crate::feed::wire::{self, ReportInput};
+use crate::feed::wire;
 use crate::store::StoreAccess;
 
 /// How long an idle reporter sleeps before looking at the outbox anyway.
@@ -120,27 +118,6 @@ impl StoreAccess for Engine {
     fn with_store<T>(&self, f: impl FnOnce(&mut crate::store::Store) -> T) -> T {
         f(&mut self.state().store)
     }
-}
-
-/// The report a local ban queues, when the config reports and the address is public.
-/// `source`: `banshare`, `fail2ban` or `manual`.
-pub(super) fn report_draft(
-    cfg: &FeedConfig,
-    sanitizer: &Sanitizer,
-    addr: IpAddr,
-    input: ReportInput<'_>,
-) -> Option<ReportDraft> {
-    let addr = crate::decision::normalize(addr.into()).addr();
-    if !cfg.report || !is_public(&addr.into()) {
-        return None;
-    }
-    let body = wire::report_body(&ReportInput { ip: addr, ..input }, sanitizer);
-    Some(ReportDraft {
-        ip: addr,
-        category: body["category"].as_str().unwrap_or("other").to_string(),
-        payload: body.to_string(),
-        cooldown: cfg.report_cooldown,
-    })
 }
 
 impl Engine {

@@ -53,8 +53,18 @@ pub struct SourceStatus {
     pub warning: Option<String>,
 }
 
+/// What a round of reading found: detected bans, and fail2ban events (from fail2ban.log).
+#[derive(Default)]
+struct Found {
+    bans: Vec<(Ban, FilterSpec)>,
+    events: Vec<crate::fail2ban::Event>,
+}
+
 struct Source {
     filters: FilterSet,
+    /// This source is fail2ban's own log: its `Ban`/`Unban` lines are events, and lines
+    /// older than this window (a first read, a replay) are not.
+    fail2ban_log: Option<Duration>,
     detector: Detector,
     status: SourceStatus,
     /// When a filter last matched a line (or when following began), and when the drift
@@ -70,7 +80,10 @@ impl Source {
             .filter_map(|name| config.filters.get(name))
             .filter_map(|spec| Filter::compile(spec.clone()).ok())
             .collect();
+        let fail2ban_log =
+            filter_names.iter().any(|n| n == crate::fail2ban::LOG_FILTER).then_some(config.fail2ban.log_bantime);
         Source {
+            fail2ban_log,
             filters: FilterSet::new(filters),
             detector: Detector::new(config.escalation),
             status: SourceStatus { source: name, filters: filter_names.to_vec(), ..SourceStatus::default() },
@@ -84,9 +97,16 @@ impl Source {
         self.filters.filters.iter().map(|f| f.spec.findtime).max().unwrap_or_default()
     }
 
-    /// Runs one line through the filters and windows; bans go to `bans`.
-    fn line(&mut self, times: &mut TimeParser, line: &[u8], now: Timestamp, bans: &mut Vec<(Ban, FilterSpec)>) {
+    /// Runs one line through the filters and windows; bans go to `found`.
+    fn line(&mut self, times: &mut TimeParser, line: &[u8], now: Timestamp, found: &mut Found) {
         self.status.lines += 1;
+        if let Some(window) = self.fail2ban_log {
+            self.fail2ban_line(line, now, window, found);
+            if self.filters.filters.is_empty() {
+                return;
+            }
+        }
+        let bans = &mut found.bans;
         let hits = self.filters.test(line);
         if hits.is_empty() {
             self.status.lines_since_match += 1;
@@ -121,6 +141,21 @@ impl Source {
                 bans.push((ban, spec.clone()));
             }
         }
+    }
+
+    /// A fail2ban.log line: a recent `Ban`, `Restore Ban` or `Unban` becomes an event.
+    fn fail2ban_line(&mut self, line: &[u8], now: Timestamp, window: Duration, found: &mut Found) {
+        let Some((event, at)) = crate::fail2ban::parse_log_line(&String::from_utf8_lossy(line)) else {
+            self.status.lines_since_match += 1;
+            return;
+        };
+        self.status.lines_since_match = 0;
+        self.last_match = Instant::now();
+        if at.0 < now.0 - window.as_millis() as i64 {
+            return;
+        }
+        self.status.bans += u64::from(event.kind == crate::fail2ban::Kind::Ban);
+        found.events.push(event);
     }
 
     /// End of a round: forget stale windows, check for drift, publish the counters.
@@ -194,12 +229,12 @@ fn follow_files(engine: Arc<Engine>, mut sources: Vec<(Tailer, Source)>, stop: A
     let inotify = watch(sources.iter().map(|(t, _)| t.pattern()));
     let mut times = TimeParser::default();
     while !stop.load(Ordering::SeqCst) {
-        let mut bans: Vec<(Ban, FilterSpec)> = Vec::new();
+        let mut found = Found::default();
         let mut moved: Vec<(String, Checkpoint)> = Vec::new();
         let now = Timestamp::now();
         for (tailer, src) in &mut sources {
             let saved = |p: &Path| engine.file_checkpoint(&p.to_string_lossy());
-            let mut sink = |_: &Path, line: &mut Vec<u8>| src.line(&mut times, line, now, &mut bans);
+            let mut sink = |_: &Path, line: &mut Vec<u8>| src.line(&mut times, line, now, &mut found);
             for (path, cp) in tailer.poll(&saved, &mut sink) {
                 moved.push((path.to_string_lossy().into_owned(), cp));
             }
@@ -207,7 +242,7 @@ fn follow_files(engine: Arc<Engine>, mut sources: Vec<(Tailer, Source)>, stop: A
             src.status.rotations = tailer.counters.rotations;
             src.settle(&engine, now);
         }
-        record(&engine, bans);
+        record(&engine, found);
         if !moved.is_empty() {
             engine.save_checkpoints(&moved);
         }
@@ -242,10 +277,10 @@ fn follow_journal(
         let mut saved_at = Instant::now();
         while let Ok(Some(entry)) = journal.next_entry() {
             let now = Timestamp::now();
-            let mut bans = Vec::new();
-            src.line(&mut times, &entry.line, now, &mut bans);
-            let banned = !bans.is_empty();
-            record(&engine, bans);
+            let mut found = Found::default();
+            src.line(&mut times, &entry.line, now, &mut found);
+            let banned = !found.bans.is_empty();
+            record(&engine, found);
             unsaved = Some(entry.cursor);
             if banned || saved_at.elapsed() >= Duration::from_secs(1) {
                 if let Some(c) = unsaved.take() {
@@ -274,12 +309,18 @@ fn sleep_unless(stop: &AtomicBool, total: Duration) {
     }
 }
 
-/// Hands detected bans to the engine.
-fn record(engine: &Engine, bans: Vec<(Ban, FilterSpec)>) {
-    if !bans.is_empty()
-        && let Err(error) = engine.detected(bans)
+/// Hands detected bans and fail2ban events to the engine.
+fn record(engine: &Engine, found: Found) {
+    if !found.bans.is_empty()
+        && let Err(error) = engine.detected(found.bans)
     {
         tracing::error!(%error, "recording detected bans failed");
+    }
+    for event in found.events {
+        let (ip, jail) = (event.ip, event.jail.clone());
+        if let Err(error) = engine.fail2ban(event) {
+            tracing::warn!(%ip, %jail, %error, "a fail2ban event from its log was not recorded");
+        }
     }
 }
 

@@ -10,6 +10,7 @@
 //! before it replies), stop the timers, remove the socket file, release the lock.
 
 mod engine;
+mod fail2ban;
 mod feed;
 mod follow;
 mod lock;

@@ -303,6 +303,7 @@ mod tests {
             expires: None,
             lifted: None,
             evidence: Vec::new(),
+            enforced: true,
         }
     }
 

@@ -88,13 +88,14 @@ impl FirewallHandle {
     }
 
     /// Queues blocks for `decisions`.
+    /// (Decisions banshare does not enforce are skipped here, in one place.)
     pub fn add(&self, decisions: &[Decision]) -> Ticket {
-        self.apply(decisions.iter().map(|d| Change::Add(d.into())).collect())
+        self.apply(decisions.iter().filter(|d| d.enforced).map(|d| Change::Add(d.into())).collect())
     }
 
     /// Queues the lifting of `decisions`.
     pub fn remove(&self, decisions: &[Decision]) -> Ticket {
-        self.apply(decisions.iter().map(|d| Change::Remove(d.into())).collect())
+        self.apply(decisions.iter().filter(|d| d.enforced).map(|d| Change::Remove(d.into())).collect())
     }
 
     fn apply(&self, changes: Vec<Change>) -> Ticket {
@@ -110,6 +111,7 @@ impl FirewallHandle {
     /// Returns a receiver for the outcome.
     pub fn reconcile(&self, active: Vec<Decision>) -> Receiver<Result<(), String>> {
         let (tx, rx) = mpsc::channel();
+        let active = active.into_iter().filter(|d| d.enforced).collect();
         let _ = self.jobs.send(Job::Reconcile { active, done: tx });
         rx
     }

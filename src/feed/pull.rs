@@ -186,6 +186,7 @@ pub fn plan(fetched: Fetched, cfg: &FeedConfig, unbanned: &[IpNet]) -> (Vec<NewD
             duration: Some(cfg.ttl),
             evidence: Vec::new(),
             report: None,
+            enforce: true,
         })
         .collect();
     (decisions, skipped)

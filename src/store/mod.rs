@@ -79,6 +79,8 @@ pub enum LiftReason {
     Expired,
     Unban,
     Allowlisted,
+    /// fail2ban unbanned it (not the operator: the feed may list it again).
+    Fail2ban,
 }
 
 impl LiftReason {
@@ -87,12 +89,13 @@ impl LiftReason {
             LiftReason::Expired => "expired",
             LiftReason::Unban => "unban",
             LiftReason::Allowlisted => "allowlisted",
+            LiftReason::Fail2ban => "fail2ban",
         }
     }
 }
 
 const DECISION_COLUMNS: &str =
-    "id, target, source, reason, category, score, created_ms, expires_ms, lifted_ms, evidence";
+    "id, target, source, reason, category, score, created_ms, expires_ms, lifted_ms, evidence, enforced";
 
 /// Lends the store for a moment: the daemon's engine (under its one lock) or, in tests,
 /// a plain mutex. Lets the feed's workers use the store without owning it.
@@ -227,6 +230,42 @@ impl Store {
         let lifted = lift_in(&tx, live, reason, now)?;
         tx.commit()?;
         Ok(lifted)
+    }
+
+    /// Lifts the live decision of one source for exactly `target`. Returns it, if any.
+    pub fn lift_source(
+        &mut self,
+        target: &IpNet,
+        source: Source,
+        reason: LiftReason,
+        now: Timestamp,
+    ) -> Result<Vec<Decision>> {
+        let sql = format!(
+            "SELECT {DECISION_COLUMNS} FROM decisions
+             WHERE range_start = ?1 AND range_end = ?2 AND source = ?3 AND lifted_ms IS NULL"
+        );
+        let (start, end) = range_keys(target);
+        let tx = self.conn.transaction()?;
+        let live = collect(
+            tx.prepare_cached(&sql)?.query_map(params![&start[..], &end[..], source.as_str()], read_decision)?,
+        )?;
+        let lifted = lift_in(&tx, live, reason, now)?;
+        tx.commit()?;
+        Ok(lifted)
+    }
+
+    /// The category of the latest decision for exactly `target` that had a meaningful
+    /// one (fail2ban's `recidive` jail reports the original jail's category).
+    pub fn last_category(&self, target: &IpNet) -> Result<Option<String>> {
+        let (start, end) = range_keys(target);
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT category FROM decisions WHERE range_start = ?1 AND range_end = ?2
+                 AND category IS NOT NULL AND category != 'other' ORDER BY created_ms DESC, id DESC LIMIT 1",
+            )?
+            .query_row(params![&start[..], &end[..]], |r| r.get(0))
+            .optional()?)
     }
 
     /// Lifts the given decisions (by id) for `reason`.
@@ -414,13 +453,14 @@ fn upsert_in(tx: &Transaction, new: &NewDecision, now: Timestamp) -> Result<(Dec
         expires,
         lifted: None,
         evidence: new.evidence.clone(),
+        enforced: new.enforce,
     };
     // The common case (a target without a live decision from this source) is one
     // statement; a conflict falls through to extending the existing decision.
     let inserted: Option<i64> = tx
         .prepare_cached(
-            "INSERT INTO decisions (target, range_start, range_end, source, reason, category, score, created_ms, expires_ms, evidence)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+            "INSERT INTO decisions (target, range_start, range_end, source, reason, category, score, created_ms, expires_ms, evidence, enforced)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
              ON CONFLICT (range_start, range_end, source) WHERE lifted_ms IS NULL DO NOTHING
              RETURNING id",
         )?
@@ -435,7 +475,8 @@ fn upsert_in(tx: &Transaction, new: &NewDecision, now: Timestamp) -> Result<(Dec
                 new.score,
                 now.0,
                 expires.map(|t| t.0),
-                evidence_json(&new.evidence)
+                evidence_json(&new.evidence),
+                new.enforce
             ],
             |r| r.get(0),
         )
@@ -467,12 +508,14 @@ fn upsert_in(tx: &Transaction, new: &NewDecision, now: Timestamp) -> Result<(Dec
     if let Some(report) = &new.report {
         outbox::enqueue_in(tx, old.id, report, now)?;
     }
-    if later == old.expires {
+    // Enforcement only ever switches on: a block-mode ban over a recorded one.
+    let enforced = old.enforced || new.enforce;
+    if later == old.expires && enforced == old.enforced {
         return Ok((old, Upsert::Unchanged));
     }
     tx.prepare_cached(
         "UPDATE decisions SET expires_ms = ?2, reason = ?3, category = COALESCE(?4, category),
-         score = COALESCE(?5, score), evidence = COALESCE(?6, evidence) WHERE id = ?1",
+         score = COALESCE(?5, score), evidence = COALESCE(?6, evidence), enforced = ?7 WHERE id = ?1",
     )?
     .execute(params![
         old.id,
@@ -480,7 +523,8 @@ fn upsert_in(tx: &Transaction, new: &NewDecision, now: Timestamp) -> Result<(Dec
         new.reason,
         new.category,
         new.score,
-        evidence_json(&new.evidence)
+        evidence_json(&new.evidence),
+        enforced
     ])?;
     let updated = Decision {
         expires: later,
@@ -488,6 +532,7 @@ fn upsert_in(tx: &Transaction, new: &NewDecision, now: Timestamp) -> Result<(Dec
         category: new.category.clone().or(old.category),
         score: new.score.or(old.score),
         evidence: if new.evidence.is_empty() { old.evidence } else { new.evidence.clone() },
+        enforced,
         ..old
     };
     Ok((updated, Upsert::Extended))
@@ -542,6 +587,7 @@ fn read_decision(r: &Row) -> rusqlite::Result<Result<Decision>> {
                 .get::<_, Option<String>>(9)?
                 .and_then(|json| serde_json::from_str(&json).ok())
                 .unwrap_or_default(),
+            enforced: r.get(10)?,
         })
     })();
     Ok(decision)
@@ -585,6 +631,7 @@ mod tests {
             duration: secs.map(Duration::from_secs),
             evidence: Vec::new(),
             report: None,
+            enforce: true,
         }
     }
 

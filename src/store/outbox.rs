@@ -179,6 +179,7 @@ mod tests {
                 payload: format!(r#"{{"ip":"{ip}","category":"{category}"}}"#),
                 cooldown: Duration::from_secs(900),
             }),
+            enforce: true,
         }
     }
 

@@ -82,4 +82,8 @@ pub const MIGRATIONS: &[&str] = &[
         fetched_ms   INTEGER NOT NULL
     );
     "#,
+    // 4: decisions recorded without being enforced by banshare (fail2ban report mode).
+    r#"
+    ALTER TABLE decisions ADD COLUMN enforced INTEGER NOT NULL DEFAULT 1;
+    "#,
 ];

@@ -71,6 +71,7 @@ impl Bench {
                 payload: body.to_string(),
                 cooldown: self.cfg.report_cooldown,
             }),
+            enforce: true,
         }
     }
 

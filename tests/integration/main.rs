@@ -13,6 +13,7 @@ mod support;
 mod bad_input;
 mod daemon;
 mod detect;
+mod fail2ban;
 mod feed;
 mod feed_reporter;
 mod firewall;

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod emulator;
+pub mod fail2ban;
 pub mod netns;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,143 @@
+//! `banshare report`: the fail2ban action's hook. It must never make fail2ban wait: the
+//! event goes to the daemon over the socket (milliseconds); if the daemon is down or
+//! does not answer, straight into the state database; and a watchdog ends the process
+//! after [`DEADLINE`] whatever happens (fail2ban's own action timeout is 60 s).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::commands::{CliError, load_config};
+use super::{ReportArgs, exit};
+use crate::clock::Timestamp;
+use crate::config::Config;
+use crate::control::client::{Client, ClientError};
+use crate::control::protocol::{Fail2banData, Request};
+use crate::decision::{Guard, Source, ban_target, parse_target, show_target};
+use crate::fail2ban::{Event, Kind, draft_for, plan_ban};
+use crate::feed::sanitize::Sanitizer;
+use crate::store::{LiftReason, Store};
+
+/// The hook never runs longer than this.
+const DEADLINE: Duration = Duration::from_secs(20);
+/// How long to wait for the daemon before writing to the store instead.
+const DAEMON_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The event the arguments describe; a bad address is exit 2 with one line.
+fn event_from(args: ReportArgs) -> Result<Event, CliError> {
+    let target = parse_target(&args.ip).map_err(|m| CliError::new(exit::BAD_INPUT, format!("--ip: {m}")))?;
+    if target.prefix_len() != target.max_prefix_len() {
+        return Err(CliError::new(exit::BAD_INPUT, format!("--ip {}: one address, not a network", args.ip)));
+    }
+    if args.jail.trim().is_empty() || args.jail.len() > 128 || args.jail.chars().any(char::is_control) {
+        return Err(CliError::new(exit::BAD_INPUT, "--jail: expected the jail's name"));
+    }
+    let matches =
+        args.matches.as_deref().unwrap_or("").lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
+    Ok(Event {
+        kind: args.event,
+        mode: args.mode,
+        ip: target.addr(),
+        jail: args.jail,
+        category: args.category.filter(|c| !c.trim().is_empty()),
+        failures: args.failures,
+        time: args.time.filter(|t| t.is_finite() && *t > 0.0).map(|t| Timestamp((t * 1000.0) as i64)),
+        bantime: args.bantime,
+        restored: args.restored == 1,
+        matches,
+    })
+}
+
+/// `banshare report ...` (not `--dry-run`).
+pub fn report(config_path: &Option<PathBuf>, socket: &Option<PathBuf>, args: ReportArgs) -> Result<u8, CliError> {
+    std::thread::spawn(|| {
+        std::thread::sleep(DEADLINE);
+        eprintln!("banshare: report gave up after {} s", DEADLINE.as_secs());
+        std::process::exit(exit::FAILURE.into());
+    });
+    let event = event_from(args)?;
+    let config = load_config(config_path.as_deref())?;
+    let socket = socket.clone().unwrap_or_else(|| config.socket.clone());
+    let sent = Client::connect(&socket, DAEMON_TIMEOUT)
+        .and_then(|mut c| c.call_as::<Fail2banData>(&Request::Fail2ban { event: event.clone() }));
+    match sent {
+        Ok(data) => {
+            println!("{}", describe(&event, &data));
+            Ok(exit::OK)
+        }
+        Err(e @ ClientError::Daemon(_)) => Err(e.into()),
+        Err(e) => {
+            // Not running, or not answering: the store takes it; the daemon applies it
+            // (and sends the report) when it starts.
+            let line = record_offline(&config, &event)?;
+            println!("{line} (daemon not reachable: {e}; saved for its next start)");
+            Ok(exit::OK)
+        }
+    }
+}
+
+fn describe(event: &Event, data: &Fail2banData) -> String {
+    let ip = event.ip;
+    match event.kind {
+        Kind::Unban => format!("{ip}: fail2ban unban recorded ({} lifted)", data.lifted),
+        Kind::Ban => {
+            let what = match (event.restored, data.report_due) {
+                (true, _) => "restored ban recorded, not reported again",
+                (false, true) => "recorded and reported",
+                (false, false) => "recorded (not reported: feed.report is off or the address is not public)",
+            };
+            format!("{ip}: {what}")
+        }
+    }
+}
+
+/// The daemon is down: the event's decision and report go straight into the store (WAL
+/// and a busy timeout make this safe beside a starting daemon). The guard applies here
+/// as everywhere.
+fn record_offline(config: &Config, event: &Event) -> Result<String, CliError> {
+    let fail = |e: String| CliError::new(exit::FAILURE, e);
+    std::fs::create_dir_all(&config.state_dir)
+        .map_err(|e| fail(format!("{}: cannot create the state directory: {e}", config.state_dir.display())))?;
+    let mut store = Store::open(&config.state_db()).map_err(|e| fail(e.to_string()))?;
+    let now = Timestamp::now();
+    let target = ban_target(event.ip, Source::Fail2ban, 128);
+    if event.kind == Kind::Unban {
+        let lifted =
+            store.lift_source(&target, Source::Fail2ban, LiftReason::Fail2ban, now).map_err(|e| fail(e.to_string()))?;
+        return Ok(format!("{}: fail2ban unban recorded ({} lifted)", show_target(&target), lifted.len()));
+    }
+    let host = crate::hostaddr::host_addresses().unwrap_or_default();
+    Guard::new(config.allowlist.clone(), host.clone())
+        .check(&target)
+        .map_err(|refusal| CliError::new(exit::REFUSED, format!("refused: {refusal}; banshare never blocks it")))?;
+    let earlier = store.last_category(&target).map_err(|e| fail(e.to_string()))?;
+    let sanitizer = Sanitizer::for_host(&host);
+    let proposal = plan_ban(event, config, earlier, |input| draft_for(config, &sanitizer, input));
+    let due = proposal.report.is_some();
+    store.upsert_decision(&proposal, now).map_err(|e| fail(e.to_string()))?;
+    let data = Fail2banData { decision: None, outcome: None, report_due: due, lifted: 0 };
+    Ok(describe(event, &data))
+}
+
+/// `report --dry-run`: the exact request this event would queue, sanitised.
+pub fn report_dry_run(config_path: Option<&Path>, args: ReportArgs) -> Result<u8, CliError> {
+    let config = load_config(config_path)?;
+    let event = event_from(args)?;
+    if event.kind == Kind::Unban {
+        println!("an unban sends nothing");
+        return Ok(exit::OK);
+    }
+    let host = crate::hostaddr::host_addresses().unwrap_or_default();
+    let sanitizer = Sanitizer::for_host(&host);
+    // What would be sent if reporting were on (the dry run shows it either way).
+    let reporting =
+        Config { feed: crate::config::FeedConfig { report: true, ..config.feed.clone() }, ..config.clone() };
+    let proposal = plan_ban(&event, &config, None, |input| draft_for(&reporting, &sanitizer, input));
+    let Some(report) = proposal.report else {
+        let why = if event.restored { "a restored ban is never reported again" } else { "not a public address" };
+        return Err(CliError::new(exit::REFUSED, format!("{}: nothing would be sent: {why}", event.ip)));
+    };
+    let body: serde_json::Value = serde_json::from_str(&report.payload).unwrap_or_default();
+    println!("POST {}{}", config.feed.base_url, crate::feed::reporter::REPORT_PATH);
+    println!("{}", serde_json::to_string_pretty(&body).unwrap_or_default());
+    Ok(exit::OK)
+}

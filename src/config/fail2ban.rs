@@ -1,0 +1,59 @@
+//! `[fail2ban]`: how fail2ban's events become banshare decisions and reports.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::raw::RawDuration;
+use super::{ConfigError, duration};
+use crate::feed::wire::valid_category;
+
+/// `[fail2ban]` as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFail2ban {
+    pub categories: Option<BTreeMap<String, String>>,
+    pub log_bantime: Option<RawDuration>,
+}
+
+/// `[fail2ban]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fail2banConfig {
+    /// Jail name patterns (`*` wildcards) and their report categories, checked before
+    /// the built-in map (sshd* → ssh_bruteforce, ...).
+    pub categories: Vec<(String, String)>,
+    /// How long a ban read from fail2ban.log is recorded (the log does not say; its
+    /// `Unban` line ends it sooner).
+    pub log_bantime: Duration,
+}
+
+impl Default for Fail2banConfig {
+    fn default() -> Self {
+        Fail2banConfig { categories: Vec::new(), log_bantime: Duration::from_secs(600) }
+    }
+}
+
+pub(super) fn fail2ban_config(
+    raw: Option<RawFail2ban>,
+    invalid: &dyn Fn(&str, &str, &dyn std::fmt::Display) -> ConfigError,
+) -> Result<Fail2banConfig, ConfigError> {
+    let d = Fail2banConfig::default();
+    let Some(raw) = raw else { return Ok(d) };
+    let mut categories = Vec::new();
+    for (pattern, category) in raw.categories.unwrap_or_default() {
+        let key = format!("fail2ban.categories.\"{pattern}\"");
+        if glob::Pattern::new(&pattern).is_err() {
+            return Err(invalid(&key, "a jail name or pattern with * wildcards", &format!("{pattern:?}")));
+        }
+        if !valid_category(&category) {
+            return Err(invalid(&key, "a category like \"ssh_bruteforce\" (a-z, 0-9, _)", &format!("{category:?}")));
+        }
+        categories.push((pattern, category));
+    }
+    let log_bantime = match raw.log_bantime {
+        None => d.log_bantime,
+        Some(v) => duration(&v).map_err(|got| invalid("fail2ban.log_bantime", "a duration like \"10m\"", &got))?,
+    };
+    Ok(Fail2banConfig { categories, log_bantime })
+}

@@ -1,0 +1,42 @@
+//! fail2ban events in the daemon: a ban becomes a `fail2ban` decision (enforced in block
+//! mode, recorded in report mode) with its report; an unban lifts that decision only.
+
+use super::engine::Engine;
+use crate::clock::Timestamp;
+use crate::control::protocol::{ErrorBody, ErrorCode, Fail2banData};
+use crate::decision::{Source, ban_target};
+use crate::fail2ban::{Event, Kind, draft_for, plan_ban};
+use crate::feed::sanitize::Sanitizer;
+use crate::store::{LiftReason, StoreAccess};
+
+impl Engine {
+    /// Applies one fail2ban event.
+    pub fn fail2ban(&self, event: Event) -> Result<Fail2banData, ErrorBody> {
+        let internal = |e: crate::store::StoreError| ErrorBody::new(ErrorCode::Internal, e.to_string());
+        let now = Timestamp::now();
+        let target = ban_target(event.ip, Source::Fail2ban, 128);
+        if event.kind == Kind::Unban {
+            let lifted = self.with_store(|s| s.lift_source(&target, Source::Fail2ban, LiftReason::Fail2ban, now));
+            let lifted = lifted.map_err(internal)?;
+            for d in &lifted {
+                tracing::info!(ip = %d.target, jail = %event.jail, "fail2ban unbanned it");
+            }
+            self.lift_enforced(&lifted);
+            return Ok(Fail2banData { decision: None, outcome: None, report_due: false, lifted: lifted.len() });
+        }
+        let config = self.config();
+        let earlier = self.with_store(|s| s.last_category(&target)).map_err(internal)?;
+        let sanitizer = Sanitizer::for_host(&self.host_addresses());
+        let proposal = plan_ban(&event, &config, earlier, |input| draft_for(&config, &sanitizer, input));
+        let report_due = proposal.report.is_some();
+        let outcome = self.decide(vec![proposal], now).map_err(internal)?.remove(0);
+        match outcome {
+            Ok((decision, outcome)) => {
+                Ok(Fail2banData { decision: Some(decision), outcome: Some(outcome), report_due, lifted: 0 })
+            }
+            Err(refusal) => {
+                Err(ErrorBody::new(ErrorCode::Refused, format!("refused: {refusal}; banshare never blocks it")))
+            }
+        }
+    }
+}

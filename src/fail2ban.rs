@@ -1,0 +1,298 @@
+//! fail2ban integration: the ban and unban events that the `banshare` action
+//! (`banshare report ...`) and the fail2ban.log follower hand to banshare, the map from
+//! jail names to report categories, the log-line parser, and the decision an event makes.
+//! Pure functions; the daemon ([`crate::daemon`]) and the CLI's offline path (daemon
+//! down: straight into the store) both apply [`plan_ban`].
+
+use std::net::IpAddr;
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+
+use crate::clock::Timestamp;
+use crate::config::Config;
+use crate::decision::{NewDecision, Source, ban_target};
+use crate::feed::sanitize::Sanitizer;
+use crate::feed::wire::{ReportInput, valid_category};
+
+/// The pseudo-filter that reads fail2ban's own log (`Ban`/`Unban` lines) in `[[source]]`.
+pub const LOG_FILTER: &str = "fail2ban";
+/// Where Debian's fail2ban logs.
+pub const DEFAULT_LOG: &str = "/var/log/fail2ban.log";
+/// Most matched lines kept as evidence.
+const MAX_EVIDENCE_LINES: usize = 10;
+
+/// Report only (fail2ban's own banaction blocks), or block in banshare's sets too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Report,
+    Block,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Ban,
+    Unban,
+}
+
+/// One ban or unban, as fail2ban tells it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub kind: Kind,
+    pub mode: Mode,
+    pub ip: IpAddr,
+    pub jail: String,
+    /// Explicit category; otherwise mapped from the jail's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failures: Option<u32>,
+    /// When fail2ban banned it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Timestamp>,
+    /// fail2ban's bantime in seconds; negative is permanent; `None` unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bantime: Option<i64>,
+    /// A ban fail2ban restored at its start: recorded, never reported again.
+    #[serde(default)]
+    pub restored: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<String>,
+}
+
+/// Built-in jail patterns and their categories, after the config's own.
+const BUILTIN_CATEGORIES: [(&str, &str); 9] = [
+    ("sshd*", "ssh_bruteforce"),
+    ("ssh", "ssh_bruteforce"),
+    ("postfix*", "mail_bruteforce"),
+    ("dovecot*", "mail_bruteforce"),
+    ("*sasl*", "mail_bruteforce"),
+    ("nginx-http-auth", "web_bruteforce"),
+    ("apache-auth", "web_bruteforce"),
+    ("*botsearch*", "web_attack"),
+    ("*noscript*", "web_attack"),
+];
+
+/// The category for a jail: the config's `[fail2ban.categories]` first, then the built-in
+/// map. `None` for `recidive` (the caller looks up the original jail's category) and for
+/// jails nothing matches.
+pub fn jail_category<'a>(jail: &str, configured: &'a [(String, String)]) -> Option<&'a str> {
+    let matches = |pattern: &str| glob::Pattern::new(pattern).is_ok_and(|p| p.matches(jail));
+    if let Some((_, c)) = configured.iter().find(|(p, _)| matches(p)) {
+        return Some(c);
+    }
+    BUILTIN_CATEGORIES.iter().find(|(p, _)| matches(p)).map(|(_, c)| *c)
+}
+
+/// The decision (and report) a ban event makes. `earlier` is the address's last known
+/// category (for `recidive`); `draft` builds the report when one is due.
+pub fn plan_ban(
+    event: &Event,
+    config: &Config,
+    earlier: Option<String>,
+    draft: impl FnOnce(&ReportInput<'_>) -> Option<crate::decision::ReportDraft>,
+) -> NewDecision {
+    let category = event
+        .category
+        .clone()
+        .filter(|c| valid_category(c))
+        .or_else(|| jail_category(&event.jail, &config.fail2ban.categories).map(str::to_string))
+        .or(earlier)
+        .unwrap_or_else(|| "other".into());
+    let duration = match event.bantime {
+        Some(s) if s < 0 => None,
+        Some(s) => Some(Duration::from_secs(s.max(1) as u64)),
+        None => Some(config.fail2ban.log_bantime),
+    };
+    let failures = event.failures.map(|n| format!(": {n} failures")).unwrap_or_default();
+    let reason = match event.mode {
+        Mode::Block => format!("fail2ban jail {}{failures}", event.jail),
+        Mode::Report => format!("fail2ban jail {}{failures} (fail2ban blocks it)", event.jail),
+    };
+    let evidence: Vec<String> = event.matches.iter().rev().take(MAX_EVIDENCE_LINES).rev().cloned().collect();
+    let comment = reason.clone();
+    let report = if event.restored {
+        None
+    } else {
+        draft(&ReportInput {
+            ip: event.ip,
+            category: &category,
+            comment: &comment,
+            seen: event.time.unwrap_or_else(Timestamp::now),
+            evidence: &evidence,
+            source: "fail2ban",
+            jail: Some(&event.jail),
+            failures: event.failures,
+        })
+    };
+    NewDecision {
+        target: ban_target(event.ip, Source::Fail2ban, 128),
+        source: Source::Fail2ban,
+        reason,
+        category: Some(category),
+        score: None,
+        duration,
+        evidence,
+        report,
+        enforce: event.mode == Mode::Block,
+    }
+}
+
+/// A report draft for `input`, through the sanitizer, when the config reports.
+pub fn draft_for(
+    config: &Config,
+    sanitizer: &Sanitizer,
+    input: &ReportInput<'_>,
+) -> Option<crate::decision::ReportDraft> {
+    crate::feed::report_draft(&config.feed, sanitizer, input.ip, input.clone())
+}
+
+static LOG_LINE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(
+        r"^(\d{4})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d)(?:,\d+)? fail2ban\.actions\s*\[\d+\]:\s+NOTICE\s+\[([^\]]+)\]\s+(Restore Ban|Ban|Unban)\s+(\S+)",
+    )
+    .expect("valid built-in regex")
+});
+
+/// Reads one fail2ban.log line: a ban, a restored ban or an unban, with when (fail2ban
+/// logs local time). Other lines are `None`.
+pub fn parse_log_line(line: &str) -> Option<(Event, Timestamp)> {
+    let c = LOG_LINE.captures(line)?;
+    let ip: IpAddr = c[9].parse().ok()?;
+    let n = |i: usize| c[i].parse::<i32>().ok();
+    let at = local_time(n(1)?, n(2)?, n(3)?, n(4)?, n(5)?, n(6)?)?;
+    let (kind, restored) = match &c[8] {
+        "Unban" => (Kind::Unban, false),
+        "Restore Ban" => (Kind::Ban, true),
+        _ => (Kind::Ban, false),
+    };
+    let event = Event {
+        kind,
+        mode: Mode::Report,
+        ip,
+        jail: c[7].to_string(),
+        category: None,
+        failures: None,
+        time: Some(at),
+        bantime: None,
+        restored,
+        matches: Vec::new(),
+    };
+    Some((event, at))
+}
+
+/// A local wall-clock time as a timestamp (mktime with the host's time zone).
+fn local_time(year: i32, month: i32, day: i32, hour: i32, min: i32, sec: i32) -> Option<Timestamp> {
+    // SAFETY: `tm` is a plain C struct; zeroed is a valid value, and mktime only reads
+    // and normalises it.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    tm.tm_year = year - 1900;
+    tm.tm_mon = month - 1;
+    tm.tm_mday = day;
+    tm.tm_hour = hour;
+    tm.tm_min = min;
+    tm.tm_sec = sec;
+    tm.tm_isdst = -1;
+    // SAFETY: a valid, exclusively borrowed `tm`.
+    let t = unsafe { libc::mktime(&mut tm) };
+    (t != -1).then_some(Timestamp(t * 1000))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jails_map_to_categories() {
+        let none: Vec<(String, String)> = Vec::new();
+        for (jail, want) in [
+            ("sshd", Some("ssh_bruteforce")),
+            ("sshd-ddos", Some("ssh_bruteforce")),
+            ("postfix-sasl", Some("mail_bruteforce")),
+            ("dovecot", Some("mail_bruteforce")),
+            ("courier-smtp-sasl", Some("mail_bruteforce")),
+            ("nginx-http-auth", Some("web_bruteforce")),
+            ("apache-auth", Some("web_bruteforce")),
+            ("nginx-botsearch", Some("web_attack")),
+            ("apache-noscript", Some("web_attack")),
+            ("recidive", None),
+            ("my-app", None),
+        ] {
+            assert_eq!(jail_category(jail, &none), want, "{jail}");
+        }
+        let mine = vec![("my-*".to_string(), "web_attack".to_string()), ("sshd".to_string(), "other".to_string())];
+        assert_eq!(jail_category("my-app", &mine), Some("web_attack"));
+        assert_eq!(jail_category("sshd", &mine), Some("other"), "the config wins");
+    }
+
+    #[test]
+    fn fail2ban_log_lines_become_events() {
+        let (e, _) =
+            parse_log_line("2026-01-02 03:04:05,123 fail2ban.actions        [811]: NOTICE  [sshd] Ban 45.155.205.7")
+                .unwrap();
+        assert_eq!(
+            (e.kind, e.restored, e.jail.as_str(), e.ip.to_string()),
+            (Kind::Ban, false, "sshd", "45.155.205.7".into())
+        );
+        let (e, _) = parse_log_line(
+            "2026-01-02 03:04:05,123 fail2ban.actions        [811]: NOTICE  [nginx-botsearch] Restore Ban 2a01:4f8::7",
+        )
+        .unwrap();
+        assert!(e.restored && e.kind == Kind::Ban);
+        let (e, _) =
+            parse_log_line("2026-01-02 03:14:05,123 fail2ban.actions        [811]: NOTICE  [sshd] Unban 45.155.205.7")
+                .unwrap();
+        assert_eq!(e.kind, Kind::Unban);
+        for other in [
+            "2026-01-02 03:04:05,123 fail2ban.filter         [811]: INFO    [sshd] Found 45.155.205.7 - 2026-01-02 03:04:05",
+            "2026-01-02 03:04:05,123 fail2ban.actions        [811]: NOTICE  [sshd] 45.155.205.7 already banned",
+            "2026-01-02 03:04:05,123 fail2ban.actions        [811]: NOTICE  [sshd] Ban not-an-ip",
+            "garbage",
+        ] {
+            assert!(parse_log_line(other).is_none(), "{other}");
+        }
+    }
+
+    #[test]
+    fn a_ban_event_makes_a_decision_and_a_report_unless_restored() {
+        let config = Config::default();
+        let mut event = Event {
+            kind: Kind::Ban,
+            mode: Mode::Report,
+            ip: "45.155.205.7".parse().unwrap(),
+            jail: "sshd".into(),
+            category: Some(String::new()),
+            failures: Some(5),
+            time: Some(Timestamp(1_767_323_045_000)),
+            bantime: Some(600),
+            restored: false,
+            matches: vec!["a".into(), "b".into()],
+        };
+        let d = plan_ban(&event, &config, None, |i| {
+            assert_eq!((i.category, i.source, i.jail), ("ssh_bruteforce", "fail2ban", Some("sshd")));
+            Some(crate::decision::ReportDraft {
+                ip: i.ip,
+                category: i.category.into(),
+                payload: String::new(),
+                cooldown: Duration::ZERO,
+            })
+        });
+        assert_eq!(d.source, Source::Fail2ban);
+        assert_eq!(d.duration, Some(Duration::from_secs(600)));
+        assert!(!d.enforce, "report mode: fail2ban's banaction blocks");
+        assert!(d.report.is_some());
+        assert_eq!(d.reason, "fail2ban jail sshd: 5 failures (fail2ban blocks it)");
+
+        event.restored = true;
+        event.mode = Mode::Block;
+        event.bantime = Some(-1);
+        event.jail = "recidive".into();
+        let d = plan_ban(&event, &config, Some("web_attack".into()), |_| panic!("a restored ban is never reported"));
+        assert!(d.enforce && d.report.is_none() && d.duration.is_none());
+        assert_eq!(d.category.as_deref(), Some("web_attack"), "recidive takes the original jail's category");
+    }
+}
