@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite, as the README states it and CI runs it: installs the Debian
 # packages the tests drive for real (needs root on a fresh machine), then runs every
-# unit and integration test. Tests that need root or a tool and lack it fail under
+# unit and integration test, then the Debian package test (build, lintian, install,
+# run, purge). Tests that need root or a tool and lack it fail under
 # CI=true instead of skipping.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash scripts/install-test-deps.sh
 cargo test --lib --bins --tests --locked "$@"
+bash scripts/test-package.sh

@@ -59,6 +59,21 @@ impl From<ClientError> for CliError {
 pub fn execute(cli: Cli) -> Result<u8, CliError> {
     match cli.command {
         Command::Run => run(cli.config.as_deref()),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "banshare",
+                &mut std::io::stdout(),
+            );
+            Ok(exit::OK)
+        }
+        Command::Manpage => {
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command())
+                .render(&mut std::io::stdout())
+                .map_err(|e| CliError::new(exit::FAILURE, format!("cannot write the man page: {e}")))?;
+            Ok(exit::OK)
+        }
         Command::Config { action: ConfigCommand::Check } => config_check(cli.config.as_deref()),
         Command::Status { json } => {
             let s: StatusData = connect(&cli.config, &cli.socket)?.call_as(&Request::Status)?;

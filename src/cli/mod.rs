@@ -200,6 +200,11 @@ pub enum Command {
         #[command(subcommand)]
         action: ConfigCommand,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff), generated from these definitions
+    #[command(hide = true)]
+    Manpage,
 }
 
 /// How long and why: shared by `ban` and `import`.
