@@ -44,6 +44,20 @@ pub struct Filter {
     /// `<HOST>` occurrences per pattern (groups `host0..` in the pattern's own regex).
     hosts: Vec<usize>,
     ignore: Option<RegexSet>,
+    /// When every pattern starts with the same word (sshd's do: `\bsshd...`), the
+    /// combined patterns anchored at that word: a line is searched for the word
+    /// (memchr), and the regex runs from there, forward only (no reverse scan for the
+    /// match start, a shorter span for the capture engine).
+    anchored: Option<Anchored>,
+}
+
+/// See [`Filter::anchored`].
+#[derive(Debug, Clone)]
+struct Anchored {
+    word: memchr::memmem::Finder<'static>,
+    /// `\A(?:...)`, the combined patterns without their leading `\b`.
+    re: Regex,
+    groups: Vec<(Vec<usize>, Option<usize>)>,
 }
 
 /// A failregex or ignoreregex that does not compile, or lacks `<HOST>`.
@@ -133,14 +147,28 @@ impl Filter {
                     .collect()
             })
             .unwrap_or_default();
-        Ok(Filter { spec, fail, helpers_from, combined, groups, hosts, ignore })
+        let anchored = anchor(&spec, &hosts);
+        Ok(Filter { spec, fail, helpers_from, combined, groups, hosts, ignore, anchored })
     }
 
     /// This filter's verdict on `line`, if any of its patterns matches.
     pub fn test(&self, line: &[u8]) -> Option<Hit> {
         let caps;
-        let (host, session, helper) = match &self.combined {
-            Some(re) => {
+        let (host, session, helper) = match (&self.anchored, &self.combined) {
+            (Some(a), _) => {
+                caps = a.word.find_iter(line).find_map(|at| {
+                    let boundary = at == 0 || !is_word(line[at - 1]);
+                    if boundary { a.re.captures(&line[at..]) } else { None }
+                })?;
+                let (i, host) = a
+                    .groups
+                    .iter()
+                    .enumerate()
+                    .find_map(|(i, (hs, _))| hs.iter().find_map(|h| caps.get(*h)).map(|m| (i, m)))?;
+                let session = a.groups[i].1.and_then(|s| caps.get(s)).and_then(|m| number(m.as_bytes()));
+                (host.as_bytes(), session, i >= self.helpers_from)
+            }
+            (None, Some(re)) => {
                 caps = re.captures(line)?;
                 let (i, host) = self
                     .groups
@@ -150,7 +178,7 @@ impl Filter {
                 let session = self.groups[i].1.and_then(|s| caps.get(s)).and_then(|m| number(m.as_bytes()));
                 (host.as_bytes(), session, i >= self.helpers_from)
             }
-            None => {
+            (None, None) => {
                 let (i, c) = self.fail.iter().enumerate().find_map(|(i, re)| re.captures(line).map(|c| (i, c)))?;
                 caps = c;
                 let session = caps.name("session").and_then(|m| number(m.as_bytes()));
@@ -207,6 +235,49 @@ impl FilterSet {
     }
 }
 
+/// An ASCII word character, as `(?-u:\b)` sees it.
+fn is_word(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+
+/// The anchored fast path, when every pattern starts with `\b` and the same word.
+fn anchor(spec: &FilterSpec, hosts: &[usize]) -> Option<Anchored> {
+    const BOUNDARY: &str = r"(?-u:\b)";
+    let patterns: Vec<&String> = spec.failregex.iter().chain(&spec.helperregex).collect();
+    let rests: Vec<&str> = patterns.iter().map(|p| p.strip_prefix(BOUNDARY)).collect::<Option<_>>()?;
+    // The leading word: letters and digits up to the first other character; a quantifier
+    // right after it would apply to its last letter, so that letter is left out.
+    let word_of = |p: &str| {
+        let end = p.find(|c: char| !c.is_ascii_alphanumeric()).unwrap_or(p.len());
+        let quantified = p[end..].starts_with(['?', '*', '+', '{']);
+        p[..if quantified { end.saturating_sub(1) } else { end }].to_string()
+    };
+    let word = word_of(rests[0]);
+    if word.is_empty() || rests.iter().any(|r| word_of(r) != word) {
+        return None;
+    }
+    let re = compile(&format!(
+        r"\A(?:{})",
+        rests
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!(
+                "(?:{})",
+                expand(p, &format!("h{i}_")).0.replace("(?P<session>", &format!("(?P<s{i}>"))
+            ))
+            .collect::<Vec<_>>()
+            .join("|")
+    ))
+    .ok()?;
+    let index = |name: String| re.capture_names().position(|n| n == Some(name.as_str()));
+    let groups = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, n)| ((0..*n).filter_map(|k| index(format!("h{i}_{k}"))).collect(), index(format!("s{i}"))))
+        .collect();
+    Some(Anchored { word: memchr::memmem::Finder::new(word.as_bytes()).into_owned(), re, groups })
+}
+
 fn number(b: &[u8]) -> Option<u64> {
     std::str::from_utf8(b).ok()?.parse().ok()
 }
@@ -218,4 +289,57 @@ pub fn parse_host(text: &str) -> Option<IpAddr> {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(addr),
         v4 => v4,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sshd() -> Filter {
+        Filter::compile(super::super::builtin::spec("sshd", false).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn sshd_takes_the_anchored_path_and_agrees_with_the_plain_search() {
+        let f = sshd();
+        assert!(f.anchored.is_some(), "every sshd pattern starts with \\bsshd");
+        let plain = Filter { anchored: None, ..f.clone() };
+        for line in [
+            "Jan  2 03:04:05 web1 sshd[11]: Failed password for root from 45.155.205.7 port 22 ssh2",
+            // A host named like the program: the first "sshd" is not the program tag.
+            "Jan  2 03:04:05 sshd-box sshd[11]: Failed password for root from 45.155.205.8 port 22 ssh2",
+            // Not at a word boundary: no match, as with \b.
+            "Jan  2 03:04:05 web1 xsshd[11]: Failed password for root from 45.155.205.9 port 22 ssh2",
+            // The username tries to inject another address: the last one is taken.
+            "Jan  2 03:04:05 web1 sshd[11]: Failed password for invalid user a from 1.2.3.4 port 1 from 45.155.205.10 port 22 ssh2",
+            "Jan  2 03:04:05 web1 sshd-session[12]: Connection closed by authenticating user root 45.155.205.11 port 5 [preauth]",
+            "Jan  2 03:04:05 web1 sshd[11]: Accepted password for root from 45.155.205.12 port 22 ssh2",
+        ] {
+            assert_eq!(f.test(line.as_bytes()), plain.test(line.as_bytes()), "{line}");
+        }
+        let hit = f.test(b"Jan  2 03:04:05 sshd-box sshd[11]: Failed password for root from 45.155.205.8 port 22 ssh2");
+        assert_eq!(
+            hit,
+            Some(Hit::Failure(Failure { addr: "45.155.205.8".parse().unwrap(), session: Some(11), helper: false }))
+        );
+        let injected = f.test(
+            b"Jan  2 03:04:05 web1 sshd[11]: Failed password for invalid user a from 1.2.3.4 port 1 from 45.155.205.10 port 22 ssh2",
+        );
+        assert!(matches!(injected, Some(Hit::Failure(Failure { addr, .. })) if addr.to_string() == "45.155.205.10"));
+        assert_eq!(
+            f.test(b"Jan  2 03:04:05 web1 xsshd[11]: Failed password for root from 45.155.205.9 port 22 ssh2"),
+            None
+        );
+    }
+
+    #[test]
+    fn filters_without_a_common_leading_word_search_plainly() {
+        let spec = FilterSpec {
+            failregex: vec![r"login failed from <HOST>".into(), r"(?-u:\b)bad from <HOST>".into()],
+            ..super::super::builtin::spec("sshd", false).unwrap()
+        };
+        let f = Filter::compile(FilterSpec { helperregex: Vec::new(), ..spec }).unwrap();
+        assert!(f.anchored.is_none());
+        assert!(matches!(f.test(b"x login failed from 45.155.205.7"), Some(Hit::Failure(_))));
+    }
 }
