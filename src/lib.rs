@@ -4,8 +4,11 @@
 //! # Architecture
 //!
 //! ```text
-//!  log files ──► tail ──► detect ──────┐
+//!  log files ──► tail ──► detect ─────────────────┐
+//!  fail2ban action / fail2ban.log ──► fail2ban ───┤
 //!  banshare ban/unban/import ──► control socket ──┼──► decisions ──► store (SQLite) ──► enforce (nftables | ipset | dry-run)
+//!  feed pull (schedule) ──► feed ─────────────────┘                      │
+//!                                                                        └──► outbox ──► feed reporter (rate-limited, retried)
 //! ```
 //!
 //! Every block, whatever produced it, is a [`decision::Decision`]. A decision is checked
@@ -31,7 +34,12 @@
 //! - [`lines`]: bounded line reading shared by the socket and log readers.
 //! - [`detect`]: filters, timestamps, sliding windows; the offline `scan` engine.
 //! - [`tail`]: following log files through rotation, truncation and restarts.
+//! - [`feed`]: the WAYSCloud community feed: API client, sanitiser, outbox reporter,
+//!   live-feed pull (the daemon wires it in `daemon::feed`).
+//! - [`fail2ban`]: fail2ban's ban and unban events (the action, its log), jail categories.
+//! - [`check`]: the check service's rules: provider answers and graduated verdicts.
 
+pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod config;
