@@ -6,10 +6,12 @@
 //! file, the key (`allowlist[2]`, `decisions.ipv6_prefix`) and what was expected.
 //! `banshare config check` runs exactly [`load`], as `banshare run` and SIGHUP do.
 
+mod check;
 mod fail2ban;
 mod feed;
 mod raw;
 
+pub use check::{CheckConfig, Listen};
 pub use fail2ban::Fail2banConfig;
 pub use feed::FeedConfig;
 
@@ -59,6 +61,8 @@ pub struct Config {
     pub feed: FeedConfig,
     /// `[fail2ban]`: jail categories, the log follower.
     pub fail2ban: Fail2banConfig,
+    /// `[check]`: the local check service.
+    pub check: CheckConfig,
 }
 
 /// A log to follow.
@@ -176,6 +180,7 @@ impl Default for Config {
             sources: Vec::new(),
             feed: FeedConfig::default(),
             fail2ban: Fail2banConfig::default(),
+            check: CheckConfig::default(),
         }
     }
 }
@@ -386,6 +391,7 @@ impl Config {
 
         let feed = feed::feed_config(raw.feed, &invalid)?;
         let fail2ban = fail2ban::fail2ban_config(raw.fail2ban, &invalid)?;
+        let check = check::check_config(raw.check, &invalid)?;
 
         Ok(Config {
             source_path: Some(path.to_path_buf()),
@@ -400,6 +406,7 @@ impl Config {
             sources,
             feed,
             fail2ban,
+            check,
         })
     }
 

@@ -23,6 +23,7 @@ pub struct RawConfig {
     pub source: Option<Vec<RawSource>>,
     pub feed: Option<RawFeed>,
     pub fail2ban: Option<super::fail2ban::RawFail2ban>,
+    pub check: Option<super::check::RawCheck>,
 }
 
 /// `[[source]]`: a log to follow and the filters that read it.

@@ -9,6 +9,7 @@
 //! Shutdown order: stop accepting, answer the requests in flight (each one commits
 //! before it replies), stop the timers, remove the socket file, release the lock.
 
+mod check;
 mod engine;
 mod fail2ban;
 mod feed;
@@ -153,6 +154,10 @@ pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
     tasks.spawn(maintenance_loop(Arc::clone(&engine), shutdown_rx.clone()));
     tasks.spawn(firewall_loop(Arc::clone(&engine), shutdown_rx.clone()));
     tasks.spawn(feed::report_loop(Arc::clone(&engine), shutdown_rx.clone()));
+    if let Some(listen) = engine.config().check.listen.clone() {
+        let service = Arc::new(check::CheckService::new(Arc::clone(&engine)));
+        tasks.spawn(check::serve(service, listen, shutdown_rx.clone()));
+    }
     tasks.spawn(feed::pull_loop(Arc::clone(&engine), shutdown_rx));
 
     let followers = Some(follow::Followers::spawn(Arc::clone(&engine), &engine.config()));

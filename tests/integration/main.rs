@@ -11,6 +11,7 @@
 mod support;
 
 mod bad_input;
+mod check;
 mod daemon;
 mod detect;
 mod fail2ban;
