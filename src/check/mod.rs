@@ -2,6 +2,7 @@
 //! one score, and the score (with the host's own blocks) into a graduated verdict.
 //! Pure functions; the HTTP listener that serves them is not built yet (issue 8).
 
+pub mod metrics;
 pub mod providers;
 
 use std::collections::BTreeMap;

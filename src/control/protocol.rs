@@ -191,6 +191,11 @@ pub struct FeedStatus {
     pub last_pull_error: Option<String>,
     pub last_pull_error_at: Option<Timestamp>,
     pub next_pull: Option<Timestamp>,
+    /// Pulls since start that applied, and that failed.
+    #[serde(default)]
+    pub pulls: u64,
+    #[serde(default)]
+    pub pull_failures: u64,
 }
 
 /// `check`

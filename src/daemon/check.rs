@@ -4,8 +4,10 @@
 //! cached in memory; concurrent requests for one address share one upstream lookup, and
 //! a failed lookup is "unknown", never clean: the endpoint's fail mode decides.
 //!
+//! `GET /metrics` serves the Prometheus text ([`crate::check::metrics`]).
+//!
 //! Not built yet (issue 8 stays open): the other providers' clients (their readers are in
-//! [`crate::check::providers`]), the store as a warm start, and `/metrics`.
+//! [`crate::check::providers`]) and the store as a warm start.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -21,6 +23,7 @@ use serde_json::{Value, json};
 use tokio::sync::{OnceCell, watch};
 
 use super::engine::Engine;
+use crate::check::metrics::{CheckCounters, render};
 use crate::check::providers::{Provider, Reputation};
 use crate::check::{Verdict, combine, level, verdict};
 use crate::config::Listen;
@@ -39,11 +42,18 @@ pub struct CheckService {
     cache: Mutex<HashMap<IpAddr, (Looked, Instant)>>,
     /// Lookups in progress: a second request for the address waits on the same cell.
     inflight: Mutex<HashMap<IpAddr, Arc<OnceCell<Looked>>>>,
+    /// Requests by verdict, latency, provider errors (for `/metrics`).
+    counters: CheckCounters,
 }
 
 impl CheckService {
     pub fn new(engine: Arc<Engine>) -> CheckService {
-        CheckService { engine, cache: Mutex::new(HashMap::new()), inflight: Mutex::new(HashMap::new()) }
+        CheckService {
+            engine,
+            cache: Mutex::new(HashMap::new()),
+            inflight: Mutex::new(HashMap::new()),
+            counters: CheckCounters::default(),
+        }
     }
 
     /// The WAYSCloud answer for `ip` and whether it came from the cache.
@@ -55,7 +65,16 @@ impl CheckService {
             return (looked.clone(), true);
         }
         let cell = Arc::clone(self.inflight.lock().unwrap_or_else(|e| e.into_inner()).entry(ip).or_default());
-        let looked = cell.get_or_init(|| self.fetch(ip)).await.clone();
+        let looked = cell
+            .get_or_init(|| async {
+                let looked = self.fetch(ip).await;
+                if looked.is_err() {
+                    self.counters.provider_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                looked
+            })
+            .await
+            .clone();
         let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
         if inflight.get(&ip).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
             inflight.remove(&ip);
@@ -183,7 +202,25 @@ trait IoStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> IoStream for T {}
 
 async fn route(service: &CheckService, req: Request<Incoming>, peer: Option<IpAddr>) -> Response<Full<Bytes>> {
+    let started = Instant::now();
     let path = req.uri().path().to_string();
+    if path == "/metrics" {
+        let engine = Arc::clone(&service.engine);
+        let status = tokio::task::spawn_blocking(move || {
+            use crate::control::server::Handler;
+            engine.handle(crate::control::protocol::Request::Status)
+        })
+        .await;
+        let status = status.ok().and_then(Result::ok).and_then(|v| serde_json::from_value(v).ok());
+        return match status {
+            Some(status) => {
+                let mut r = Response::new(Full::new(Bytes::from(render(&status, &service.counters))));
+                r.headers_mut().insert("content-type", "text/plain; version=0.0.4".parse().expect("valid header"));
+                r
+            }
+            None => reply(StatusCode::INTERNAL_SERVER_ERROR, json!({"error": "status unavailable"})),
+        };
+    }
     if req.method() != hyper::Method::GET {
         return reply(StatusCode::METHOD_NOT_ALLOWED, json!({"error": "only GET"}));
     }
@@ -191,7 +228,8 @@ async fn route(service: &CheckService, req: Request<Incoming>, peer: Option<IpAd
         return match parse_target(ip).ok().filter(|n| n.prefix_len() == n.max_prefix_len()) {
             Some(net) => {
                 let fail_open = service.engine.config().check.fail_open;
-                let (_, body) = service.check(net.addr(), fail_open).await;
+                let (v, body) = service.check(net.addr(), fail_open).await;
+                service.counters.record(v, started.elapsed().as_secs_f64());
                 reply(StatusCode::OK, body)
             }
             None => reply(StatusCode::BAD_REQUEST, json!({"error": format!("`{ip}` is not an IP address")})),
@@ -204,6 +242,7 @@ async fn route(service: &CheckService, req: Request<Incoming>, peer: Option<IpAd
             return reply(StatusCode::FORBIDDEN, json!({"error": "no client address"}));
         };
         let (v, _) = service.check(ip, cfg.check.auth_fail_open).await;
+        service.counters.record(v, started.elapsed().as_secs_f64());
         let status = match v {
             Verdict::Allow | Verdict::Log => StatusCode::NO_CONTENT,
             Verdict::Challenge => StatusCode::UNAUTHORIZED,

@@ -48,6 +48,9 @@ pub struct FeedRuntime {
 
 #[derive(Default)]
 struct PullState {
+    /// Pulls since start that applied, and that failed.
+    pulls: u64,
+    failures: u64,
     last: Option<PullReport>,
     last_error: Option<(Timestamp, String)>,
     next: Option<Timestamp>,
@@ -129,7 +132,10 @@ impl Engine {
             Ok(f) => f,
             Err(message) => {
                 tracing::warn!(error = %message, "feed pull failed; what is enforced stays as it is");
-                self.feed.pull.lock().unwrap_or_else(|e| e.into_inner()).last_error = Some((now, message.clone()));
+                let mut st = self.feed.pull.lock().unwrap_or_else(|e| e.into_inner());
+                st.last_error = Some((now, message.clone()));
+                st.failures += 1;
+                drop(st);
                 return Err(message);
             }
         };
@@ -156,6 +162,7 @@ impl Engine {
         tracing::info!(pages, "feed pulled: {}", pull::summary(&report));
         let mut st = self.feed.pull.lock().unwrap_or_else(|e| e.into_inner());
         st.last = Some(report.clone());
+        st.pulls += 1;
         st.last_error = None;
         Ok(report)
     }
@@ -351,6 +358,8 @@ impl Engine {
             last_pull_error: pull.last_error.as_ref().map(|(_, m)| m.clone()),
             last_pull_error_at: pull.last_error.as_ref().map(|(t, _)| *t),
             next_pull: pull.next,
+            pulls: pull.pulls,
+            pull_failures: pull.failures,
         }
     }
 }

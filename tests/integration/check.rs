@@ -150,3 +150,45 @@ fn concurrent_checks_of_one_address_share_one_lookup() {
     let upstream = emu.with(|s| s.requests.iter().filter(|r| r.1 == "/v1/ip/45.155.205.30/threat").count());
     assert_eq!(upstream, 1, "100 concurrent checks, one upstream call");
 }
+
+#[test]
+fn metrics_in_the_prometheus_text_format() {
+    let emu = Emulator::start();
+    emu.with(|s| {
+        s.lookups.insert("45.155.205.40".into(), json!({"ip": "45.155.205.40", "score": 95}));
+        s.feed = crate::support::emulator::FeedSource::Items(vec![
+            json!({"ip_address": "45.155.205.41", "threat_score": 99}),
+        ]);
+    });
+    let (env, url) = check_env(&emu, "");
+    let _daemon = env.start_in_process();
+    env.cli(&["sync"]).expect_code(0);
+    env.cli(&["ban", "45.155.205.42", "--for", "1h"]).expect_code(0);
+    let rt = runtime();
+    rt.block_on(get(&format!("{url}/v1/check/45.155.205.40"), &[]));
+    rt.block_on(get(&format!("{url}/v1/check/45.155.205.40"), &[]));
+    let text = rt.block_on(async {
+        let r = reqwest::get(format!("{url}/metrics")).await.unwrap();
+        assert_eq!(r.headers()["content-type"], "text/plain; version=0.0.4");
+        r.text().await.unwrap()
+    });
+    for want in [
+        "# TYPE banshare_decisions_active gauge",
+        "banshare_decisions_active{source=\"feed\"} 1",
+        "banshare_decisions_active{source=\"manual\"} 1",
+        "banshare_check_requests_total{verdict=\"block\"} 2",
+        "banshare_check_duration_seconds_count 2",
+        "banshare_check_duration_seconds_bucket{le=\"+Inf\"} 2",
+        "banshare_feed_pulls_total{outcome=\"applied\"} 1",
+        "banshare_feed_entries{kind=\"added\"} 1",
+        "banshare_reports{state=\"queued\"} 0",
+        "banshare_provider_errors_total{provider=\"wayscloud\"} 0",
+    ] {
+        assert!(text.contains(want), "missing `{want}` in:\n{text}");
+    }
+    // Every sample line is `name{labels} value` or `name value`.
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let value = line.rsplit(' ').next().unwrap();
+        assert!(value.parse::<f64>().is_ok(), "not a sample: {line}");
+    }
+}
