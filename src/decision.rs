@@ -176,46 +176,40 @@ pub fn ban_target(addr: IpAddr, source: Source, ipv6_prefix: u8) -> IpNet {
 }
 
 /// Special-purpose ranges (IANA's registries) that are never reported to the community
-/// feed nor accepted from it: private, shared, documentation, benchmarking, reserved.
-/// The guard's protected ranges (loopback, link-local, multicast) are covered too.
-const SPECIAL_V4: &[(u8, u8, u8, u8, u8)] = &[
-    (0, 0, 0, 0, 8),
-    (10, 0, 0, 0, 8),
-    (100, 64, 0, 0, 10),
-    (127, 0, 0, 0, 8),
-    (169, 254, 0, 0, 16),
-    (172, 16, 0, 0, 12),
-    (192, 0, 0, 0, 24),
-    (192, 0, 2, 0, 24),
-    (192, 88, 99, 0, 24),
-    (192, 168, 0, 0, 16),
-    (198, 18, 0, 0, 15),
-    (198, 51, 100, 0, 24),
-    (203, 0, 113, 0, 24),
-    (224, 0, 0, 0, 3), // multicast and 240/4 reserved, broadcast included
+/// feed nor accepted from it: private, shared, documentation, benchmarking, reserved,
+/// and IPv6's documentation and protocol-assignment blocks. The guard's protected
+/// ranges (loopback, link-local, multicast) are covered too.
+const SPECIAL: [&str; 18] = [
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.0.2.0/24",
+    "192.88.99.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",
+    "198.51.100.0/24",
+    "203.0.113.0/24",
+    "224.0.0.0/3", // multicast and 240/4 reserved, broadcast included
+    "2001::/23",
+    "2001:db8::/32",
+    "2002::/16",
+    "3fff::/20",
 ];
 
 /// Whether every address of `net` is a public unicast address: one worth reporting to,
-/// or accepting from, the community feed. IPv6 must lie in global unicast (2000::/3)
-/// outside its documentation and protocol-assignment blocks.
+/// or accepting from, the community feed. IPv6 must also lie in global unicast (2000::/3).
 pub fn is_public(net: &IpNet) -> bool {
-    match normalize(*net) {
-        IpNet::V4(v4) => SPECIAL_V4.iter().all(|&(a, b, c, d, len)| {
-            let special = Ipv4Net::new(Ipv4Addr::new(a, b, c, d), len).expect("valid built-in prefix");
-            !(special.contains(&v4) || v4.contains(&special))
-        }),
-        IpNet::V6(v6) => {
-            let within = |text: &str| {
-                let range: Ipv6Net = text.parse().expect("valid built-in prefix");
-                range.contains(&v6)
-            };
-            let touches = |text: &str| {
-                let range: Ipv6Net = text.parse().expect("valid built-in prefix");
-                range.contains(&v6) || v6.contains(&range)
-            };
-            within("2000::/3") && !["2001::/23", "2001:db8::/32", "2002::/16", "3fff::/20"].iter().any(|r| touches(r))
-        }
-    }
+    let net = normalize(*net);
+    let parse = |text: &str| -> IpNet { text.parse().expect("valid built-in prefix") };
+    let unicast = match net {
+        IpNet::V4(_) => true,
+        IpNet::V6(_) => parse("2000::/3").contains(&net),
+    };
+    unicast && SPECIAL.iter().all(|range| !overlaps(&parse(range), &net))
 }
 
 /// Why the guard refused a target.

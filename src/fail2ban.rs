@@ -14,7 +14,6 @@ use serde::{Deserialize, Serialize};
 use crate::clock::Timestamp;
 use crate::config::Config;
 use crate::decision::{NewDecision, Source, ban_target};
-use crate::feed::sanitize::Sanitizer;
 use crate::feed::wire::{ReportInput, valid_category};
 
 /// The pseudo-filter that reads fail2ban's own log (`Ban`/`Unban` lines) in `[[source]]`.
@@ -140,15 +139,6 @@ pub fn plan_ban(
         report,
         enforce: event.mode == Mode::Block,
     }
-}
-
-/// A report draft for `input`, through the sanitizer, when the config reports.
-pub fn draft_for(
-    config: &Config,
-    sanitizer: &Sanitizer,
-    input: &ReportInput<'_>,
-) -> Option<crate::decision::ReportDraft> {
-    crate::feed::report_draft(&config.feed, sanitizer, input.ip, input.clone())
 }
 
 static LOG_LINE: LazyLock<Regex> = LazyLock::new(|| {

@@ -36,15 +36,6 @@ pub enum Provider {
 impl Provider {
     pub const ALL: [Provider; 4] = [Provider::Wayscloud, Provider::Ipgeolocation, Provider::Apiarmor, Provider::Ipasis];
 
-    pub fn name(self) -> &'static str {
-        match self {
-            Provider::Wayscloud => "wayscloud",
-            Provider::Ipgeolocation => "ipgeolocation",
-            Provider::Apiarmor => "apiarmor",
-            Provider::Ipasis => "ipasis",
-        }
-    }
-
     /// Reads this provider's answer; `None` when it is not the documented shape.
     pub fn read(self, body: &[u8]) -> Option<Reputation> {
         let doc: Value = serde_json::from_slice(body).ok()?;

@@ -13,7 +13,8 @@ use crate::config::Config;
 use crate::control::client::{Client, ClientError};
 use crate::control::protocol::{Fail2banData, Request};
 use crate::decision::{Guard, Source, ban_target, parse_target, show_target};
-use crate::fail2ban::{Event, Kind, draft_for, plan_ban};
+use crate::fail2ban::{Event, Kind, plan_ban};
+use crate::feed::report_draft;
 use crate::feed::sanitize::Sanitizer;
 use crate::store::{LiftReason, Store};
 
@@ -111,7 +112,7 @@ fn record_offline(config: &Config, event: &Event) -> Result<String, CliError> {
         .map_err(|refusal| CliError::new(exit::REFUSED, format!("refused: {refusal}; banshare never blocks it")))?;
     let earlier = store.last_category(&target).map_err(|e| fail(e.to_string()))?;
     let sanitizer = Sanitizer::for_host(&host);
-    let proposal = plan_ban(event, config, earlier, |input| draft_for(config, &sanitizer, input));
+    let proposal = plan_ban(event, config, earlier, |input| report_draft(&config.feed, &sanitizer, input));
     let due = proposal.report.is_some();
     store.upsert_decision(&proposal, now).map_err(|e| fail(e.to_string()))?;
     let data = Fail2banData { decision: None, outcome: None, report_due: due, lifted: 0 };
@@ -129,9 +130,8 @@ pub fn report_dry_run(config_path: Option<&Path>, args: ReportArgs) -> Result<u8
     let host = crate::hostaddr::host_addresses().unwrap_or_default();
     let sanitizer = Sanitizer::for_host(&host);
     // What would be sent if reporting were on (the dry run shows it either way).
-    let reporting =
-        Config { feed: crate::config::FeedConfig { report: true, ..config.feed.clone() }, ..config.clone() };
-    let proposal = plan_ban(&event, &config, None, |input| draft_for(&reporting, &sanitizer, input));
+    let reporting = crate::config::FeedConfig { report: true, ..config.feed.clone() };
+    let proposal = plan_ban(&event, &config, None, |input| report_draft(&reporting, &sanitizer, input));
     let Some(report) = proposal.report else {
         let why = if event.restored { "a restored ban is never reported again" } else { "not a public address" };
         return Err(CliError::new(exit::REFUSED, format!("{}: nothing would be sent: {why}", event.ip)));

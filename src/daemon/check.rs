@@ -28,7 +28,7 @@ use crate::check::providers::{Provider, Reputation};
 use crate::check::{Verdict, combine, level, verdict};
 use crate::config::Listen;
 use crate::decision::{is_public, parse_target};
-use crate::feed::api::{Answer, Call};
+use crate::feed::api::Call;
 
 /// A provider's answer: its reputation, or why there is none.
 type Looked = Result<Reputation, String>;
@@ -89,15 +89,10 @@ impl CheckService {
         let api = self.engine.feed.api()?;
         let timeout = self.engine.config().check.timeout;
         let call = Call::get(format!("/v1/ip/{ip}/threat"), Vec::new());
-        match tokio::time::timeout(timeout, api.exchange(&call)).await {
-            Err(_) => Err(format!("no answer within {} ms", timeout.as_millis())),
-            Ok((Answer::Ok, Some(r))) => Provider::Wayscloud.read(&r.body).ok_or_else(|| "unreadable answer".into()),
-            Ok((Answer::RateLimited { .. }, _)) => Err("rate limited (429)".into()),
-            Ok((Answer::Unavailable { message, .. }, _))
-            | Ok((Answer::Unauthorized { message }, _))
-            | Ok((Answer::Rejected { message, .. }, _)) => Err(message),
-            Ok((Answer::Ok, None)) => Err("no response".into()),
-        }
+        let response = tokio::time::timeout(timeout, api.success(&call))
+            .await
+            .map_err(|_| format!("no answer within {} ms", timeout.as_millis()))??;
+        Provider::Wayscloud.read(&response.body).ok_or_else(|| "unreadable answer".into())
     }
 
     /// The verdict on `ip` with everything behind it. `fail_open`: what an unknown
@@ -206,12 +201,7 @@ async fn route(service: &CheckService, req: Request<Incoming>, peer: Option<IpAd
     let path = req.uri().path().to_string();
     if path == "/metrics" {
         let engine = Arc::clone(&service.engine);
-        let status = tokio::task::spawn_blocking(move || {
-            use crate::control::server::Handler;
-            engine.handle(crate::control::protocol::Request::Status)
-        })
-        .await;
-        let status = status.ok().and_then(Result::ok).and_then(|v| serde_json::from_value(v).ok());
+        let status = tokio::task::spawn_blocking(move || engine.status_data()).await.ok().and_then(Result::ok);
         return match status {
             Some(status) => {
                 let mut r = Response::new(Full::new(Bytes::from(render(&status, &service.counters))));

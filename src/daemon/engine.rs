@@ -195,8 +195,7 @@ impl Engine {
                 let report = crate::feed::report_draft(
                     &config.feed,
                     &sanitizer,
-                    ban.addr,
-                    ReportInput {
+                    &ReportInput {
                         ip: ban.addr,
                         category: &spec.category,
                         comment: &reason,
@@ -412,12 +411,8 @@ impl Engine {
                     jail: None,
                     failures: None,
                 };
-                let draft = crate::feed::report_draft(
-                    &FeedConfig { report: true, ..config.feed.clone() },
-                    &sanitizer,
-                    target.addr(),
-                    input,
-                );
+                let draft =
+                    crate::feed::report_draft(&FeedConfig { report: true, ..config.feed.clone() }, &sanitizer, &input);
                 if draft.is_none() {
                     return Err(ErrorBody::new(
                         ErrorCode::Refused,
@@ -560,6 +555,11 @@ impl Engine {
     }
 
     fn status(&self) -> Result<Value, ErrorBody> {
+        to_value(self.status_data()?)
+    }
+
+    /// What `status` reports (also the source of the check service's `/metrics`).
+    pub(super) fn status_data(&self) -> Result<StatusData, ErrorBody> {
         let now = Timestamp::now();
         let (config, loaded, reload_error) = {
             let info = self.info.read().unwrap_or_else(|e| e.into_inner());
@@ -577,7 +577,7 @@ impl Engine {
             tracing::warn!(%error, "cannot read firewall counters");
             None
         });
-        to_value(StatusData {
+        Ok(StatusData {
             version: env!("CARGO_PKG_VERSION").into(),
             pid: std::process::id(),
             started: self.started,

@@ -5,7 +5,8 @@ use super::engine::Engine;
 use crate::clock::Timestamp;
 use crate::control::protocol::{ErrorBody, ErrorCode, Fail2banData};
 use crate::decision::{Source, ban_target};
-use crate::fail2ban::{Event, Kind, draft_for, plan_ban};
+use crate::fail2ban::{Event, Kind, plan_ban};
+use crate::feed::report_draft;
 use crate::feed::sanitize::Sanitizer;
 use crate::store::{LiftReason, StoreAccess};
 
@@ -27,7 +28,7 @@ impl Engine {
         let config = self.config();
         let earlier = self.with_store(|s| s.last_category(&target)).map_err(internal)?;
         let sanitizer = Sanitizer::for_host(&self.host_addresses());
-        let proposal = plan_ban(&event, &config, earlier, |input| draft_for(&config, &sanitizer, input));
+        let proposal = plan_ban(&event, &config, earlier, |input| report_draft(&config.feed, &sanitizer, input));
         let report_due = proposal.report.is_some();
         let outcome = self.decide(vec![proposal], now).map_err(internal)?.remove(0);
         match outcome {

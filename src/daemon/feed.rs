@@ -16,7 +16,7 @@ use crate::control::protocol::{
     CheckData, DelistData, ErrorBody, ErrorCode, FeedStatus, QueryData, RegisterData, VerifyData,
 };
 use crate::decision::{is_public, parse_target};
-use crate::feed::api::{Answer, Api, Call, KEY_ENV, load_key};
+use crate::feed::api::{Api, Call, KEY_ENV, load_key};
 use crate::feed::pull::{self, Fetched, PullReport};
 use crate::feed::reporter::{Next, Reporter, ReporterStatus};
 use crate::feed::wire;
@@ -203,9 +203,8 @@ impl Engine {
                 Err(message) => data.lookup_error = Some(format!("unknown: {message}")),
                 Ok(api) => {
                     let call = Call::get(format!("/v1/ip/{addr}"), Vec::new());
-                    let (answer, response) = tokio::runtime::Handle::current().block_on(api.exchange(&call));
-                    match (answer, response) {
-                        (Answer::Ok, Some(r)) => match wire::parse_lookup(&r.body) {
+                    match tokio::runtime::Handle::current().block_on(api.success(&call)) {
+                        Ok(r) => match wire::parse_lookup(&r.body) {
                             Some(lookup) => {
                                 let body = String::from_utf8_lossy(&r.body).into_owned();
                                 if let Err(error) = self.with_store(|s| s.lookup_put(&addr, &body, now)) {
@@ -216,7 +215,7 @@ impl Engine {
                             }
                             None => data.lookup_error = Some("unknown: the lookup answer is not readable".into()),
                         },
-                        (other, _) => data.lookup_error = Some(format!("unknown: {}", answer_text(&other))),
+                        Err(message) => data.lookup_error = Some(format!("unknown: {message}")),
                     }
                 }
             }
@@ -311,11 +310,10 @@ impl Engine {
     /// One call that must succeed; its JSON answer.
     fn api_call(&self, call: Call) -> Result<Value, ErrorBody> {
         let api = self.feed.upstream()?;
-        let (answer, response) = tokio::runtime::Handle::current().block_on(api.exchange(&call));
-        match (answer, response) {
-            (Answer::Ok, Some(r)) => Ok(serde_json::from_slice(&r.body).unwrap_or(Value::Null)),
-            (other, _) => Err(ErrorBody::new(ErrorCode::Upstream, answer_text(&other))),
-        }
+        let r = tokio::runtime::Handle::current()
+            .block_on(api.success(&call))
+            .map_err(|m| ErrorBody::new(ErrorCode::Upstream, m))?;
+        Ok(serde_json::from_slice(&r.body).unwrap_or(Value::Null))
     }
 
     pub(super) fn feed_request(&self, request: crate::control::protocol::Request) -> Result<Value, ErrorBody> {
@@ -361,20 +359,6 @@ impl Engine {
             pulls: pull.pulls,
             pull_failures: pull.failures,
         }
-    }
-}
-
-/// An answer that is not a success, as one line.
-fn answer_text(answer: &Answer) -> String {
-    match answer {
-        Answer::Ok => "no response".into(),
-        Answer::RateLimited { retry_after } => match retry_after {
-            Some(d) => format!("rate limited by the API (retry after {}s)", d.as_secs()),
-            None => "rate limited by the API".into(),
-        },
-        Answer::Unavailable { message, .. } => format!("the API is unavailable: {message}"),
-        Answer::Unauthorized { message } => format!("the API refused the key: {message}"),
-        Answer::Rejected { message, .. } => format!("the API rejected the request: {message}"),
     }
 }
 

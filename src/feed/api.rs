@@ -127,6 +127,22 @@ pub enum Answer {
     Rejected { status: u16, message: String },
 }
 
+impl Answer {
+    /// An answer that is not a success, as one line for a person.
+    pub fn describe(&self) -> String {
+        match self {
+            Answer::Ok => "no response".into(),
+            Answer::RateLimited { retry_after: Some(d) } => {
+                format!("rate limited by the API (retry after {}s)", d.as_secs())
+            }
+            Answer::RateLimited { retry_after: None } => "rate limited by the API".into(),
+            Answer::Unavailable { message, .. } => format!("the API is unavailable: {message}"),
+            Answer::Unauthorized { message } => format!("the API refused the key: {message}"),
+            Answer::Rejected { message, .. } => format!("the API rejected the request: {message}"),
+        }
+    }
+}
+
 /// Maps a response to what the caller must do (see `wayscloud-api.md`: never retry a 4xx
 /// other than 408 and 429).
 pub fn classify(r: &Response) -> Answer {
@@ -229,6 +245,14 @@ impl Api {
         let (rate, retry_after) = rate_headers(response.headers());
         let body = response.bytes().await.map_err(transport_error)?.to_vec();
         Ok(Response { status, rate, retry_after, body })
+    }
+
+    /// Sends a call that must succeed: the 2xx response, or what went wrong as one line.
+    pub async fn success(&self, call: &Call) -> Result<Response, String> {
+        match self.exchange(call).await {
+            (Answer::Ok, Some(r)) => Ok(r),
+            (answer, _) => Err(answer.describe()),
+        }
     }
 
     /// Sends and classifies; a transport error is [`Answer::Unavailable`].

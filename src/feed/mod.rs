@@ -27,19 +27,18 @@ pub fn jitter(d: Duration, spread: f64) -> Duration {
     d.mul_f64(1.0 - spread.clamp(0.0, 1.0) * fraction)
 }
 
-/// The report a local ban queues, when the config reports and the address is public.
-/// `source`: `banshare`, `fail2ban` or `manual`.
+/// The report a local ban of `input.ip` queues, when the config reports and the address
+/// is public. `input.source`: `banshare`, `fail2ban` or `manual`.
 pub fn report_draft(
     cfg: &crate::config::FeedConfig,
     sanitizer: &sanitize::Sanitizer,
-    addr: std::net::IpAddr,
-    input: wire::ReportInput<'_>,
+    input: &wire::ReportInput<'_>,
 ) -> Option<crate::decision::ReportDraft> {
-    let addr = crate::decision::normalize(addr.into()).addr();
+    let addr = crate::decision::normalize(input.ip.into()).addr();
     if !cfg.report || !crate::decision::is_public(&addr.into()) {
         return None;
     }
-    let body = wire::report_body(&wire::ReportInput { ip: addr, ..input }, sanitizer);
+    let body = wire::report_body(&wire::ReportInput { ip: addr, ..input.clone() }, sanitizer);
     Some(crate::decision::ReportDraft {
         ip: addr,
         category: body["category"].as_str().unwrap_or("other").to_string(),

@@ -7,11 +7,11 @@ use std::collections::HashMap;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::api::{Answer, Api, Call};
+use super::api::{Api, Call};
 use super::wire::{FeedItem, parse_live};
 use crate::clock::Timestamp;
 use crate::config::FeedConfig;
-use crate::decision::{NewDecision, Source, is_public, show_target};
+use crate::decision::{NewDecision, Source, is_public};
 
 pub const LIVE_PATH: &str = "/v1/ip/threats/live";
 
@@ -97,18 +97,7 @@ pub async fn fetch(api: &Api, cfg: &FeedConfig) -> Result<Fetched, String> {
     let mut out = Fetched::default();
     loop {
         let call = page_call(cfg, out.received);
-        let (answer, response) = api.exchange(&call).await;
-        let response = match (answer, response) {
-            (Answer::Ok, Some(r)) => r,
-            (Answer::RateLimited { retry_after }, _) => {
-                let wait = retry_after.map_or(String::new(), |d| format!(" (retry after {}s)", d.as_secs()));
-                return Err(format!("the feed answered 429 too many requests{wait}"));
-            }
-            (Answer::Unavailable { message, .. }, _)
-            | (Answer::Unauthorized { message }, _)
-            | (Answer::Rejected { message, .. }, _) => return Err(message),
-            (Answer::Ok, None) => return Err("no response".into()),
-        };
+        let response = api.success(&call).await?;
         let page = parse_live(&response.body)?;
         out.pages += 1;
         out.received += page.received;
@@ -202,11 +191,6 @@ pub fn summary(r: &PullReport) -> String {
         r.skipped.total(),
         r.left
     )
-}
-
-/// For messages about one entry.
-pub fn describe(item: &FeedItem) -> String {
-    format!("{} (score {})", show_target(&item.target), item.score)
 }
 
 #[cfg(test)]

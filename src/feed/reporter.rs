@@ -129,8 +129,8 @@ impl Reporter {
                     "dropped reports that could not be sent in time");
             }
             let Some(entry) = head else { return Ok(Next::Idle) };
-            if let Some(at) = budget_frees(minute, cfg.reports_per_minute, Duration::from_secs(60))
-                .or_else(|| budget_frees(day, cfg.reports_per_day, Duration::from_secs(86_400)))
+            if let Some(at) = budget_frees(minute, cfg.reports_per_minute, Duration::from_secs(60), now)
+                .or_else(|| budget_frees(day, cfg.reports_per_day, Duration::from_secs(86_400), now))
             {
                 return Ok(Next::At(at.max(Timestamp(now.0 + 1))));
             }
@@ -216,9 +216,9 @@ impl Reporter {
 
 /// When a budget of `limit` per `window` frees a slot, given (sent in the window, the
 /// earliest of those); `None` while there is room.
-fn budget_frees(used: (u32, Option<Timestamp>), limit: u32, window: Duration) -> Option<Timestamp> {
+fn budget_frees(used: (u32, Option<Timestamp>), limit: u32, window: Duration, now: Timestamp) -> Option<Timestamp> {
     let (count, earliest) = used;
-    (count >= limit).then(|| earliest.map_or(Timestamp::now(), |t| t.plus(window)))
+    (count >= limit).then(|| earliest.unwrap_or(now).plus(window))
 }
 
 /// The wait after `failures` transient failures in a row: 2 s doubling, at most 15
@@ -256,7 +256,7 @@ mod tests {
     #[test]
     fn budgets_free_a_window_after_the_earliest_sending() {
         let t = Timestamp(1_000_000);
-        assert_eq!(budget_frees((9, Some(t)), 10, Duration::from_secs(60)), None);
-        assert_eq!(budget_frees((10, Some(t)), 10, Duration::from_secs(60)), Some(Timestamp(1_060_000)));
+        assert_eq!(budget_frees((9, Some(t)), 10, Duration::from_secs(60), t), None);
+        assert_eq!(budget_frees((10, Some(t)), 10, Duration::from_secs(60), t), Some(Timestamp(1_060_000)));
     }
 }

@@ -12,19 +12,6 @@ use super::sanitize::Sanitizer;
 use crate::clock::Timestamp;
 use crate::decision::parse_target;
 
-/// The categories the API knows; anything else is sent as `other`.
-pub const CATEGORIES: [&str; 9] = [
-    "ssh_bruteforce",
-    "ftp_bruteforce",
-    "mail_bruteforce",
-    "web_bruteforce",
-    "web_attack",
-    "port_scan",
-    "exploit_attempt",
-    "bad_bot",
-    "other",
-];
-
 /// Whether `c` matches the contract's `^[a-z0-9_]{1,64}$`.
 pub fn valid_category(c: &str) -> bool {
     (1..=64).contains(&c.len()) && c.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
