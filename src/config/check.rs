@@ -123,3 +123,32 @@ pub(super) fn check_config(
         timeout: dur("timeout", raw.timeout, d.timeout)?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::Config;
+
+    fn err(text: &str) -> String {
+        Config::from_toml(text, Path::new("/etc/banshare/banshare.toml")).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn bad_check_and_fail2ban_values_name_the_key() {
+        let e = err("[check]\nlisten = \"nowhere\"");
+        assert!(e.contains("key `check.listen`: expected an address and port like \"127.0.0.1:8098\""), "{e}");
+        let e = err("[check]\nlog = 70\nchallenge = 60");
+        assert!(e.contains("expected log <= challenge <= block, got log 70, challenge 60, block 85"), "{e}");
+        let e = err("[check]\ntrusted_proxies = [\"10.0.0.1\", \"proxy\"]");
+        assert!(e.contains("key `check.trusted_proxies[1]`: expected an IP address or CIDR"), "{e}");
+        let e = err("[check]\nfail_mode = \"maybe\"");
+        assert!(e.contains("key `check.fail_mode`: expected \"open\" or \"closed\""), "{e}");
+        let e = err("[fail2ban.categories]\n\"sshd\" = \"SSH!\"");
+        assert!(e.contains("key `fail2ban.categories.\"sshd\"`: expected a category like \"ssh_bruteforce\""), "{e}");
+        let e = err("[fail2ban]\nlog_bantime = \"soon\"");
+        assert!(e.contains("key `fail2ban.log_bantime`: expected a duration"), "{e}");
+        let ok = Config::from_toml("[check]\nlisten = \"/run/banshare/check.sock\"", Path::new("/x")).unwrap();
+        assert_eq!(ok.check.listen, Some(super::Listen::Unix("/run/banshare/check.sock".into())));
+    }
+}
