@@ -9,7 +9,7 @@ set -eu
 cd "$(dirname "$0")/.."
 
 CARGO_DEB_VERSION=3.8.0
-if ! cargo deb --version 2>/dev/null | grep -q "$CARGO_DEB_VERSION"; then
+if ! cargo deb --version 2>/dev/null | grep "$CARGO_DEB_VERSION" >/dev/null; then
     cargo install cargo-deb --version "$CARGO_DEB_VERSION" --locked
 fi
 

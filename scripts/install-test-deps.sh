@@ -11,7 +11,7 @@ packages=(nftables ipset iptables iproute2 fail2ban systemd-journal-remote pytho
 
 missing=()
 for p in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep "install ok installed" >/dev/null || missing+=("$p")
 done
 
 if ((${#missing[@]})); then

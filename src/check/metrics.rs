@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::Verdict;
+use super::providers::Provider;
 use crate::control::protocol::StatusData;
 
 /// Upper bounds (seconds) of the check latency histogram.
@@ -20,7 +21,9 @@ pub struct CheckCounters {
     buckets: [AtomicU64; BUCKETS.len() + 1],
     /// Total latency in microseconds.
     sum_us: AtomicU64,
-    pub provider_errors: AtomicU64,
+    /// Upstream lookups and failed ones, per provider (in [`Provider::ALL`]'s order).
+    lookups: [AtomicU64; 4],
+    errors: [AtomicU64; 4],
 }
 
 impl CheckCounters {
@@ -34,6 +37,18 @@ impl CheckCounters {
         }
         self.sum_us.fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
     }
+
+    pub fn lookup(&self, provider: Provider) {
+        self.lookups[slot(provider)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn provider_error(&self, provider: Provider) {
+        self.errors[slot(provider)].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn slot(provider: Provider) -> usize {
+    Provider::ALL.iter().position(|p| *p == provider).unwrap_or(0)
 }
 
 /// Escapes a label value.
@@ -54,15 +69,27 @@ pub fn render(status: &StatusData, check: &CheckCounters) -> String {
         &mut out,
         "banshare_source_failures_total",
         "counter",
-        "Lines a filter matched as failures, per source and filters.",
+        "Lines a filter matched as failures, per source and filter.",
     );
     for s in &status.sources {
-        lines.push(format!(
-            "banshare_source_failures_total{{source=\"{}\",filters=\"{}\"}} {}",
-            label(&s.source),
-            label(&s.filters.join(",")),
-            s.failures
-        ));
+        for (filter, n) in &s.per_filter {
+            lines.push(format!(
+                "banshare_source_failures_total{{source=\"{}\",filter=\"{}\"}} {n}",
+                label(&s.source),
+                label(filter),
+            ));
+        }
+    }
+    flush(&mut out, &mut lines);
+    family(&mut out, "banshare_source_bans_total", "counter", "Bans decided, per source and filter.");
+    for s in &status.sources {
+        for (filter, n) in &s.per_filter_bans {
+            lines.push(format!(
+                "banshare_source_bans_total{{source=\"{}\",filter=\"{}\"}} {n}",
+                label(&s.source),
+                label(filter),
+            ));
+        }
     }
     flush(&mut out, &mut lines);
     family(&mut out, "banshare_decisions_active", "gauge", "Decisions in force, per source.");
@@ -124,16 +151,22 @@ pub fn render(status: &StatusData, check: &CheckCounters) -> String {
     lines.push(format!("banshare_check_duration_seconds_sum {}", check.sum_us.load(Ordering::Relaxed) as f64 / 1e6));
     lines.push(format!("banshare_check_duration_seconds_count {count}"));
     flush(&mut out, &mut lines);
+    family(&mut out, "banshare_provider_lookups_total", "counter", "Upstream provider lookups (cache misses).");
+    for p in Provider::ALL {
+        let n = check.lookups[slot(p)].load(Ordering::Relaxed);
+        lines.push(format!("banshare_provider_lookups_total{{provider=\"{}\"}} {n}", p.name()));
+    }
+    flush(&mut out, &mut lines);
     family(
         &mut out,
         "banshare_provider_errors_total",
         "counter",
         "Provider lookups that failed (errors, timeouts, 429s).",
     );
-    lines.push(format!(
-        "banshare_provider_errors_total{{provider=\"wayscloud\"}} {}",
-        check.provider_errors.load(Ordering::Relaxed)
-    ));
+    for p in Provider::ALL {
+        let n = check.errors[slot(p)].load(Ordering::Relaxed);
+        lines.push(format!("banshare_provider_errors_total{{provider=\"{}\"}} {n}", p.name()));
+    }
     flush(&mut out, &mut lines);
     out
 }

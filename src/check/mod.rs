@@ -1,7 +1,9 @@
 //! The check service's decision rules: provider answers ([`providers`]) combined into
 //! one score, and the score (with the host's own blocks) into a graduated verdict.
-//! Pure functions; the HTTP listener that serves them is not built yet (issue 8).
+//! Pure functions; [`client`] asks the providers, `crate::daemon::check` serves the
+//! verdicts over HTTP.
 
+pub mod client;
 pub mod metrics;
 pub mod providers;
 

@@ -36,6 +36,20 @@ pub enum Provider {
 impl Provider {
     pub const ALL: [Provider; 4] = [Provider::Wayscloud, Provider::Ipgeolocation, Provider::Apiarmor, Provider::Ipasis];
 
+    /// The name in the config, the JSON answers and the metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::Wayscloud => "wayscloud",
+            Provider::Ipgeolocation => "ipgeolocation",
+            Provider::Apiarmor => "apiarmor",
+            Provider::Ipasis => "ipasis",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Provider> {
+        Provider::ALL.into_iter().find(|p| p.name() == name)
+    }
+
     /// Reads this provider's answer; `None` when it is not the documented shape.
     pub fn read(self, body: &[u8]) -> Option<Reputation> {
         let doc: Value = serde_json::from_slice(body).ok()?;

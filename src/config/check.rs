@@ -1,5 +1,6 @@
 //! `[check]`: the local check service (off unless `listen` is set).
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use serde::Deserialize;
 use super::raw::RawDuration;
 use super::{ConfigError, duration};
 use crate::check::Bands;
+use crate::check::providers::Provider;
 use crate::decision::parse_target;
 
 #[derive(Debug, Default, Deserialize)]
@@ -25,6 +27,46 @@ pub struct RawCheck {
     pub auth_fail_mode: Option<String>,
     pub cache: Option<RawDuration>,
     pub timeout: Option<RawDuration>,
+    pub combine: Option<String>,
+    pub providers: Option<BTreeMap<String, RawProvider>>,
+}
+
+/// `[check.providers.NAME]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    pub enabled: Option<bool>,
+    pub base_url: Option<String>,
+    pub key_file: Option<String>,
+    pub timeout: Option<RawDuration>,
+    pub cache: Option<RawDuration>,
+    pub weight: Option<f64>,
+}
+
+/// One reputation provider the check service asks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderConfig {
+    pub provider: Provider,
+    /// Where its API lives (WAYSCloud: the feed's `base_url`).
+    pub base_url: String,
+    /// Its key (WAYSCloud: the feed's key, so `None`). Must not be readable by others.
+    pub key_file: Option<PathBuf>,
+    /// The time limit of one request.
+    pub timeout: Duration,
+    /// How long an answer is reused.
+    pub cache: Duration,
+    /// Its weight when `combine = "weighted"`.
+    pub weight: f64,
+}
+
+/// Where each provider's API lives unless `base_url` says otherwise.
+pub fn default_base_url(provider: Provider) -> &'static str {
+    match provider {
+        Provider::Wayscloud => crate::config::FeedConfig::DEFAULT_BASE_URL,
+        Provider::Ipgeolocation => "https://api.ipgeolocation.io",
+        Provider::Apiarmor => "https://api.apiarmor.com",
+        Provider::Ipasis => "https://api.ipasis.com",
+    }
 }
 
 /// Where the check service listens.
@@ -35,7 +77,7 @@ pub enum Listen {
 }
 
 /// `[check]`, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CheckConfig {
     /// `None`: the service is off (the default).
     pub listen: Option<Listen>,
@@ -46,10 +88,15 @@ pub struct CheckConfig {
     /// When no provider answers: `true` allows (fail open), `false` blocks.
     pub fail_open: bool,
     pub auth_fail_open: bool,
-    /// How long a provider's answer is reused (errors: a tenth of it, at most 30 s).
+    /// The default of each provider's `cache` (errors are kept a tenth of it, at most 30 s).
     pub cache: Duration,
-    /// Per provider request.
+    /// The default of each provider's `timeout`.
     pub timeout: Duration,
+    /// `true`: the weighted mean of the scores that arrived; `false`: their maximum.
+    pub weighted: bool,
+    /// The providers asked, in a fixed order. WAYSCloud is on unless disabled (it uses
+    /// the feed's key); the others are on when their `[check.providers.NAME]` exists.
+    pub providers: Vec<ProviderConfig>,
 }
 
 impl Default for CheckConfig {
@@ -63,15 +110,28 @@ impl Default for CheckConfig {
             auth_fail_open: true,
             cache: Duration::from_secs(300),
             timeout: Duration::from_millis(1500),
+            weighted: false,
+            providers: vec![ProviderConfig {
+                provider: Provider::Wayscloud,
+                base_url: default_base_url(Provider::Wayscloud).into(),
+                key_file: None,
+                timeout: Duration::from_millis(1500),
+                cache: Duration::from_secs(300),
+                weight: 1.0,
+            }],
         }
     }
 }
 
+type Invalid<'a> = &'a dyn Fn(&str, &str, &dyn std::fmt::Display) -> ConfigError;
+
 pub(super) fn check_config(
     raw: Option<RawCheck>,
-    invalid: &dyn Fn(&str, &str, &dyn std::fmt::Display) -> ConfigError,
+    feed_base: &str,
+    invalid: Invalid,
 ) -> Result<CheckConfig, ConfigError> {
-    let d = CheckConfig::default();
+    let mut d = CheckConfig::default();
+    d.providers[0].base_url = feed_base.to_string();
     let Some(raw) = raw else { return Ok(d) };
     let listen = match raw.listen {
         None => None,
@@ -112,6 +172,14 @@ pub(super) fn check_config(
             duration(&v).map_err(|got| invalid(&format!("check.{key}"), "a duration like \"5m\" or \"1500ms\"", &got))
         }
     };
+    let cache = dur("cache", raw.cache, d.cache)?;
+    let timeout = dur("timeout", raw.timeout, d.timeout)?;
+    let weighted = match raw.combine.as_deref() {
+        None | Some("max") => false,
+        Some("weighted") => true,
+        Some(o) => return Err(invalid("check.combine", "\"max\" or \"weighted\"", &format!("{o:?}"))),
+    };
+    let providers = providers(raw.providers.unwrap_or_default(), feed_base, (timeout, cache), invalid)?;
     Ok(CheckConfig {
         listen,
         bands,
@@ -119,9 +187,76 @@ pub(super) fn check_config(
         client_header: raw.client_header.unwrap_or(d.client_header),
         fail_open: mode("fail_mode", raw.fail_mode, d.fail_open)?,
         auth_fail_open: mode("auth_fail_mode", raw.auth_fail_mode, d.auth_fail_open)?,
-        cache: dur("cache", raw.cache, d.cache)?,
-        timeout: dur("timeout", raw.timeout, d.timeout)?,
+        cache,
+        timeout,
+        weighted,
+        providers,
     })
+}
+
+/// `[check.providers.*]`, validated, in [`Provider::ALL`]'s order.
+fn providers(
+    mut raw: BTreeMap<String, RawProvider>,
+    feed_base: &str,
+    (timeout, cache): (Duration, Duration),
+    invalid: Invalid,
+) -> Result<Vec<ProviderConfig>, ConfigError> {
+    if let Some(unknown) = raw.keys().find(|k| Provider::from_name(k).is_none()) {
+        let known = Provider::ALL.map(Provider::name).join(", ");
+        return Err(invalid(
+            &format!("check.providers.{unknown}"),
+            &format!("one of {known}"),
+            &format!("{unknown:?}"),
+        ));
+    }
+    let mut out = Vec::new();
+    for provider in Provider::ALL {
+        let name = provider.name();
+        let section = raw.remove(name);
+        // WAYSCloud is asked unless disabled; the others when configured.
+        let wanted = match &section {
+            None => provider == Provider::Wayscloud,
+            Some(p) => p.enabled.unwrap_or(true),
+        };
+        if !wanted {
+            continue;
+        }
+        let p = section.unwrap_or_default();
+        let key = |k: &str| format!("check.providers.{name}.{k}");
+        let dur = |k: &str, v: Option<RawDuration>, default: Duration| match v {
+            None => Ok(default),
+            Some(v) => duration(&v).map_err(|got| invalid(&key(k), "a duration like \"5m\" or \"1500ms\"", &got)),
+        };
+        let base_url = match (provider, p.base_url) {
+            (_, Some(url)) if url.starts_with("http://") || url.starts_with("https://") => url,
+            (_, Some(url)) => return Err(invalid(&key("base_url"), "an http:// or https:// URL", &format!("{url:?}"))),
+            (Provider::Wayscloud, None) => feed_base.to_string(),
+            (_, None) => default_base_url(provider).to_string(),
+        };
+        let key_file = match (provider, p.key_file) {
+            (Provider::Wayscloud, Some(_)) => {
+                return Err(invalid(&key("key_file"), "no key_file (WAYSCloud uses feed.api_key_file)", &"a key_file"));
+            }
+            (Provider::Wayscloud, None) => None,
+            (_, Some(f)) if f.starts_with('/') => Some(PathBuf::from(f)),
+            (_, Some(f)) => return Err(invalid(&key("key_file"), "an absolute path", &format!("{f:?}"))),
+            (_, None) => Some(PathBuf::from(format!("/etc/banshare/{name}.key"))),
+        };
+        let weight = match p.weight {
+            None => 1.0,
+            Some(w) if w.is_finite() && w >= 0.0 => w,
+            Some(w) => return Err(invalid(&key("weight"), "a number of at least 0", &w)),
+        };
+        out.push(ProviderConfig {
+            provider,
+            base_url: base_url.trim_end_matches('/').to_string(),
+            key_file,
+            timeout: dur("timeout", p.timeout, timeout)?,
+            cache: dur("cache", p.cache, cache)?,
+            weight,
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -144,6 +279,17 @@ mod tests {
         assert!(e.contains("key `check.trusted_proxies[1]`: expected an IP address or CIDR"), "{e}");
         let e = err("[check]\nfail_mode = \"maybe\"");
         assert!(e.contains("key `check.fail_mode`: expected \"open\" or \"closed\""), "{e}");
+        let e = err("[check.providers.shodan]\nkey_file = \"/k\"");
+        assert!(
+            e.contains("key `check.providers.shodan`: expected one of wayscloud, ipgeolocation, apiarmor, ipasis"),
+            "{e}"
+        );
+        let e = err("[check.providers.ipasis]\nkey_file = \"ipasis.key\"");
+        assert!(e.contains("key `check.providers.ipasis.key_file`: expected an absolute path"), "{e}");
+        let e = err("[check.providers.apiarmor]\nweight = -1");
+        assert!(e.contains("key `check.providers.apiarmor.weight`: expected a number of at least 0"), "{e}");
+        let e = err("[check]\ncombine = \"mean\"");
+        assert!(e.contains("key `check.combine`: expected \"max\" or \"weighted\""), "{e}");
         let e = err("[fail2ban.categories]\n\"sshd\" = \"SSH!\"");
         assert!(e.contains("key `fail2ban.categories.\"sshd\"`: expected a category like \"ssh_bruteforce\""), "{e}");
         let e = err("[fail2ban]\nlog_bantime = \"soon\"");

@@ -48,10 +48,14 @@ pub struct FeedConfig {
     pub lookup_cache: Duration,
 }
 
+impl FeedConfig {
+    pub const DEFAULT_BASE_URL: &str = "https://api.wayscloud.services";
+}
+
 impl Default for FeedConfig {
     fn default() -> Self {
         FeedConfig {
-            base_url: "https://api.wayscloud.services".into(),
+            base_url: Self::DEFAULT_BASE_URL.into(),
             api_key_file: PathBuf::from("/etc/banshare/api-key"),
             timeout: Duration::from_secs(10),
             report: true,

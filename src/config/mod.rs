@@ -11,7 +11,7 @@ mod fail2ban;
 mod feed;
 mod raw;
 
-pub use check::{CheckConfig, Listen};
+pub use check::{CheckConfig, Listen, ProviderConfig};
 pub use fail2ban::Fail2banConfig;
 pub use feed::FeedConfig;
 
@@ -391,7 +391,7 @@ impl Config {
 
         let feed = feed::feed_config(raw.feed, &invalid)?;
         let fail2ban = fail2ban::fail2ban_config(raw.fail2ban, &invalid)?;
-        let check = check::check_config(raw.check, &invalid)?;
+        let check = check::check_config(raw.check, &feed.base_url, &invalid)?;
 
         Ok(Config {
             source_path: Some(path.to_path_buf()),

@@ -1,18 +1,19 @@
 //! The check service's HTTP side: `GET /v1/check/{ip}` (a graduated verdict as JSON) and
 //! `GET /v1/auth` (for nginx `auth_request`: 204, 401 or 403), on loopback or a Unix
-//! socket. It answers from the host's own decisions and the WAYSCloud threat lookup,
-//! cached in memory; concurrent requests for one address share one upstream lookup, and
-//! a failed lookup is "unknown", never clean: the endpoint's fail mode decides.
+//! socket, and `GET /metrics` (the Prometheus text, [`crate::check::metrics`]).
 //!
-//! `GET /metrics` serves the Prometheus text ([`crate::check::metrics`]).
-//!
-//! Not built yet (issue 8 stays open): the other providers' clients (their readers are in
-//! [`crate::check::providers`]) and the store as a warm start.
+//! A verdict comes from the host's own decisions and the configured reputation
+//! providers ([`crate::check::client`]), asked in parallel. Answers are cached in memory
+//! per provider and address for the provider's `cache` period, written behind to the
+//! store and read back at start (a warm start: a restart does not ask again). Concurrent
+//! requests for one address share one upstream lookup per provider. A failed lookup is
+//! "unknown", never clean: it is cached briefly, counted, and when no provider answered
+//! the endpoint's fail mode decides. A 429 pauses that provider for its `Retry-After`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use http_body_util::Full;
@@ -23,76 +24,189 @@ use serde_json::{Value, json};
 use tokio::sync::{OnceCell, watch};
 
 use super::engine::Engine;
+use crate::check::client::{Failure, ProviderClient};
 use crate::check::metrics::{CheckCounters, render};
 use crate::check::providers::{Provider, Reputation};
 use crate::check::{Verdict, combine, level, verdict};
-use crate::config::Listen;
+use crate::clock::Timestamp;
+use crate::config::{Config, Listen};
 use crate::decision::{is_public, parse_target};
-use crate::feed::api::Call;
+use crate::store::StoredReputation;
 
 /// A provider's answer: its reputation, or why there is none.
 type Looked = Result<Reputation, String>;
+/// What the cache and the in-flight lookups are keyed by.
+type Key = (Provider, IpAddr);
 
 /// Errors are kept this long at most (a tenth of the cache period otherwise).
 const ERROR_CACHE_MAX: Duration = Duration::from_secs(30);
+/// A 429 without `Retry-After` pauses the provider this long; a longer one is capped.
+const PAUSE_DEFAULT: Duration = Duration::from_secs(60);
+const PAUSE_MAX: Duration = Duration::from_secs(3600);
+/// How often new answers are written to the store.
+const PERSIST_EVERY: Duration = Duration::from_secs(2);
+
+/// The providers of one config, built when the config changes.
+struct Clients {
+    config: Arc<Config>,
+    list: Arc<Vec<ProviderClient>>,
+}
 
 pub struct CheckService {
     engine: Arc<Engine>,
-    /// Answers by address, with when they go stale.
-    cache: Mutex<HashMap<IpAddr, (Looked, Instant)>>,
+    clients: RwLock<Clients>,
+    /// Answers by provider and address, with when they go stale.
+    cache: Mutex<HashMap<Key, (Looked, Instant)>>,
     /// Lookups in progress: a second request for the address waits on the same cell.
-    inflight: Mutex<HashMap<IpAddr, Arc<OnceCell<Looked>>>>,
-    /// Requests by verdict, latency, provider errors (for `/metrics`).
+    inflight: Mutex<HashMap<Key, Arc<OnceCell<Looked>>>>,
+    /// Providers that answered 429, and until when they are not asked.
+    paused: Mutex<HashMap<Provider, Instant>>,
+    /// Answers not yet written to the store.
+    unsaved: Mutex<Vec<StoredReputation>>,
+    /// Requests by verdict, latency, provider lookups and errors (for `/metrics`).
     counters: CheckCounters,
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The clients for `config`'s providers; an unusable key is logged once here.
+fn build_clients(config: Arc<Config>) -> Clients {
+    let list: Vec<ProviderClient> =
+        config.check.providers.iter().map(|p| ProviderClient::new(p, &config.feed.api_key_file)).collect();
+    for c in &list {
+        if let Some(reason) = c.unusable() {
+            tracing::warn!(provider = c.provider().name(), %reason, "check provider has no usable key; its answers are \"unknown\"");
+        }
+    }
+    Clients { config, list: Arc::new(list) }
+}
+
 impl CheckService {
+    /// The service, its cache warmed with the store's answers still fresh.
     pub fn new(engine: Arc<Engine>) -> CheckService {
-        CheckService {
+        let config = engine.config();
+        let service = CheckService {
+            clients: RwLock::new(build_clients(Arc::clone(&config))),
             engine,
             cache: Mutex::new(HashMap::new()),
             inflight: Mutex::new(HashMap::new()),
+            paused: Mutex::new(HashMap::new()),
+            unsaved: Mutex::new(Vec::new()),
             counters: CheckCounters::default(),
-        }
+        };
+        service.warm(&config, Timestamp::now());
+        service
     }
 
-    /// The WAYSCloud answer for `ip` and whether it came from the cache.
-    async fn wayscloud(&self, ip: IpAddr) -> (Looked, bool) {
+    /// Loads the answers the store holds that are still within their provider's period.
+    fn warm(&self, config: &Config, now: Timestamp) {
+        let ttl: HashMap<Provider, Duration> = config.check.providers.iter().map(|p| (p.provider, p.cache)).collect();
+        let longest = ttl.values().max().copied().unwrap_or_default();
+        let rows = match self.engine.state().store.load_reputations(now.minus(longest)) {
+            Ok(rows) => rows,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read stored provider answers; the check cache starts cold");
+                return;
+            }
+        };
+        let mut cache = lock(&self.cache);
+        let started = Instant::now();
+        for row in rows {
+            let Some(ttl) = ttl.get(&row.provider) else { continue };
+            let left = row.fetched.0 + ttl.as_millis() as i64 - now.0;
+            if left > 0 {
+                let until = started + Duration::from_millis(left as u64);
+                cache.insert((row.provider, row.ip), (Ok(row.reputation), until));
+            }
+        }
+        tracing::info!(answers = cache.len(), "check cache warmed from the store");
+    }
+
+    /// The providers of the config in force (rebuilt after a reload).
+    fn clients(&self) -> Arc<Vec<ProviderClient>> {
+        let config = self.engine.config();
+        {
+            let c = self.clients.read().unwrap_or_else(|e| e.into_inner());
+            if Arc::ptr_eq(&c.config, &config) {
+                return Arc::clone(&c.list);
+            }
+        }
+        let fresh = build_clients(config);
+        let list = Arc::clone(&fresh.list);
+        *self.clients.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        list
+    }
+
+    /// One provider's answer for `ip` and whether it came from the cache.
+    async fn answer(&self, client: &ProviderClient, ip: IpAddr) -> (Looked, bool) {
+        let provider = client.provider();
         let now = Instant::now();
-        if let Some((looked, until)) = self.cache.lock().unwrap_or_else(|e| e.into_inner()).get(&ip)
+        if let Some((looked, until)) = lock(&self.cache).get(&(provider, ip))
             && *until > now
         {
             return (looked.clone(), true);
         }
-        let cell = Arc::clone(self.inflight.lock().unwrap_or_else(|e| e.into_inner()).entry(ip).or_default());
-        let looked = cell
-            .get_or_init(|| async {
-                let looked = self.fetch(ip).await;
-                if looked.is_err() {
-                    self.counters.provider_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                looked
-            })
-            .await
-            .clone();
-        let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-        if inflight.get(&ip).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-            inflight.remove(&ip);
-            let cfg = self.engine.config();
-            let keep = if looked.is_ok() { cfg.check.cache } else { (cfg.check.cache / 10).min(ERROR_CACHE_MAX) };
-            self.cache.lock().unwrap_or_else(|e| e.into_inner()).insert(ip, (looked.clone(), Instant::now() + keep));
+        if let Some(until) = lock(&self.paused).get(&provider).filter(|u| **u > now) {
+            let left = until.duration_since(now).as_secs() + 1;
+            return (Err(format!("rate limited: not asked for another {left}s")), false);
+        }
+        let cell = Arc::clone(lock(&self.inflight).entry((provider, ip)).or_default());
+        let looked = cell.get_or_init(|| self.fetch(client, ip)).await.clone();
+        let mut inflight = lock(&self.inflight);
+        if inflight.get(&(provider, ip)).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            inflight.remove(&(provider, ip));
+            let ttl = client.config.cache;
+            let keep = if looked.is_ok() { ttl } else { (ttl / 10).min(ERROR_CACHE_MAX) };
+            lock(&self.cache).insert((provider, ip), (looked.clone(), Instant::now() + keep));
         }
         (looked, false)
     }
 
-    async fn fetch(&self, ip: IpAddr) -> Looked {
-        let api = self.engine.feed.api()?;
-        let timeout = self.engine.config().check.timeout;
-        let call = Call::get(format!("/v1/ip/{ip}/threat"), Vec::new());
-        let response = tokio::time::timeout(timeout, api.success(&call))
-            .await
-            .map_err(|_| format!("no answer within {} ms", timeout.as_millis()))??;
-        Provider::Wayscloud.read(&response.body).ok_or_else(|| "unreadable answer".into())
+    /// Asks the provider (the first of concurrent requests does); counts, pauses on 429,
+    /// queues a success for the store.
+    async fn fetch(&self, client: &ProviderClient, ip: IpAddr) -> Looked {
+        let provider = client.provider();
+        self.counters.lookup(provider);
+        match client.lookup(ip).await {
+            Ok(reputation) => {
+                lock(&self.unsaved).push(StoredReputation {
+                    provider,
+                    ip,
+                    reputation: reputation.clone(),
+                    fetched: Timestamp::now(),
+                });
+                Ok(reputation)
+            }
+            Err(failure) => {
+                self.counters.provider_error(provider);
+                if let Failure::RateLimited { retry_after } = &failure {
+                    let pause = retry_after.unwrap_or(PAUSE_DEFAULT).min(PAUSE_MAX);
+                    tracing::warn!(
+                        provider = provider.name(),
+                        seconds = pause.as_secs(),
+                        "check provider rate limited; pausing it"
+                    );
+                    lock(&self.paused).insert(provider, Instant::now() + pause);
+                }
+                Err(failure.describe())
+            }
+        }
+    }
+
+    /// Writes the answers received since the last call to the store, and forgets stored
+    /// answers older than the longest cache period.
+    fn persist(&self) {
+        let rows = std::mem::take(&mut *lock(&self.unsaved));
+        if rows.is_empty() {
+            return;
+        }
+        let longest = self.engine.config().check.providers.iter().map(|p| p.cache).max().unwrap_or_default();
+        let forget_before = Timestamp::now().minus(longest);
+        if let Err(error) = self.engine.state().store.save_reputations(&rows, forget_before) {
+            tracing::warn!(%error, count = rows.len(), "cannot store provider answers (the in-memory cache keeps them)");
+        }
     }
 
     /// The verdict on `ip` with everything behind it. `fail_open`: what an unknown
@@ -107,29 +221,46 @@ impl CheckService {
             .map(|d| json!({"source": d.source, "until": d.expires, "reason": d.reason}));
         let mut reasons = Vec::new();
         let mut providers = serde_json::Map::new();
-        let mut answers = BTreeMap::new();
         if let Some(b) = &blocked {
             reasons.push(format!("blocked on this host by {}", b["source"].as_str().unwrap_or("?")));
         }
-        if is_public(&ip.into()) {
-            let (looked, cached) = self.wayscloud(ip).await;
-            match looked {
-                Ok(r) => {
-                    providers.insert("wayscloud".into(), json!({"score": r.score, "flags": r.flags, "cached": cached}));
-                    answers.insert(Provider::Wayscloud, r);
-                }
-                Err(e) => {
-                    providers
-                        .insert("wayscloud".into(), json!({"score": null, "flags": [], "cached": cached, "error": e}));
+        let config = self.engine.config();
+        let clients = self.clients();
+        let score = if !is_public(&ip.into()) {
+            reasons.push("not a public address: never looked up".into());
+            Some(0)
+        } else if clients.is_empty() {
+            reasons.push("no providers configured: this host's own decisions only".into());
+            Some(0)
+        } else {
+            let looked = futures_util::future::join_all(clients.iter().map(|c| self.answer(c, ip))).await;
+            let mut answers = BTreeMap::new();
+            for (client, (looked, cached)) in clients.iter().zip(looked) {
+                let name = client.provider().name();
+                match looked {
+                    Ok(r) => {
+                        providers.insert(name.into(), json!({"score": r.score, "flags": r.flags, "cached": cached}));
+                        answers.insert(client.provider(), r);
+                    }
+                    Err(e) => {
+                        providers
+                            .insert(name.into(), json!({"score": null, "flags": [], "cached": cached, "error": e}));
+                    }
                 }
             }
-        } else {
-            reasons.push("not a public address: never looked up".into());
-            answers.insert(Provider::Wayscloud, Reputation::default());
-        }
-        let score = combine(&answers, None);
-        let bands = self.engine.config().check.bands;
-        let v = match verdict(score, blocked.is_some(), &bands) {
+            let weights: Option<BTreeMap<Provider, f64>> =
+                config.check.weighted.then(|| clients.iter().map(|c| (c.provider(), c.config.weight)).collect());
+            let score = combine(&answers, weights.as_ref());
+            if let Some(s) = score {
+                reasons.push(format!(
+                    "score {s} ({}) from {}",
+                    level(s),
+                    answers.keys().map(|p| p.name()).collect::<Vec<_>>().join(", ")
+                ));
+            }
+            score
+        };
+        let v = match verdict(score, blocked.is_some(), &config.check.bands) {
             Some(v) => v,
             None if fail_open => {
                 reasons.push("no provider answered: failing open".into());
@@ -140,14 +271,26 @@ impl CheckService {
                 Verdict::Block
             }
         };
-        if let Some(s) = score.filter(|_| is_public(&ip.into())) {
-            reasons.push(format!("score {s} ({})", level(s)));
-        }
         let body = json!({
             "ip": ip, "verdict": v, "score": score, "level": score.map(level),
             "reasons": reasons, "blocked": blocked, "providers": providers,
         });
         (v, body)
+    }
+}
+
+/// Writes new provider answers to the store every few seconds, and once more at shutdown.
+pub(super) async fn persist_loop(service: Arc<CheckService>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let stop = tokio::select! {
+            _ = tokio::time::sleep(PERSIST_EVERY) => false,
+            _ = super::stopped(&mut shutdown) => true,
+        };
+        let s = Arc::clone(&service);
+        let _ = tokio::task::spawn_blocking(move || s.persist()).await;
+        if stop {
+            return;
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 //! milliseconds and a rotation inotify missed within a second. One thread per journal
 //! source, reading `journalctl --follow` ([`crate::tail::journal`]) and saving its cursor.
 
+use std::collections::BTreeMap;
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,6 +43,11 @@ pub struct SourceStatus {
     pub lines: u64,
     pub failures: u64,
     pub bans: u64,
+    /// Failures and bans per filter (the metrics' per-filter series).
+    #[serde(default)]
+    pub per_filter: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub per_filter_bans: BTreeMap<String, u64>,
     /// Matched lines whose timestamp could not be read (the time of reading is used).
     pub no_timestamp: u64,
     pub not_an_address: u64,
@@ -136,8 +142,10 @@ impl Source {
                 continue;
             }
             self.status.failures += 1;
+            bump(&mut self.status.per_filter, &spec.name);
             if let Some(ban) = self.detector.failure(index, spec, failure.addr, at, &String::from_utf8_lossy(line)) {
                 self.status.bans += 1;
+                bump(&mut self.status.per_filter_bans, &spec.name);
                 bans.push((ban, spec.clone()));
             }
         }
@@ -164,6 +172,15 @@ impl Source {
         self.detector.sweep(now, longest);
         self.status.warning = drift(&self.status, self.last_match, &mut self.warned);
         engine.set_source_status(&self.status);
+    }
+}
+
+fn bump(counts: &mut BTreeMap<String, u64>, name: &str) {
+    match counts.get_mut(name) {
+        Some(n) => *n += 1,
+        None => {
+            counts.insert(name.to_string(), 1);
+        }
     }
 }
 

@@ -156,6 +156,7 @@ pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
     tasks.spawn(feed::report_loop(Arc::clone(&engine), shutdown_rx.clone()));
     if let Some(listen) = engine.config().check.listen.clone() {
         let service = Arc::new(check::CheckService::new(Arc::clone(&engine)));
+        tasks.spawn(check::persist_loop(Arc::clone(&service), shutdown_rx.clone()));
         tasks.spawn(check::serve(service, listen, shutdown_rx.clone()));
     }
     tasks.spawn(feed::pull_loop(Arc::clone(&engine), shutdown_rx));

@@ -21,6 +21,11 @@ impl ApiKey {
         let text = text.trim();
         (!text.is_empty()).then(|| ApiKey(text.to_string()))
     }
+
+    /// The key itself, for the one place that sends it.
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
 }
 
 impl fmt::Debug for ApiKey {
@@ -54,6 +59,12 @@ pub const KEY_ENV: &str = "BANSHARE_API_KEY";
 /// group or others). `Ok(None)`: no key anywhere, the feed is off.
 pub fn load_key(path: &Path) -> Result<Option<ApiKey>, KeyError> {
     key_from(std::env::var(KEY_ENV).ok(), path)
+}
+
+/// Reads a key from `path` alone (another provider's key: no environment override),
+/// refused when group or others can read it. `Ok(None)`: the file does not exist.
+pub fn read_key_file(path: &Path) -> Result<Option<ApiKey>, KeyError> {
+    key_from(None, path)
 }
 
 /// [`load_key`] with the variable's value given.
@@ -213,7 +224,7 @@ impl Api {
         // rustls with ring; installing twice is harmless (the first one stays).
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut key =
-            HeaderValue::from_str(&key.0).map_err(|_| "the API key contains characters a header cannot carry")?;
+            HeaderValue::from_str(key.expose()).map_err(|_| "the API key contains characters a header cannot carry")?;
         key.set_sensitive(true);
         let http = reqwest::Client::builder()
             .timeout(timeout)
@@ -266,7 +277,7 @@ impl Api {
 
 /// A transport error's text, without the URL's query (which never holds the key, but
 /// may hold an address the operator would rather see once).
-fn transport_error(e: reqwest::Error) -> String {
+pub(crate) fn transport_error(e: reqwest::Error) -> String {
     let kind = if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {

@@ -10,9 +10,11 @@
 //! stored.
 
 mod outbox;
+mod reputations;
 mod schema;
 
 pub use outbox::{OutboxEntry, OutboxStats};
+pub use reputations::StoredReputation;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

@@ -86,4 +86,16 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE decisions ADD COLUMN enforced INTEGER NOT NULL DEFAULT 1;
     "#,
+    // 5: the check service's provider answers, its cache's warm start.
+    r#"
+    CREATE TABLE reputations (
+        provider     TEXT    NOT NULL,
+        ip           TEXT    NOT NULL,
+        score        INTEGER NOT NULL,
+        flags        TEXT    NOT NULL,            -- JSON array of flag names
+        fetched_ms   INTEGER NOT NULL,
+        PRIMARY KEY (provider, ip)
+    ) WITHOUT ROWID;
+    CREATE INDEX reputations_fetched ON reputations (fetched_ms);
+    "#,
 ];

@@ -1,6 +1,8 @@
-//! The check service over HTTP against the WAYSCloud emulator: every verdict band, a
-//! local block, the trusted-proxy rule, fail-open and fail-closed, and one upstream
-//! lookup for 100 concurrent checks of one address.
+//! The check service over HTTP against the WAYSCloud emulator and the emulators of the
+//! three other providers: every verdict band, a local block, the trusted-proxy rule,
+//! fail-open and fail-closed, each provider's request and answer, errors, 429s and slow
+//! answers as "unknown", one upstream lookup per provider for 100 concurrent checks of
+//! one address, and the cache's warm start from the store.
 
 use std::time::Duration;
 
@@ -8,6 +10,7 @@ use serde_json::{Value, json};
 
 use crate::support::Env;
 use crate::support::emulator::{Emulator, Fault};
+use crate::support::providers::{self, Kind, PROVIDER_KEY, ProviderEmulator};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -191,4 +194,219 @@ fn metrics_in_the_prometheus_text_format() {
         let value = line.rsplit(' ').next().unwrap();
         assert!(value.parse::<f64>().is_ok(), "not a sample: {line}");
     }
+}
+
+/// The three other providers' emulators, and the `[check.providers.*]` sections that
+/// point at them with their keys (0600 files in the environment).
+struct Providers {
+    geo: ProviderEmulator,
+    armor: ProviderEmulator,
+    ipasis: ProviderEmulator,
+}
+
+impl Providers {
+    fn start() -> Providers {
+        Providers {
+            geo: ProviderEmulator::start(Kind::Ipgeolocation),
+            armor: ProviderEmulator::start(Kind::Apiarmor),
+            ipasis: ProviderEmulator::start(Kind::Ipasis),
+        }
+    }
+
+    fn sections(&self, env: &Env, extra: &str) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let mut out = String::new();
+        for (name, emu) in [("ipgeolocation", &self.geo), ("apiarmor", &self.armor), ("ipasis", &self.ipasis)] {
+            let key = env.dir.path().join(format!("{name}.key"));
+            std::fs::write(&key, format!("{PROVIDER_KEY}\n")).unwrap();
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+            out.push_str(&format!(
+                "[check.providers.{name}]\nbase_url = {:?}\nkey_file = {key:?}\n{extra}\n",
+                emu.url()
+            ));
+        }
+        out
+    }
+}
+
+/// A daemon asking WAYSCloud and the three others; `check` adds `[check]` keys,
+/// `provider` keys to each of the three sections.
+fn providers_env(emu: &Emulator, p: &Providers, check: &str, provider: &str) -> (Env, String) {
+    let env = Env::new("");
+    let port = free_port();
+    let feed = env.feed_section(&emu.url(), "pull = false\nreport = false");
+    let sections = p.sections(&env, provider);
+    env.write_config(&format!("{feed}\n[check]\nlisten = \"127.0.0.1:{port}\"\n{check}\n{sections}"));
+    (env, format!("http://127.0.0.1:{port}"))
+}
+
+#[test]
+fn every_provider_is_asked_its_own_way_and_the_scores_combine() {
+    let emu = Emulator::start();
+    let p = Providers::start();
+    let ip = "45.155.205.50";
+    emu.with(|s| {
+        s.lookups.insert(ip.into(), json!({"ip": ip, "score": 20, "categories": []}));
+    });
+    p.geo.with(|s| s.answers.insert(ip.into(), providers::ipgeolocation(ip, 65, &["is_vpn", "is_cloud_provider"])));
+    p.armor.with(|s| s.answers.insert(ip.into(), providers::apiarmor(ip, "warning", false, "hosting")));
+    p.ipasis.with(|s| s.answers.insert(ip.into(), providers::ipasis(ip, &["is_tor"])));
+    let (env, url) = providers_env(&emu, &p, "", "");
+    let daemon = env.start_in_process();
+    let rt = runtime();
+    let (_, _, body) = rt.block_on(get(&format!("{url}/v1/check/{ip}"), &[]));
+    let pr = &body["providers"];
+    assert_eq!(pr["wayscloud"]["score"], 20, "{body}");
+    assert_eq!(
+        (pr["ipgeolocation"]["score"].clone(), pr["ipgeolocation"]["flags"].clone()),
+        (json!(65), json!(["vpn", "datacenter"]))
+    );
+    assert_eq!((pr["apiarmor"]["score"].clone(), pr["apiarmor"]["flags"].clone()), (json!(70), json!(["datacenter"])));
+    assert_eq!((pr["ipasis"]["score"].clone(), pr["ipasis"]["flags"].clone()), (json!(70), json!(["tor"])));
+    // The maximum by default: 70 is "challenge".
+    assert_eq!((body["score"].clone(), body["verdict"].clone()), (json!(70), json!("challenge")));
+    // Each key went where its provider wants it (query, Bearer, query), and only there.
+    for e in [&p.geo, &p.armor, &p.ipasis] {
+        let requests = e.with(|s| s.requests.clone());
+        assert_eq!(requests.len(), 1, "{:?}", e.kind);
+        assert_eq!(requests[0].1.as_deref(), Some(PROVIDER_KEY), "{:?}: {requests:?}", e.kind);
+    }
+    assert!(p.armor.with(|s| !s.requests[0].0.contains(PROVIDER_KEY)), "API Armor's key is a header, not in the URL");
+    daemon.stop();
+
+    // Weighted: (20*1 + 65*1 + 70*1 + 70*5) / 8 = 63.1 → 63 (challenge); a clean address
+    // with every provider clean is allow.
+    let (env, url) = providers_env(&emu, &p, "combine = \"weighted\"", "");
+    let text = std::fs::read_to_string(&env.config_path).unwrap().replacen(
+        "[check.providers.ipasis]\n",
+        "[check.providers.ipasis]\nweight = 5\n",
+        1,
+    );
+    env.write_raw_config(&text);
+    let _daemon = env.start_in_process();
+    let (_, _, body) = rt.block_on(get(&format!("{url}/v1/check/{ip}"), &[]));
+    assert_eq!(body["score"], 63, "{body}");
+    let (_, _, clean) = rt.block_on(get(&format!("{url}/v1/check/45.155.205.51"), &[]));
+    assert_eq!((clean["score"].clone(), clean["verdict"].clone()), (json!(0), json!("allow")), "{clean}");
+    // Private addresses reach no provider.
+    rt.block_on(get(&format!("{url}/v1/check/192.168.1.20"), &[]));
+    assert_eq!(p.geo.asked("192.168.1.20") + p.armor.asked("192.168.1.20") + p.ipasis.asked("192.168.1.20"), 0);
+}
+
+#[test]
+fn provider_errors_429s_and_slow_answers_are_unknown_never_clean() {
+    let emu = Emulator::start();
+    let p = Providers::start();
+    let (a, b) = ("45.155.205.60", "45.155.205.61");
+    emu.fault(
+        "/v1/ip/",
+        [Fault::Status { code: 503, retry_after: None }, Fault::Status { code: 503, retry_after: None }],
+    );
+    p.geo.with(|s| s.faults.push_back(Fault::Status { code: 429, retry_after: Some(120) }));
+    p.armor.with(|s| s.faults.extend([Fault::Malformed, Fault::Drop]));
+    p.ipasis.with(|s| {
+        s.faults.extend([Fault::Slow(Duration::from_secs(3)), Fault::Status { code: 500, retry_after: None }])
+    });
+    let (env, url) = providers_env(
+        &emu,
+        &p,
+        "auth_fail_mode = \"closed\"\ntrusted_proxies = [\"127.0.0.1\"]",
+        "timeout = \"300ms\"",
+    );
+    let _daemon = env.start_in_process();
+    let rt = runtime();
+    let started = std::time::Instant::now();
+    let (_, _, body) = rt.block_on(get(&format!("{url}/v1/check/{a}"), &[]));
+    assert!(started.elapsed() < Duration::from_millis(2500), "a slow provider costs its timeout, not its delay");
+    let pr = &body["providers"];
+    assert!(pr["ipgeolocation"]["error"].as_str().unwrap().contains("rate limited (429, retry after 120s)"), "{body}");
+    assert!(pr["apiarmor"]["error"].as_str().unwrap().contains("not the documented shape"), "{body}");
+    assert!(pr["ipasis"]["error"].as_str().unwrap().contains("timed out"), "{body}");
+    assert!(pr["wayscloud"]["error"].as_str().unwrap().contains("503"), "{body}");
+    assert!(body["score"].is_null() && body["verdict"] == "allow", "unknown, failing open: {body}");
+    // The auth endpoint fails closed on the same (cached) unknown.
+    let (status, verdict, _) = rt.block_on(get(&format!("{url}/v1/auth"), &[("X-Real-IP", a)]));
+    assert_eq!((status, verdict.as_deref()), (403, Some("block")));
+    // Another address: ipgeolocation is paused (not asked at all), the others fail again
+    // (dropped connection, 500, 503) and are counted.
+    let (_, _, body) = rt.block_on(get(&format!("{url}/v1/check/{b}"), &[]));
+    assert_eq!(p.geo.asked(b), 0, "a 429 pauses the provider for its Retry-After");
+    assert!(body["providers"]["ipgeolocation"]["error"].as_str().unwrap().contains("not asked"), "{body}");
+    assert!(body["score"].is_null(), "{body}");
+    // With WAYSCloud back (and the other two answering clean), the maximum is its score.
+    emu.with(|s| {
+        s.lookups.insert("45.155.205.62".into(), json!({"ip": "45.155.205.62", "score": 40}));
+    });
+    let (_, _, body) = rt.block_on(get(&format!("{url}/v1/check/45.155.205.62"), &[]));
+    assert_eq!((body["score"].clone(), body["verdict"].clone()), (json!(40), json!("log")), "{body}");
+    let text = rt.block_on(async { reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap() });
+    for want in [
+        "banshare_provider_errors_total{provider=\"ipgeolocation\"} 1",
+        "banshare_provider_errors_total{provider=\"apiarmor\"} 2",
+        "banshare_provider_errors_total{provider=\"ipasis\"} 2",
+        "banshare_provider_errors_total{provider=\"wayscloud\"} 2",
+    ] {
+        assert!(text.contains(want), "missing `{want}` in:\n{text}");
+    }
+}
+
+#[test]
+fn a_key_others_can_read_is_refused_and_said_so() {
+    use std::os::unix::fs::PermissionsExt;
+    let emu = Emulator::start();
+    let p = Providers::start();
+    let (env, url) = providers_env(&emu, &p, "", "");
+    let key = env.dir.path().join("ipasis.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let _daemon = env.start_in_process();
+    let (_, _, body) = runtime().block_on(get(&format!("{url}/v1/check/45.155.205.70"), &[]));
+    let error = body["providers"]["ipasis"]["error"].as_str().unwrap();
+    assert!(error.contains("readable by group or others") && error.contains("chmod 600"), "{error}");
+    assert_eq!(p.ipasis.with(|s| s.requests.len()), 0, "nothing is sent without a safe key");
+}
+
+#[test]
+fn concurrent_checks_share_one_lookup_per_provider_and_the_cache_survives_a_restart() {
+    let emu = Emulator::start();
+    let p = Providers::start();
+    let ip = "45.155.205.80";
+    emu.with(|s| {
+        s.lookups.insert(ip.into(), json!({"ip": ip, "score": 50}));
+    });
+    emu.fault(&format!("/v1/ip/{ip}/threat"), [Fault::Slow(Duration::from_millis(300))]);
+    p.geo.with(|s| s.faults.push_back(Fault::Slow(Duration::from_millis(300))));
+    p.armor.with(|s| s.faults.push_back(Fault::Slow(Duration::from_millis(300))));
+    p.ipasis.with(|s| s.faults.push_back(Fault::Slow(Duration::from_millis(300))));
+    let (env, url) = providers_env(&emu, &p, "", "cache = \"1h\"");
+    let daemon = env.start_in_process();
+    let rt = runtime();
+    let verdicts: Vec<Value> = rt.block_on(async {
+        let tasks: Vec<_> = (0..100)
+            .map(|_| {
+                let u = format!("{url}/v1/check/{ip}");
+                tokio::spawn(async move { get(&u, &[]).await.2 })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    });
+    assert!(verdicts.iter().all(|v| v["verdict"] == "log"), "{:?}", verdicts[0]);
+    let wayscloud = || emu.with(|s| s.requests.iter().filter(|r| r.1 == format!("/v1/ip/{ip}/threat")).count());
+    assert_eq!(
+        (wayscloud(), p.geo.asked(ip), p.armor.asked(ip), p.ipasis.asked(ip)),
+        (1, 1, 1, 1),
+        "100 concurrent checks, one upstream call per provider"
+    );
+    // A restart starts warm: the answers come from the store, nobody is asked again.
+    daemon.stop();
+    let _daemon = env.start_in_process();
+    let (_, _, body) = rt.block_on(get(&format!("{url}/v1/check/{ip}"), &[]));
+    assert_eq!(body["verdict"], "log", "{body}");
+    for name in ["wayscloud", "ipgeolocation", "apiarmor", "ipasis"] {
+        assert_eq!(body["providers"][name]["cached"], true, "{name}: {body}");
+    }
+    assert_eq!((wayscloud(), p.geo.asked(ip), p.armor.asked(ip), p.ipasis.asked(ip)), (1, 1, 1, 1));
 }

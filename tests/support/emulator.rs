@@ -136,8 +136,67 @@ pub struct Emulator {
     state: Arc<Mutex<State>>,
     /// The clock (ms since the epoch); 0 means the real clock.
     clock: Arc<AtomicI64>,
+    _server: Server,
+}
+
+/// An HTTP/1 server on its own thread and runtime (inside a network namespace when
+/// given), answering with `handler`; stopped when dropped. The emulators share it.
+pub struct Server {
+    pub addr: SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Listens on 127.0.0.1:`port` (0: a free port) in `netns` (a `/run/netns/...` path).
+    pub fn start<H, F>(port: u16, netns: Option<String>, handler: H) -> Server
+    where
+        H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+        F: std::future::Future<Output = Result<Reply, Dropped>> + Send + 'static,
+    {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            // The namespace of this thread is where the socket is created.
+            if let Some(path) = netns {
+                let fd = std::fs::File::open(&path).expect("open the network namespace");
+                nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter the network namespace");
+            }
+            let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind the emulator");
+            listener.set_nonblocking(true).expect("nonblocking");
+            tx.send(listener.local_addr().expect("local addr")).expect("report the address");
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+                loop {
+                    let (stream, _) = tokio::select! {
+                        accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
+                        _ = &mut stopped => return,
+                    };
+                    let handler = handler.clone();
+                    tokio::spawn(async move {
+                        let service = service_fn(handler);
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+            });
+        });
+        let addr = rx.recv().expect("the server starts");
+        Server { addr, stop: Some(stop), thread: Some(thread) }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Emulator {
@@ -158,23 +217,9 @@ impl Emulator {
     fn start_with(port: u16, netns: Option<String>) -> Emulator {
         let state = Arc::new(Mutex::new(State::default()));
         let clock = Arc::new(AtomicI64::new(0));
-        let (stop, stopped) = tokio::sync::oneshot::channel();
         let (s, c) = (Arc::clone(&state), Arc::clone(&clock));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            // The namespace of this thread is where the socket is created.
-            if let Some(path) = netns {
-                let fd = std::fs::File::open(&path).expect("open the network namespace");
-                nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).expect("enter the network namespace");
-            }
-            let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind the emulator");
-            listener.set_nonblocking(true).expect("nonblocking");
-            tx.send(listener.local_addr().expect("local addr")).expect("report the address");
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-            rt.block_on(serve(listener, s, c, stopped));
-        });
-        let addr = rx.recv().expect("the emulator starts");
-        Emulator { addr, state, clock, stop: Some(stop), thread: Some(thread) }
+        let server = Server::start(port, netns, move |req| handle(req, Arc::clone(&s), Arc::clone(&c)));
+        Emulator { addr: server.addr, state, clock, _server: server }
     }
 
     pub fn url(&self) -> String {
@@ -206,42 +251,11 @@ impl Emulator {
     }
 }
 
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-async fn serve(
-    listener: std::net::TcpListener,
-    state: Arc<Mutex<State>>,
-    clock: Arc<AtomicI64>,
-    mut stopped: tokio::sync::oneshot::Receiver<()>,
-) {
-    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-    loop {
-        let (stream, _) = tokio::select! {
-            accepted = listener.accept() => match accepted { Ok(a) => a, Err(_) => continue },
-            _ = &mut stopped => return,
-        };
-        let (state, clock) = (Arc::clone(&state), Arc::clone(&clock));
-        tokio::spawn(async move {
-            let service = service_fn(move |req| handle(req, Arc::clone(&state), Arc::clone(&clock)));
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
-        });
-    }
-}
-
-type Reply = Response<Full<Bytes>>;
+pub type Reply = Response<Full<Bytes>>;
 
 /// An error that makes hyper drop the connection without an answer.
 #[derive(Debug)]
-struct Dropped;
+pub struct Dropped;
 impl std::fmt::Display for Dropped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("dropped on purpose")
@@ -512,11 +526,11 @@ fn lookup(s: &State, ip: &str, threat: bool) -> Value {
     }
 }
 
-fn json_reply(status: u16, value: Value, headers: &[(&'static str, String)]) -> Reply {
+pub fn json_reply(status: u16, value: Value, headers: &[(&'static str, String)]) -> Reply {
     reply(status, Bytes::from(value.to_string()), headers)
 }
 
-fn reply(status: u16, body: Bytes, headers: &[(&'static str, String)]) -> Reply {
+pub fn reply(status: u16, body: Bytes, headers: &[(&'static str, String)]) -> Reply {
     let mut r = Response::new(Full::new(body));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     r.headers_mut().insert("content-type", "application/json".parse().unwrap());

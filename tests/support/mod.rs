@@ -7,6 +7,7 @@
 pub mod emulator;
 pub mod fail2ban;
 pub mod netns;
+pub mod providers;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -1,0 +1,105 @@
+//! The check service's provider answers: written behind its in-memory cache, read once
+//! at start so a restart does not send every address to the providers again. Errors are
+//! never stored (they are kept in memory for seconds only).
+
+use rusqlite::params;
+
+use super::{Result, Store};
+use crate::check::providers::{Flag, Provider, Reputation};
+use crate::clock::Timestamp;
+
+/// One stored answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredReputation {
+    pub provider: Provider,
+    pub ip: std::net::IpAddr,
+    pub reputation: Reputation,
+    pub fetched: Timestamp,
+}
+
+impl Store {
+    /// Saves answers (newer ones replace older ones) and forgets those fetched before
+    /// `forget_before`, in one transaction.
+    pub fn save_reputations(&mut self, rows: &[StoredReputation], forget_before: Timestamp) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO reputations (provider, ip, score, flags, fetched_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (provider, ip) DO UPDATE SET score = excluded.score, flags = excluded.flags,
+                   fetched_ms = excluded.fetched_ms WHERE excluded.fetched_ms >= reputations.fetched_ms",
+            )?;
+            for r in rows {
+                let flags = serde_json::to_string(&r.reputation.flags).unwrap_or_else(|_| "[]".into());
+                insert.execute(params![r.provider.name(), r.ip.to_string(), r.reputation.score, flags, r.fetched.0])?;
+            }
+            tx.execute("DELETE FROM reputations WHERE fetched_ms < ?1", params![forget_before.0])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The answers fetched at or after `since`. Rows this binary cannot read (a provider
+    /// or flag it does not know) are skipped.
+    pub fn load_reputations(&self, since: Timestamp) -> Result<Vec<StoredReputation>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT provider, ip, score, flags, fetched_ms FROM reputations WHERE fetched_ms >= ?1")?;
+        let rows = stmt.query_map(params![since.0], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, String>(3)?, r.get(4)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (provider, ip, score, flags, fetched) = row?;
+            let read = || {
+                Some(StoredReputation {
+                    provider: Provider::from_name(&provider)?,
+                    ip: ip.parse().ok()?,
+                    reputation: Reputation {
+                        score: u8::try_from(score).ok().filter(|s| *s <= 100)?,
+                        flags: serde_json::from_str::<Vec<Flag>>(&flags).ok()?,
+                    },
+                    fetched: Timestamp(fetched),
+                })
+            };
+            out.extend(read());
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_survive_a_reopen_and_old_ones_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let row = |provider, ip: &str, score, fetched| StoredReputation {
+            provider,
+            ip: ip.parse().unwrap(),
+            reputation: Reputation { score, flags: vec![Flag::Tor] },
+            fetched: Timestamp(fetched),
+        };
+        {
+            let mut store = Store::open(&path).unwrap();
+            store
+                .save_reputations(
+                    &[
+                        row(Provider::Ipasis, "203.0.113.7", 70, 1_000),
+                        row(Provider::Wayscloud, "2001:db8::1", 20, 5_000),
+                    ],
+                    Timestamp(0),
+                )
+                .unwrap();
+            // An older answer does not replace a newer one; the forget bound drops the first row.
+            store.save_reputations(&[row(Provider::Wayscloud, "2001:db8::1", 99, 4_000)], Timestamp(2_000)).unwrap();
+        }
+        let store = Store::open(&path).unwrap();
+        assert_eq!(
+            store.load_reputations(Timestamp(0)).unwrap(),
+            vec![row(Provider::Wayscloud, "2001:db8::1", 20, 5_000)]
+        );
+        assert!(store.load_reputations(Timestamp(5_001)).unwrap().is_empty());
+    }
+}
