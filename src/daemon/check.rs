@@ -30,7 +30,7 @@ use crate::check::providers::{Provider, Reputation};
 use crate::check::{Verdict, combine, level, verdict};
 use crate::clock::Timestamp;
 use crate::config::{Config, Listen};
-use crate::decision::{is_public, parse_target};
+use crate::decision::{is_public, parse_target, show_target};
 use crate::store::StoredReputation;
 
 /// A provider's answer: its reputation, or why there is none.
@@ -212,13 +212,10 @@ impl CheckService {
     /// The verdict on `ip` with everything behind it. `fail_open`: what an unknown
     /// score becomes.
     pub async fn check(&self, ip: IpAddr, fail_open: bool) -> (Verdict, Value) {
-        let engine = Arc::clone(&self.engine);
-        let text = ip.to_string();
-        let local = tokio::task::spawn_blocking(move || engine.query_data(&text)).await.ok().and_then(Result::ok);
-        let blocked = local
-            .as_ref()
-            .and_then(|q| q.active.first())
-            .map(|d| json!({"source": d.source, "until": d.expires, "reason": d.reason}));
+        let blocked = self
+            .engine
+            .in_force(ip, Timestamp::now())
+            .map(|b| json!({"source": b.source, "until": b.until, "target": show_target(&b.target)}));
         let mut reasons = Vec::new();
         let mut providers = serde_json::Map::new();
         if let Some(b) = &blocked {
@@ -280,7 +277,7 @@ impl CheckService {
 }
 
 /// Writes new provider answers to the store every few seconds, and once more at shutdown.
-pub(super) async fn persist_loop(service: Arc<CheckService>, mut shutdown: watch::Receiver<bool>) {
+async fn persist_loop(service: Arc<CheckService>, mut shutdown: watch::Receiver<bool>) {
     loop {
         let stop = tokio::select! {
             _ = tokio::time::sleep(PERSIST_EVERY) => false,
@@ -294,27 +291,74 @@ pub(super) async fn persist_loop(service: Arc<CheckService>, mut shutdown: watch
     }
 }
 
-/// Serves the check service on `listen` until shutdown.
-pub(super) async fn serve(service: Arc<CheckService>, listen: Listen, mut shutdown: watch::Receiver<bool>) {
+/// A bound listening socket of the check service.
+pub(super) enum Bound {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener),
+}
+
+/// Binds `listen` now, so the service answers as soon as the daemon says it is ready.
+/// A Unix socket is made connectable by every local user (mode 0666), as a loopback
+/// port is: the reverse proxy's user must reach it.
+pub(super) fn bind(listen: &Listen) -> std::io::Result<Bound> {
+    match listen {
+        Listen::Tcp(addr) => {
+            let l = std::net::TcpListener::bind(addr)?;
+            l.set_nonblocking(true)?;
+            Ok(Bound::Tcp(l))
+        }
+        Listen::Unix(path) => {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::remove_file(path);
+            let l = std::os::unix::net::UnixListener::bind(path)?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+            l.set_nonblocking(true)?;
+            Ok(Bound::Unix(l))
+        }
+    }
+}
+
+/// Runs the check service on its own thread with a one-thread runtime: answers never
+/// wait behind the daemon's other work (a feed pull, a ban storm), and one thread serves
+/// tens of thousands of cached checks a second. The thread ends after `shutdown`, once
+/// the last provider answers are in the store.
+pub(super) fn spawn(
+    engine: Arc<Engine>,
+    bound: Bound,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name("banshare-check".into()).spawn(move || {
+        let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(error) => {
+                tracing::error!(%error, "the check service cannot start its runtime; it is off");
+                return;
+            }
+        };
+        rt.block_on(async move {
+            let service = Arc::new(CheckService::new(engine));
+            tokio::join!(persist_loop(Arc::clone(&service), shutdown.clone()), serve(service, bound, shutdown));
+        });
+    })
+}
+
+/// Serves the check service until shutdown.
+async fn serve(service: Arc<CheckService>, bound: Bound, mut shutdown: watch::Receiver<bool>) {
     enum Listener {
         Tcp(tokio::net::TcpListener),
         Unix(tokio::net::UnixListener),
     }
-    let listener = match &listen {
-        Listen::Tcp(addr) => tokio::net::TcpListener::bind(addr).await.map(Listener::Tcp),
-        Listen::Unix(path) => {
-            let _ = std::fs::remove_file(path);
-            tokio::net::UnixListener::bind(path).map(Listener::Unix)
-        }
+    let listener = match bound {
+        Bound::Tcp(l) => tokio::net::TcpListener::from_std(l).map(Listener::Tcp),
+        Bound::Unix(l) => tokio::net::UnixListener::from_std(l).map(Listener::Unix),
     };
     let listener = match listener {
         Ok(l) => l,
         Err(error) => {
-            tracing::error!(%error, ?listen, "the check service cannot listen; it is off");
+            tracing::error!(%error, "the check service cannot listen; it is off");
             return;
         }
     };
-    tracing::info!(?listen, "check service listening");
     loop {
         let (io, peer): (Box<dyn IoStream>, Option<IpAddr>) = tokio::select! {
             accepted = async {

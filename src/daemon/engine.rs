@@ -256,6 +256,12 @@ impl Engine {
         }
     }
 
+    /// The live decision covering `ip`, from memory (no store query): the check
+    /// service's question on every request.
+    pub(super) fn in_force(&self, ip: IpAddr, now: Timestamp) -> Option<crate::enforce::in_force::InForce> {
+        self.firewall.in_force(ip, now)
+    }
+
     /// This host's addresses as last read.
     pub(super) fn host_addresses(&self) -> Vec<IpAddr> {
         self.state().host.clone()

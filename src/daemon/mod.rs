@@ -155,9 +155,15 @@ pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
     tasks.spawn(firewall_loop(Arc::clone(&engine), shutdown_rx.clone()));
     tasks.spawn(feed::report_loop(Arc::clone(&engine), shutdown_rx.clone()));
     if let Some(listen) = engine.config().check.listen.clone() {
-        let service = Arc::new(check::CheckService::new(Arc::clone(&engine)));
-        tasks.spawn(check::persist_loop(Arc::clone(&service), shutdown_rx.clone()));
-        tasks.spawn(check::serve(service, listen, shutdown_rx.clone()));
+        match check::bind(&listen).and_then(|bound| check::spawn(Arc::clone(&engine), bound, shutdown_rx.clone())) {
+            Ok(thread) => {
+                tracing::info!(?listen, "check service listening");
+                tasks.spawn(async move {
+                    let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+                });
+            }
+            Err(error) => tracing::error!(%error, ?listen, "the check service cannot listen; it is off"),
+        }
     }
     tasks.spawn(feed::pull_loop(Arc::clone(&engine), shutdown_rx));
 

@@ -12,6 +12,7 @@
 
 mod command;
 mod dryrun;
+pub mod in_force;
 pub mod ipset;
 pub mod nftables;
 mod worker;

@@ -11,9 +11,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use super::in_force::{InForce, InForceIndex};
 use super::{Change, Enforcer, FirewallError};
 use crate::clock::Timestamp;
 use crate::decision::{Decision, Guard};
@@ -40,6 +41,8 @@ pub struct FirewallHandle {
     last_error: Arc<Mutex<Option<String>>>,
     /// Batches applied so far (each one kernel transaction); shown by `status`.
     batches: Arc<AtomicU64>,
+    /// Every live decision handed over (enforced or not), for lookups without the store.
+    in_force: Arc<RwLock<InForceIndex>>,
 }
 
 /// Waits for a batch to reach the kernel.
@@ -66,6 +69,7 @@ impl FirewallHandle {
             backend: enforcer.backend_name(),
             last_error: Arc::clone(&last_error),
             batches: Arc::clone(&batches),
+            in_force: Arc::default(),
         };
         std::thread::Builder::new()
             .name("banshare-firewall".into())
@@ -90,12 +94,23 @@ impl FirewallHandle {
     /// Queues blocks for `decisions`.
     /// (Decisions banshare does not enforce are skipped here, in one place.)
     pub fn add(&self, decisions: &[Decision]) -> Ticket {
+        self.index().add(decisions);
         self.apply(decisions.iter().filter(|d| d.enforced).map(|d| Change::Add(d.into())).collect())
     }
 
     /// Queues the lifting of `decisions`.
     pub fn remove(&self, decisions: &[Decision]) -> Ticket {
+        self.index().remove(decisions);
         self.apply(decisions.iter().filter(|d| d.enforced).map(|d| Change::Remove(d.into())).collect())
+    }
+
+    fn index(&self) -> std::sync::RwLockWriteGuard<'_, InForceIndex> {
+        self.in_force.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The live decision covering `ip`, as handed to the firewall (see [`InForceIndex`]).
+    pub fn in_force(&self, ip: std::net::IpAddr, now: Timestamp) -> Option<InForce> {
+        self.in_force.read().unwrap_or_else(|e| e.into_inner()).covering(ip, now)
     }
 
     fn apply(&self, changes: Vec<Change>) -> Ticket {
@@ -110,6 +125,7 @@ impl FirewallHandle {
     /// Queues a rebuild of the kernel from `active` (the store's decisions in force).
     /// Returns a receiver for the outcome.
     pub fn reconcile(&self, active: Vec<Decision>) -> Receiver<Result<(), String>> {
+        self.index().replace(&active);
         let (tx, rx) = mpsc::channel();
         let active = active.into_iter().filter(|d| d.enforced).collect();
         let _ = self.jobs.send(Job::Reconcile { active, done: tx });
