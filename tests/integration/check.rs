@@ -410,3 +410,33 @@ fn concurrent_checks_share_one_lookup_per_provider_and_the_cache_survives_a_rest
     }
     assert_eq!((wayscloud(), p.geo.asked(ip), p.armor.asked(ip), p.ipasis.asked(ip)), (1, 1, 1, 1));
 }
+
+#[test]
+fn a_unix_socket_listener_answers_and_believes_the_proxy_header() {
+    use std::io::{Read, Write};
+    let emu = Emulator::start();
+    emu.with(|s| {
+        s.lookups.insert("45.155.205.90".into(), json!({"ip": "45.155.205.90", "score": 90}));
+    });
+    let env = Env::new("");
+    let path = env.dir.path().join("check.sock");
+    let feed = env.feed_section(&emu.url(), "pull = false\nreport = false");
+    env.write_config(&format!("{feed}\n[check]\nlisten = {path:?}\n"));
+    let _daemon = env.start_in_process();
+    let ask = |request: &str| {
+        let mut stream = std::os::unix::net::UnixStream::connect(&path).expect("the socket listens once ready");
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        answer
+    };
+    let answer = ask("GET /v1/check/45.155.205.90 HTTP/1.1\r\nHost: banshare\r\nConnection: close\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"verdict\":\"block\""), "{answer}");
+    // Only local processes reach a Unix socket: the proxy's header is the client.
+    let answer =
+        ask("GET /v1/auth HTTP/1.1\r\nHost: banshare\r\nX-Real-IP: 45.155.205.90\r\nConnection: close\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o666);
+}
