@@ -43,8 +43,13 @@ const ERROR_CACHE_MAX: Duration = Duration::from_secs(30);
 /// A 429 without `Retry-After` pauses the provider this long; a longer one is capped.
 const PAUSE_DEFAULT: Duration = Duration::from_secs(60);
 const PAUSE_MAX: Duration = Duration::from_secs(3600);
-/// How often new answers are written to the store.
+/// How often new answers are written to the store (and stale ones dropped from memory).
 const PERSIST_EVERY: Duration = Duration::from_secs(2);
+/// The most answers kept in memory; past it, new answers are used but not cached until
+/// stale ones make room. Bounds memory on a site seeing millions of addresses.
+const MAX_CACHED: usize = 250_000;
+/// A connection that has not sent its request headers within this is closed.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The providers of one config, built when the config changes.
 struct Clients {
@@ -159,7 +164,10 @@ impl CheckService {
             inflight.remove(&(provider, ip));
             let ttl = client.config.cache;
             let keep = if looked.is_ok() { ttl } else { (ttl / 10).min(ERROR_CACHE_MAX) };
-            lock(&self.cache).insert((provider, ip), (looked.clone(), Instant::now() + keep));
+            let mut cache = lock(&self.cache);
+            if cache.len() < MAX_CACHED || cache.contains_key(&(provider, ip)) {
+                cache.insert((provider, ip), (looked.clone(), Instant::now() + keep));
+            }
         }
         (looked, false)
     }
@@ -195,9 +203,11 @@ impl CheckService {
         }
     }
 
-    /// Writes the answers received since the last call to the store, and forgets stored
-    /// answers older than the longest cache period.
+    /// Drops stale answers from memory; writes the answers received since the last call
+    /// to the store, and forgets stored answers older than the longest cache period.
     fn persist(&self) {
+        let now = Instant::now();
+        lock(&self.cache).retain(|_, (_, until)| *until > now);
         let rows = std::mem::take(&mut *lock(&self.unsaved));
         if rows.is_empty() {
             return;
@@ -375,7 +385,11 @@ async fn serve(service: Arc<CheckService>, bound: Bound, mut shutdown: watch::Re
                 let service = Arc::clone(&service);
                 async move { Ok::<_, Infallible>(route(&service, req, peer).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), svc).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(io), svc)
+                .await;
         });
     }
 }
