@@ -114,8 +114,8 @@ mod tests {
     fn scores_combine_by_maximum_or_weights() {
         let mut answers = BTreeMap::new();
         assert_eq!(combine(&answers, None), None);
-        answers.insert(Provider::Wayscloud, Reputation { score: 90, flags: vec![] });
-        answers.insert(Provider::Ipasis, Reputation { score: 30, flags: vec![] });
+        answers.insert(Provider::Wayscloud, Reputation::new(90, vec![]));
+        answers.insert(Provider::Ipasis, Reputation::new(30, vec![]));
         assert_eq!(combine(&answers, None), Some(90));
         let weights = BTreeMap::from([(Provider::Wayscloud, 1.0), (Provider::Ipasis, 3.0)]);
         assert_eq!(combine(&answers, Some(&weights)), Some(45));

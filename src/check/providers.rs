@@ -11,6 +11,16 @@ use serde_json::Value;
 pub struct Reputation {
     pub score: u8,
     pub flags: Vec<Flag>,
+    /// What else the provider said that a person deciding would want: VPN and proxy
+    /// provider names with their confidence, report counts, the network's kind.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+impl Reputation {
+    pub fn new(score: u8, flags: Vec<Flag>) -> Reputation {
+        Reputation { score, flags, notes: Vec::new() }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -84,7 +94,19 @@ fn wayscloud(doc: &Value) -> Option<Reputation> {
     let score = doc.get("score").or_else(|| doc.get("threat").and_then(|t| t.get("score"))).and_then(Value::as_f64)?;
     let f = doc.get("flags");
     let get = |k: &str| yes(f.and_then(|f| f.get(k)));
-    let categories = doc.get("categories").and_then(Value::as_array).is_some_and(|c| !c.is_empty());
+    let categories: Vec<&str> = doc
+        .get("categories")
+        .or_else(|| doc.get("threat").and_then(|t| t.get("categories")))
+        .and_then(Value::as_array)
+        .map(|c| c.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let mut notes = Vec::new();
+    if !categories.is_empty() {
+        notes.push(format!("categories: {}", categories.join(", ")));
+    }
+    if let Some(n) = doc.get("reports_count").and_then(Value::as_u64).filter(|n| *n > 0) {
+        notes.push(format!("{n} community reports"));
+    }
     Some(Reputation {
         score: clamp(score),
         flags: flags(&[
@@ -92,9 +114,24 @@ fn wayscloud(doc: &Value) -> Option<Reputation> {
             (get("proxy"), Flag::Proxy),
             (get("tor"), Flag::Tor),
             (get("datacenter"), Flag::Datacenter),
-            (get("botnet") || categories, Flag::KnownAttacker),
+            (get("botnet") || !categories.is_empty(), Flag::KnownAttacker),
         ]),
+        notes,
     })
+}
+
+/// `what: names (confidence N)` from a provider's name list and confidence score.
+fn named(what: &str, names: Option<&Value>, confidence: Option<&Value>) -> Option<String> {
+    let names: Vec<&str> = match names {
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).filter(|s| !s.is_empty()).collect(),
+        Some(Value::String(s)) if !s.is_empty() => vec![s.as_str()],
+        _ => Vec::new(),
+    };
+    if names.is_empty() {
+        return None;
+    }
+    let confidence = confidence.and_then(Value::as_f64).map(|c| format!(" (confidence {c})")).unwrap_or_default();
+    Some(format!("{what}: {}{confidence}", names.join(", ")))
 }
 
 /// ipgeolocation.io `GET /v3/security`: `security.threat_score` (0-100) as is; `is_tor`,
@@ -104,6 +141,12 @@ fn ipgeolocation(doc: &Value) -> Option<Reputation> {
     let s = doc.get("security")?;
     let score = s.get("threat_score").and_then(Value::as_f64)?;
     let get = |k: &str| yes(s.get(k));
+    let notes = [
+        named("vpn", s.get("vpn_provider_names"), s.get("vpn_confidence_score")),
+        named("proxy", s.get("proxy_provider_names"), s.get("proxy_confidence_score")),
+        named("cloud", s.get("cloud_provider_name"), None),
+        get("is_residential_proxy").then(|| "residential proxy".to_string()),
+    ];
     Some(Reputation {
         score: clamp(score),
         flags: flags(&[
@@ -113,6 +156,7 @@ fn ipgeolocation(doc: &Value) -> Option<Reputation> {
             (get("is_cloud_provider"), Flag::Datacenter),
             (get("is_known_attacker"), Flag::KnownAttacker),
         ]),
+        notes: notes.into_iter().flatten().collect(),
     })
 }
 
@@ -131,6 +175,18 @@ fn apiarmor(doc: &Value) -> Option<Reputation> {
     };
     let risky = yes(r.get("risky"));
     let kind = doc.get("kind").or_else(|| r.get("kind")).and_then(Value::as_str).unwrap_or("").to_ascii_lowercase();
+    let reports = match r.get("reports") {
+        Some(Value::Object(o)) => o.get("total").and_then(Value::as_u64),
+        Some(v) => v.as_u64(),
+        None => None,
+    };
+    let mut notes = Vec::new();
+    if let Some(n) = reports.filter(|n| *n > 0) {
+        notes.push(format!("{n} reports"));
+    }
+    if !kind.is_empty() {
+        notes.push(format!("kind: {kind}"));
+    }
     Some(Reputation {
         score: if risky { base.max(75) } else { base },
         flags: flags(&[
@@ -140,6 +196,7 @@ fn apiarmor(doc: &Value) -> Option<Reputation> {
             (kind.contains("hosting") || kind.contains("datacenter"), Flag::Datacenter),
             (risky || base >= 90, Flag::KnownAttacker),
         ]),
+        notes,
     })
 }
 
@@ -168,6 +225,7 @@ fn ipasis(doc: &Value) -> Option<Reputation> {
             (dc, Flag::Datacenter),
             (abuse, Flag::KnownAttacker),
         ]),
+        notes: Vec::new(),
     })
 }
 
@@ -186,7 +244,10 @@ mod tests {
             r#"{"ip":"1.2.3.4","score":92,"level":"critical","categories":["ssh_bruteforce"],"flags":{"tor":true}}"#,
         )
         .unwrap();
-        assert_eq!(w, Reputation { score: 92, flags: vec![Flag::Tor, Flag::KnownAttacker] });
+        assert_eq!(
+            (w.score, w.flags, w.notes),
+            (92, vec![Flag::Tor, Flag::KnownAttacker], vec!["categories: ssh_bruteforce".into()])
+        );
         let nested = read(Provider::Wayscloud, r#"{"threat":{"score":10}}"#).unwrap();
         assert_eq!(nested.score, 10);
 
@@ -196,21 +257,25 @@ mod tests {
                "is_vpn":true,"is_known_attacker":true,"is_cloud_provider":false,"proxy_provider_names":["X"],"vpn_confidence_score":90}}"#,
         )
         .unwrap();
-        assert_eq!(g, Reputation { score: 80, flags: vec![Flag::Vpn, Flag::Proxy, Flag::KnownAttacker] });
+        assert_eq!((g.score, g.flags), (80, vec![Flag::Vpn, Flag::Proxy, Flag::KnownAttacker]));
+        assert_eq!(g.notes, ["proxy: X", "residential proxy"]);
 
         let a = read(
             Provider::Apiarmor,
             r#"{"ip":"1.2.3.4","reputation":{"risky":true,"reputation":"suspicious","reports":12},"kind":"hosting"}"#,
         )
         .unwrap();
-        assert_eq!(a, Reputation { score: 75, flags: vec![Flag::Datacenter, Flag::KnownAttacker] });
+        assert_eq!(
+            (a.score, a.flags, a.notes),
+            (75, vec![Flag::Datacenter, Flag::KnownAttacker], vec!["12 reports".to_string(), "kind: hosting".into()])
+        );
         assert_eq!(read(Provider::Apiarmor, r#"{"reputation":{"risky":false,"reputation":"ok"}}"#).unwrap().score, 0);
         assert_eq!(read(Provider::Apiarmor, r#"{"reputation":{"reputation":"unheard-of"}}"#), None);
 
         let i =
             read(Provider::Ipasis, r#"{"ip":"1.2.3.4","is_proxy":true,"is_vpn":true,"is_tor":false,"is_abuse":false}"#)
                 .unwrap();
-        assert_eq!(i, Reputation { score: 60, flags: vec![Flag::Vpn, Flag::Proxy] });
+        assert_eq!(i, Reputation::new(60, vec![Flag::Vpn, Flag::Proxy]));
         assert_eq!(read(Provider::Ipasis, r#"{"ip":"1.2.3.4","is_abuse":false}"#).unwrap().score, 0);
         assert_eq!(read(Provider::Ipasis, r#"{"error":"quota"}"#), None);
     }

@@ -246,7 +246,10 @@ impl CheckService {
                 let name = client.provider().name();
                 match looked {
                     Ok(r) => {
-                        providers.insert(name.into(), json!({"score": r.score, "flags": r.flags, "cached": cached}));
+                        providers.insert(
+                            name.into(),
+                            json!({"score": r.score, "flags": r.flags, "notes": r.notes, "cached": cached}),
+                        );
                         answers.insert(client.provider(), r);
                     }
                     Err(e) => {

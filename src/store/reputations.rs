@@ -24,13 +24,16 @@ impl Store {
         let tx = self.conn.transaction()?;
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO reputations (provider, ip, score, flags, fetched_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+                "INSERT INTO reputations (provider, ip, score, flags, notes, fetched_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT (provider, ip) DO UPDATE SET score = excluded.score, flags = excluded.flags,
-                   fetched_ms = excluded.fetched_ms WHERE excluded.fetched_ms >= reputations.fetched_ms",
+                   notes = excluded.notes, fetched_ms = excluded.fetched_ms
+                 WHERE excluded.fetched_ms >= reputations.fetched_ms",
             )?;
             for r in rows {
-                let flags = serde_json::to_string(&r.reputation.flags).unwrap_or_else(|_| "[]".into());
-                insert.execute(params![r.provider.name(), r.ip.to_string(), r.reputation.score, flags, r.fetched.0])?;
+                let rep = &r.reputation;
+                let flags = serde_json::to_string(&rep.flags).unwrap_or_else(|_| "[]".into());
+                let notes = serde_json::to_string(&rep.notes).unwrap_or_else(|_| "[]".into());
+                insert.execute(params![r.provider.name(), r.ip.to_string(), rep.score, flags, notes, r.fetched.0])?;
             }
             tx.execute("DELETE FROM reputations WHERE fetched_ms < ?1", params![forget_before.0])?;
         }
@@ -41,30 +44,31 @@ impl Store {
     /// The answers fetched at or after `since`. Rows this binary cannot read (a provider
     /// or flag it does not know) are skipped.
     pub fn load_reputations(&self, since: Timestamp) -> Result<Vec<StoredReputation>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT provider, ip, score, flags, fetched_ms FROM reputations WHERE fetched_ms >= ?1")?;
-        let rows = stmt.query_map(params![since.0], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, String>(3)?, r.get(4)?))
-        })?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT provider, ip, score, flags, notes, fetched_ms FROM reputations WHERE fetched_ms >= ?1",
+        )?;
+        let rows = stmt.query_map(params![since.0], |r| Ok(read_reputation(r)))?;
         let mut out = Vec::new();
         for row in rows {
-            let (provider, ip, score, flags, fetched) = row?;
-            let read = || {
-                Some(StoredReputation {
-                    provider: Provider::from_name(&provider)?,
-                    ip: ip.parse().ok()?,
-                    reputation: Reputation {
-                        score: u8::try_from(score).ok().filter(|s| *s <= 100)?,
-                        flags: serde_json::from_str::<Vec<Flag>>(&flags).ok()?,
-                    },
-                    fetched: Timestamp(fetched),
-                })
-            };
-            out.extend(read());
+            out.extend(row?);
         }
         Ok(out)
     }
+}
+
+/// One row, or `None` when this binary cannot read it.
+fn read_reputation(r: &rusqlite::Row<'_>) -> Option<StoredReputation> {
+    let text = |i: usize| r.get::<_, String>(i).ok();
+    Some(StoredReputation {
+        provider: Provider::from_name(&text(0)?)?,
+        ip: text(1)?.parse().ok()?,
+        reputation: Reputation {
+            score: r.get::<_, i64>(2).ok().and_then(|s| u8::try_from(s).ok()).filter(|s| *s <= 100)?,
+            flags: serde_json::from_str::<Vec<Flag>>(&text(3)?).ok()?,
+            notes: serde_json::from_str::<Vec<String>>(&text(4)?).ok()?,
+        },
+        fetched: Timestamp(r.get(5).ok()?),
+    })
 }
 
 #[cfg(test)]
@@ -78,7 +82,11 @@ mod tests {
         let row = |provider, ip: &str, score, fetched| StoredReputation {
             provider,
             ip: ip.parse().unwrap(),
-            reputation: Reputation { score, flags: vec![Flag::Tor] },
+            reputation: Reputation {
+                score,
+                flags: vec![Flag::Tor],
+                notes: vec!["vpn: Nord VPN (confidence 80)".into()],
+            },
             fetched: Timestamp(fetched),
         };
         {

@@ -93,6 +93,7 @@ pub const MIGRATIONS: &[&str] = &[
         ip           TEXT    NOT NULL,
         score        INTEGER NOT NULL,
         flags        TEXT    NOT NULL,            -- JSON array of flag names
+        notes        TEXT    NOT NULL DEFAULT '[]', -- JSON array of texts
         fetched_ms   INTEGER NOT NULL,
         PRIMARY KEY (provider, ip)
     ) WITHOUT ROWID;

@@ -265,6 +265,9 @@ fn every_provider_is_asked_its_own_way_and_the_scores_combine() {
     assert_eq!((pr["ipasis"]["score"].clone(), pr["ipasis"]["flags"].clone()), (json!(70), json!(["tor"])));
     // The maximum by default: 70 is "challenge".
     assert_eq!((body["score"].clone(), body["verdict"].clone()), (json!(70), json!("challenge")));
+    // What else each said, for the person deciding.
+    assert_eq!(pr["ipgeolocation"]["notes"], json!(["vpn: Nord VPN (confidence 80)", "cloud: Packethub S.A."]));
+    assert_eq!(pr["apiarmor"]["notes"], json!(["kind: hosting"]));
     // Each key went where its provider wants it (query, Bearer, query), and only there.
     for e in [&p.geo, &p.armor, &p.ipasis] {
         let requests = e.with(|s| s.requests.clone());
