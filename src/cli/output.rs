@@ -152,6 +152,10 @@ pub fn status(s: &StatusData) -> String {
         }
     }
     feed_status(&mut out, &s.feed);
+    if let Some(c) = &s.check {
+        let providers = if c.providers.is_empty() { "none".to_string() } else { c.providers.join(", ") };
+        let _ = writeln!(out, "check:     listening on {} (providers: {providers})", c.listen);
+    }
     out
 }
 

@@ -170,6 +170,16 @@ pub struct StatusData {
     #[serde(default)]
     pub sources: Vec<crate::daemon::SourceStatus>,
     pub feed: FeedStatus,
+    /// The check service: where it listens and which providers it asks (`None`: off).
+    #[serde(default)]
+    pub check: Option<CheckStatus>,
+}
+
+/// The check service in `status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CheckStatus {
+    pub listen: String,
+    pub providers: Vec<String>,
 }
 
 /// The community feed in `status`.

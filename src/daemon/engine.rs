@@ -605,6 +605,13 @@ impl Engine {
             host_addresses,
             sources: self.sources.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect(),
             feed: self.feed_status(),
+            check: config.check.listen.as_ref().map(|listen| crate::control::protocol::CheckStatus {
+                listen: match listen {
+                    crate::config::Listen::Tcp(addr) => addr.to_string(),
+                    crate::config::Listen::Unix(path) => path.display().to_string(),
+                },
+                providers: config.check.providers.iter().map(|p| p.provider.name().to_string()).collect(),
+            }),
         })
     }
 }

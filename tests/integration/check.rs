@@ -275,6 +275,9 @@ fn every_provider_is_asked_its_own_way_and_the_scores_combine() {
         assert_eq!(requests[0].1.as_deref(), Some(PROVIDER_KEY), "{:?}: {requests:?}", e.kind);
     }
     assert!(p.armor.with(|s| !s.requests[0].0.contains(PROVIDER_KEY)), "API Armor's key is a header, not in the URL");
+    let status = env.cli(&["status"]);
+    let want = format!("check:     listening on {} (providers: wayscloud, ipgeolocation, apiarmor, ipasis)", &url[7..]);
+    assert!(status.stdout.contains(&want), "{}", status.stdout);
     daemon.stop();
 
     // Weighted: (20*1 + 65*1 + 70*1 + 70*5) / 8 = 63.1 → 63 (challenge); a clean address
