@@ -37,7 +37,10 @@
 //! - [`feed`]: the WAYSCloud community feed: API client, sanitiser, outbox reporter,
 //!   live-feed pull (the daemon wires it in `daemon::feed`).
 //! - [`fail2ban`]: fail2ban's ban and unban events (the action, its log), jail categories.
-//! - [`check`]: the check service's rules: provider answers and graduated verdicts.
+//! - [`check`]: the check service's rules and provider clients: each reputation
+//!   provider's request and answer, scores combined into graduated verdicts, metrics
+//!   (the daemon serves them over HTTP in `daemon::check`, local blocks from
+//!   [`enforce::in_force`]).
 
 pub mod check;
 pub mod cli;
