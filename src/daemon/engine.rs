@@ -357,7 +357,7 @@ impl Engine {
     /// old config kept (shown in `status` until a reload succeeds).
     pub fn reload(&self) {
         let old = self.config();
-        let new = match config::load(old.source_path.as_deref()) {
+        let mut new = match config::load(old.source_path.as_deref()) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "config reload failed; keeping the previous config");
@@ -369,11 +369,14 @@ impl Engine {
             ("state_dir", new.state_dir != old.state_dir),
             ("socket", new.socket != old.socket),
             ("firewall.backend", new.firewall != old.firewall),
+            ("check.listen", new.check.listen != old.check.listen),
         ] {
             if changed {
                 tracing::warn!(key = what, "changing this key takes a restart; the running daemon keeps the old value");
             }
         }
+        // The check service stays on the socket it bound; `status` must say that one.
+        new.check.listen.clone_from(&old.check.listen);
         let now = Timestamp::now();
         let mut st = self.state();
         let guard = Guard::new(new.allowlist.clone(), st.host.clone());

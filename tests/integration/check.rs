@@ -446,3 +446,28 @@ fn a_unix_socket_listener_answers_and_believes_the_proxy_header() {
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o666);
 }
+
+#[test]
+fn a_reload_changes_the_providers_but_not_the_listener() {
+    let emu = Emulator::start();
+    let p = Providers::start();
+    let ip = "45.155.205.95";
+    p.ipasis.with(|s| s.answers.insert(ip.into(), providers::ipasis(ip, &["is_abuse"])));
+    let (env, url) = check_env(&emu, "");
+    let daemon = env.start_in_process();
+    let rt = runtime();
+    let (_, _, body) = rt.block_on(get(&format!("{url}/v1/check/{ip}"), &[]));
+    assert_eq!(body["providers"].as_object().unwrap().keys().collect::<Vec<_>>(), ["wayscloud"], "{body}");
+    // Add IPASIS and move the listener: the provider takes effect, the listener stays.
+    let text = std::fs::read_to_string(&env.config_path).unwrap();
+    let moved = text.replace(&url[7..], &format!("127.0.0.1:{}", free_port()));
+    let sections = p.sections(&env, "");
+    let ipasis = &sections[sections.find("[check.providers.ipasis]").unwrap()..];
+    env.write_raw_config(&format!("{moved}\n{ipasis}"));
+    daemon.reload();
+    let (_, _, body) = rt.block_on(get(&format!("{url}/v1/check/{ip}"), &[]));
+    assert_eq!(body["providers"]["ipasis"]["score"], 85, "{body}");
+    assert_eq!(body["verdict"], "block", "{body}");
+    let status = env.cli(&["status"]).stdout;
+    assert!(status.contains(&format!("check:     listening on {}", &url[7..])), "{status}");
+}

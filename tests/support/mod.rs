@@ -181,6 +181,13 @@ pub struct InProcess {
 }
 
 impl InProcess {
+    /// Reloads the config, as SIGHUP does.
+    pub fn reload(&self) {
+        if let Some(h) = &self.handle {
+            self.runtime.block_on(h.reload());
+        }
+    }
+
     /// Drains and stops the daemon, as SIGTERM does.
     pub fn stop(mut self) {
         if let Some(h) = self.handle.take() {
