@@ -251,7 +251,7 @@ pub struct ReportArgs {
     /// ban, or unban (fail2ban's actionunban)
     #[arg(long, value_enum, default_value = "ban")]
     pub event: crate::fail2ban::Kind,
-    /// The log lines that matched (newline-separated, as fail2ban's <matches>)
+    /// The log lines that matched (newline-separated, as fail2ban's `<matches>`)
     #[arg(long)]
     pub matches: Option<String>,
 }

@@ -1,7 +1,7 @@
 //! Configuration: the TOML file, its defaults, and its validation.
 //!
-//! [`raw::RawConfig`] mirrors the file (`deny_unknown_fields`, every key optional).
-//! [`Config::from_raw`] converts it once into a validated [`Config`] (parsed CIDRs,
+//! `raw::RawConfig` mirrors the file (`deny_unknown_fields`, every key optional).
+//! `Config::from_raw` converts it once into a validated [`Config`] (parsed CIDRs,
 //! `Duration`s, enums); nothing else in the crate sees raw strings. Every error names the
 //! file, the key (`allowlist[2]`, `decisions.ipv6_prefix`) and what was expected.
 //! `banshare config check` runs exactly [`load`], as `banshare run` and SIGHUP do.

@@ -168,7 +168,7 @@ impl Scanner {
         self.record(line, hits)
     }
 
-    /// The filters, for testing lines elsewhere (in parallel) before [`Scanner::record`].
+    /// The filters, for testing lines elsewhere (in parallel) before `Scanner::record`.
     pub fn filters(&self) -> &FilterSet {
         &self.set
     }

@@ -137,7 +137,7 @@ pub fn apply_script(plan: &Plan, mirror: &Mirror, now: Timestamp) -> String {
     s
 }
 
-/// `maxelem` for `n` elements: twice what is needed, at least [`MIN_MAXELEM`].
+/// `maxelem` for `n` elements: twice what is needed, at least `MIN_MAXELEM`.
 pub fn maxelem(n: usize) -> usize {
     (n * 2).next_power_of_two().max(MIN_MAXELEM)
 }
@@ -148,7 +148,7 @@ fn create_line(name: &str, v6: bool, maxelem: usize) -> String {
 }
 
 /// A full reload: fill `<set>-new` and swap it in for each family. The live sets must
-/// exist (see [`Ipset::ensure_sets`]).
+/// exist (see `Ipset::ensure_sets`).
 pub fn full_script(mirror: &Mirror, now: Timestamp) -> String {
     let mut s = String::new();
     for (live, v6) in [(SET_V4, false), (SET_V6, true)] {

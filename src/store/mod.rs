@@ -4,7 +4,7 @@
 //! CLI can read (and the fail2ban hook can write) while the daemon runs. The daemon is the
 //! one regular writer; it commits a decision before it acknowledges it or touches the
 //! firewall, so a crash never loses an acknowledged ban. Schema changes are append-only
-//! migrations ([`schema::MIGRATIONS`]); a database from a newer banshare is refused.
+//! migrations (`schema::MIGRATIONS`); a database from a newer banshare is refused.
 //!
 //! Neighbours: [`crate::daemon`] owns the store; [`crate::decision`] defines what is
 //! stored.
