@@ -321,8 +321,18 @@ pub(super) fn bind(listen: &Listen) -> std::io::Result<Bound> {
             Ok(Bound::Tcp(l))
         }
         Listen::Unix(path) => {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::remove_file(path);
+            use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+            // A socket left by an earlier run is replaced; anything else at the path is kept.
+            match std::fs::symlink_metadata(path) {
+                Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)?,
+                Ok(_) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::AlreadyExists,
+                        format!("{} exists and is not a socket; refusing to replace it", path.display()),
+                    ));
+                }
+                Err(_) => {}
+            }
             let l = std::os::unix::net::UnixListener::bind(path)?;
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
             l.set_nonblocking(true)?;
@@ -380,7 +390,15 @@ async fn serve(service: Arc<CheckService>, bound: Bound, mut shutdown: watch::Re
                     Listener::Unix(l) => l.accept().await.map(|(s, _)| (Box::new(s) as Box<dyn IoStream>, None)),
                 }
             } => match accepted { Ok(a) => a, Err(_) => continue },
-            _ = super::stopped(&mut shutdown) => return,
+            _ = super::stopped(&mut shutdown) => {
+                // Leave no socket file behind (as the control socket does).
+                if let Listener::Unix(l) = &listener
+                    && let Some(path) = l.local_addr().ok().as_ref().and_then(|a| a.as_pathname())
+                {
+                    let _ = std::fs::remove_file(path);
+                }
+                return;
+            }
         };
         let service = Arc::clone(&service);
         tokio::spawn(async move {

@@ -229,9 +229,15 @@ impl Followers {
 
     /// Stops every follower; each saves its checkpoints or cursor on the way out.
     pub fn stop(self) {
-        self.stop.store(true, Ordering::SeqCst);
-        for pid in self.journal_pids.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), nix::sys::signal::Signal::SIGTERM);
+        // The flag is set under the pid list's lock: a journal thread registering a new
+        // journalctl either sees it (and ends that child itself) or is in the list here.
+        {
+            let pids = self.journal_pids.lock().unwrap_or_else(|e| e.into_inner());
+            self.stop.store(true, Ordering::SeqCst);
+            for pid in pids.iter() {
+                let pid = nix::unistd::Pid::from_raw(*pid as i32);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            }
         }
         for t in self.threads {
             let _ = t.join();
@@ -289,7 +295,13 @@ fn follow_journal(
                 continue;
             }
         };
-        pids.lock().unwrap_or_else(|e| e.into_inner()).push(journal.pid());
+        {
+            let mut running = pids.lock().unwrap_or_else(|e| e.into_inner());
+            if stop.load(Ordering::SeqCst) {
+                break; // stopping already: dropping `journal` ends the child
+            }
+            running.push(journal.pid());
+        }
         let mut unsaved: Option<String> = None;
         let mut saved_at = Instant::now();
         while let Ok(Some(entry)) = journal.next_entry() {

@@ -445,6 +445,13 @@ fn a_unix_socket_listener_answers_and_believes_the_proxy_header() {
     assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o666);
+    drop(_daemon);
+    // A file that is not a socket is never replaced: the service stays off, the file intact.
+    std::fs::write(&path, "precious").unwrap();
+    let daemon = env.start_in_process();
+    assert!(std::os::unix::net::UnixStream::connect(&path).is_err());
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious");
+    drop(daemon);
 }
 
 #[test]
