@@ -117,12 +117,16 @@ impl ProviderClient {
         };
         // rustls with ring; installing twice is harmless (the first one stays).
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
+        let built = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
             .user_agent(concat!("banshare/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default();
+            .build();
+        // Without its time limits the client is never used: every lookup fails with why.
+        let (http, key) = match built {
+            Ok(http) => (http, key),
+            Err(e) => (reqwest::Client::new(), Err(format!("cannot build the HTTP client: {e}"))),
+        };
         ProviderClient { config: config.clone(), key, http }
     }
 
@@ -130,7 +134,7 @@ impl ProviderClient {
         self.config.provider
     }
 
-    /// Why this provider cannot be asked at all (no usable key), if so.
+    /// Why this provider cannot be asked at all (no usable key, no HTTP client), if so.
     pub fn unusable(&self) -> Option<&str> {
         self.key.as_ref().err().map(String::as_str)
     }

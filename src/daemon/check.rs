@@ -82,7 +82,7 @@ fn build_clients(config: Arc<Config>) -> Clients {
         config.check.providers.iter().map(|p| ProviderClient::new(p, &config.feed.api_key_file)).collect();
     for c in &list {
         if let Some(reason) = c.unusable() {
-            tracing::warn!(provider = c.provider().name(), %reason, "check provider has no usable key; its answers are \"unknown\"");
+            tracing::warn!(provider = c.provider().name(), %reason, "check provider cannot be asked; its answers are \"unknown\"");
         }
     }
     Clients { config, list: Arc::new(list) }
