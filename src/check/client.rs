@@ -14,7 +14,7 @@ use reqwest::header::HeaderValue;
 
 use super::providers::{Provider, Reputation};
 use crate::config::ProviderConfig;
-use crate::feed::api::{ApiKey, error_message, load_key, read_key_file, transport_error};
+use crate::feed::api::{error_message, http_client, load_key, rate_headers, read_key_file, transport_error};
 
 /// Where a provider wants its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,21 +111,14 @@ impl ProviderClient {
             _ => read_key_file(key_file),
         };
         let key = match key {
-            Ok(Some(key)) => header_value(&key),
+            Ok(Some(key)) => key.header(),
             Ok(None) => Err(format!("no key: {} does not exist", key_file.display())),
             Err(e) => Err(e.to_string()),
         };
-        // rustls with ring; installing twice is harmless (the first one stays).
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let built = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout)
-            .user_agent(concat!("banshare/", env!("CARGO_PKG_VERSION")))
-            .build();
         // Without its time limits the client is never used: every lookup fails with why.
-        let (http, key) = match built {
+        let (http, key) = match http_client(config.timeout) {
             Ok(http) => (http, key),
-            Err(e) => (reqwest::Client::new(), Err(format!("cannot build the HTTP client: {e}"))),
+            Err(e) => (reqwest::Client::new(), Err(e)),
         };
         ProviderClient { config: config.clone(), key, http }
     }
@@ -160,22 +153,10 @@ impl ProviderClient {
         }
         let response = builder.send().await.map_err(|e| Failure::Error(transport_error(e)))?;
         let status = response.status().as_u16();
-        let retry_after = response
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let (_, retry_after) = rate_headers(response.headers());
         let body = response.bytes().await.map_err(|e| Failure::Error(transport_error(e)))?;
         interpret(self.config.provider, status, retry_after, &body)
     }
-}
-
-fn header_value(key: &ApiKey) -> Result<HeaderValue, String> {
-    let mut value = HeaderValue::from_str(key.expose())
-        .map_err(|_| "the key contains characters a header cannot carry".to_string())?;
-    value.set_sensitive(true);
-    Ok(value)
 }
 
 #[cfg(test)]

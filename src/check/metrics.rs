@@ -56,131 +56,104 @@ fn label(v: &str) -> String {
     v.replace('\\', r"\\").replace('"', "\\\"").replace('\n', r"\n")
 }
 
+/// `{k="v",...}` with the values escaped.
+fn labels(pairs: &[(&str, &str)]) -> String {
+    let inner: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}=\"{}\"", label(v))).collect();
+    format!("{{{}}}", inner.join(","))
+}
+
+/// One metric family: its HELP and TYPE lines, then a sample per (labels, value).
+fn family<V: std::fmt::Display>(
+    out: &mut String,
+    (name, kind, help): (&str, &str, &str),
+    samples: impl IntoIterator<Item = (String, V)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "{name}{labels} {value}");
+    }
+}
+
 /// The whole exposition.
 pub fn render(status: &StatusData, check: &CheckCounters) -> String {
     let mut out = String::new();
-    let mut lines: Vec<String> = Vec::new();
-    family(&mut out, "banshare_source_lines_total", "counter", "Log lines read, per source.");
-    for s in &status.sources {
-        lines.push(format!("banshare_source_lines_total{{source=\"{}\"}} {}", label(&s.source), s.lines));
-    }
-    flush(&mut out, &mut lines);
+    let sources = &status.sources;
     family(
         &mut out,
-        "banshare_source_failures_total",
-        "counter",
-        "Lines a filter matched as failures, per source and filter.",
+        ("banshare_source_lines_total", "counter", "Log lines read, per source."),
+        sources.iter().map(|s| (labels(&[("source", &s.source)]), s.lines)),
     );
-    for s in &status.sources {
-        for (filter, n) in &s.per_filter {
-            lines.push(format!(
-                "banshare_source_failures_total{{source=\"{}\",filter=\"{}\"}} {n}",
-                label(&s.source),
-                label(filter),
-            ));
-        }
-    }
-    flush(&mut out, &mut lines);
-    family(&mut out, "banshare_source_bans_total", "counter", "Bans decided, per source and filter.");
-    for s in &status.sources {
-        for (filter, n) in &s.per_filter_bans {
-            lines.push(format!(
-                "banshare_source_bans_total{{source=\"{}\",filter=\"{}\"}} {n}",
-                label(&s.source),
-                label(filter),
-            ));
-        }
-    }
-    flush(&mut out, &mut lines);
-    family(&mut out, "banshare_decisions_active", "gauge", "Decisions in force, per source.");
-    for (source, n) in &status.active {
-        lines.push(format!("banshare_decisions_active{{source=\"{source}\"}} {n}"));
-    }
-    flush(&mut out, &mut lines);
-    family(&mut out, "banshare_firewall_dropped_packets_total", "counter", "Packets dropped, per set.");
-    for set in status.firewall.sets.iter().flatten() {
-        lines.push(format!("banshare_firewall_dropped_packets_total{{set=\"{}\"}} {}", label(&set.name), set.packets));
-    }
-    flush(&mut out, &mut lines);
+    let per_filter = |counts: fn(&crate::daemon::SourceStatus) -> &std::collections::BTreeMap<String, u64>| {
+        sources
+            .iter()
+            .flat_map(move |s| counts(s).iter().map(|(f, n)| (labels(&[("source", &s.source), ("filter", f)]), *n)))
+    };
+    family(
+        &mut out,
+        ("banshare_source_failures_total", "counter", "Lines a filter matched as failures, per source and filter."),
+        per_filter(|s| &s.per_filter),
+    );
+    family(
+        &mut out,
+        ("banshare_source_bans_total", "counter", "Bans decided, per source and filter."),
+        per_filter(|s| &s.per_filter_bans),
+    );
+    family(
+        &mut out,
+        ("banshare_decisions_active", "gauge", "Decisions in force, per source."),
+        status.active.iter().map(|(source, n)| (labels(&[("source", source.as_str())]), *n)),
+    );
+    family(
+        &mut out,
+        ("banshare_firewall_dropped_packets_total", "counter", "Packets dropped, per set."),
+        status.firewall.sets.iter().flatten().map(|set| (labels(&[("set", &set.name)]), set.packets)),
+    );
     let f = &status.feed;
-    family(&mut out, "banshare_reports", "gauge", "Reports queued now, and sent, failed, dropped in the last 24 h.");
-    for (state, n) in [
-        ("queued", f.outbox.pending),
-        ("sent_24h", f.outbox.sent_24h),
-        ("failed_24h", f.outbox.failed_24h),
-        ("dropped_24h", f.outbox.dropped_24h),
-    ] {
-        lines.push(format!("banshare_reports{{state=\"{state}\"}} {n}"));
-    }
-    flush(&mut out, &mut lines);
-    family(&mut out, "banshare_feed_pulls_total", "counter", "Feed pulls since start, by outcome.");
-    lines.push(format!("banshare_feed_pulls_total{{outcome=\"applied\"}} {}", f.pulls));
-    lines.push(format!("banshare_feed_pulls_total{{outcome=\"failed\"}} {}", f.pull_failures));
-    flush(&mut out, &mut lines);
+    let o = &f.outbox;
     family(
         &mut out,
-        "banshare_feed_entries",
-        "gauge",
-        "Entries of the last applied pull: received, added, refreshed, skipped.",
+        ("banshare_reports", "gauge", "Reports queued now, and sent, failed, dropped in the last 24 h."),
+        [("queued", o.pending), ("sent_24h", o.sent_24h), ("failed_24h", o.failed_24h), ("dropped_24h", o.dropped_24h)]
+            .map(|(state, n)| (labels(&[("state", state)]), n)),
     );
-    if let Some(p) = &f.last_pull {
-        for (what, n) in
+    family(
+        &mut out,
+        ("banshare_feed_pulls_total", "counter", "Feed pulls since start, by outcome."),
+        [("applied", f.pulls), ("failed", f.pull_failures)].map(|(outcome, n)| (labels(&[("outcome", outcome)]), n)),
+    );
+    family(
+        &mut out,
+        ("banshare_feed_entries", "gauge", "Entries of the last applied pull: received, added, refreshed, skipped."),
+        f.last_pull.iter().flat_map(|p| {
             [("received", p.received), ("added", p.added), ("refreshed", p.refreshed), ("skipped", p.skipped.total())]
-        {
-            lines.push(format!("banshare_feed_entries{{kind=\"{what}\"}} {n}"));
-        }
-    }
-    flush(&mut out, &mut lines);
-    family(&mut out, "banshare_check_requests_total", "counter", "Check requests, by verdict.");
-    for (i, (_, name)) in VERDICTS.iter().enumerate() {
-        lines.push(format!(
-            "banshare_check_requests_total{{verdict=\"{name}\"}} {}",
-            check.verdicts[i].load(Ordering::Relaxed)
-        ));
-    }
-    flush(&mut out, &mut lines);
-    family(&mut out, "banshare_check_duration_seconds", "histogram", "Check request latency.");
-    for (i, bound) in BUCKETS.iter().enumerate() {
-        lines.push(format!(
-            "banshare_check_duration_seconds_bucket{{le=\"{bound}\"}} {}",
-            check.buckets[i].load(Ordering::Relaxed)
-        ));
-    }
-    let count = check.buckets[BUCKETS.len()].load(Ordering::Relaxed);
-    lines.push(format!("banshare_check_duration_seconds_bucket{{le=\"+Inf\"}} {count}"));
-    lines.push(format!("banshare_check_duration_seconds_sum {}", check.sum_us.load(Ordering::Relaxed) as f64 / 1e6));
-    lines.push(format!("banshare_check_duration_seconds_count {count}"));
-    flush(&mut out, &mut lines);
-    family(&mut out, "banshare_provider_lookups_total", "counter", "Upstream provider lookups (cache misses).");
-    for p in Provider::ALL {
-        let n = check.lookups[slot(p)].load(Ordering::Relaxed);
-        lines.push(format!("banshare_provider_lookups_total{{provider=\"{}\"}} {n}", p.name()));
-    }
-    flush(&mut out, &mut lines);
+                .map(|(kind, n)| (labels(&[("kind", kind)]), n))
+        }),
+    );
+    let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
     family(
         &mut out,
-        "banshare_provider_errors_total",
-        "counter",
-        "Provider lookups that failed (errors, timeouts, 429s).",
+        ("banshare_check_requests_total", "counter", "Check requests, by verdict."),
+        VERDICTS.iter().zip(&check.verdicts).map(|((_, name), n)| (labels(&[("verdict", name)]), load(n))),
     );
-    for p in Provider::ALL {
-        let n = check.errors[slot(p)].load(Ordering::Relaxed);
-        lines.push(format!("banshare_provider_errors_total{{provider=\"{}\"}} {n}", p.name()));
+    let count = load(&check.buckets[BUCKETS.len()]);
+    let name = "banshare_check_duration_seconds";
+    family(&mut out, (name, "histogram", "Check request latency."), std::iter::empty::<(String, u64)>());
+    for (bound, n) in BUCKETS.iter().map(ToString::to_string).chain(["+Inf".to_string()]).zip(&check.buckets) {
+        let _ = writeln!(out, "{name}_bucket{} {}", labels(&[("le", &bound)]), load(n));
     }
-    flush(&mut out, &mut lines);
+    let _ = writeln!(out, "{name}_sum {}", load(&check.sum_us) as f64 / 1e6);
+    let _ = writeln!(out, "{name}_count {count}");
+    family(
+        &mut out,
+        ("banshare_provider_lookups_total", "counter", "Upstream provider lookups (cache misses)."),
+        Provider::ALL.map(|p| (labels(&[("provider", p.name())]), load(&check.lookups[slot(p)]))),
+    );
+    family(
+        &mut out,
+        ("banshare_provider_errors_total", "counter", "Provider lookups that failed (errors, timeouts, 429s)."),
+        Provider::ALL.map(|p| (labels(&[("provider", p.name())]), load(&check.errors[slot(p)]))),
+    );
     out
-}
-
-/// The HELP and TYPE lines of a metric family.
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-fn flush(out: &mut String, lines: &mut Vec<String>) {
-    for l in lines.drain(..) {
-        out.push_str(&l);
-        out.push('\n');
-    }
 }
 
 #[cfg(test)]

@@ -125,6 +125,19 @@ impl Default for CheckConfig {
 
 type Invalid<'a> = &'a dyn Fn(&str, &str, &dyn std::fmt::Display) -> ConfigError;
 
+/// The duration at `key`, or `default` when unset.
+fn duration_or(
+    key: &str,
+    v: Option<RawDuration>,
+    default: Duration,
+    invalid: Invalid,
+) -> Result<Duration, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(v) => duration(&v).map_err(|got| invalid(key, "a duration like \"5m\" or \"1500ms\"", &got)),
+    }
+}
+
 pub(super) fn check_config(
     raw: Option<RawCheck>,
     feed_base: &str,
@@ -166,14 +179,8 @@ pub(super) fn check_config(
         Some("closed") => Ok(false),
         Some(o) => Err(invalid(&format!("check.{key}"), "\"open\" or \"closed\"", &format!("{o:?}"))),
     };
-    let dur = |key: &str, v: Option<RawDuration>, default: Duration| match v {
-        None => Ok(default),
-        Some(v) => {
-            duration(&v).map_err(|got| invalid(&format!("check.{key}"), "a duration like \"5m\" or \"1500ms\"", &got))
-        }
-    };
-    let cache = dur("cache", raw.cache, d.cache)?;
-    let timeout = dur("timeout", raw.timeout, d.timeout)?;
+    let cache = duration_or("check.cache", raw.cache, d.cache, invalid)?;
+    let timeout = duration_or("check.timeout", raw.timeout, d.timeout, invalid)?;
     let weighted = match raw.combine.as_deref() {
         None | Some("max") => false,
         Some("weighted") => true,
@@ -223,10 +230,6 @@ fn providers(
         }
         let p = section.unwrap_or_default();
         let key = |k: &str| format!("check.providers.{name}.{k}");
-        let dur = |k: &str, v: Option<RawDuration>, default: Duration| match v {
-            None => Ok(default),
-            Some(v) => duration(&v).map_err(|got| invalid(&key(k), "a duration like \"5m\" or \"1500ms\"", &got)),
-        };
         let base_url = match (provider, p.base_url) {
             (_, Some(url)) if url.starts_with("http://") || url.starts_with("https://") => url,
             (_, Some(url)) => return Err(invalid(&key("base_url"), "an http:// or https:// URL", &format!("{url:?}"))),
@@ -251,8 +254,8 @@ fn providers(
             provider,
             base_url: base_url.trim_end_matches('/').to_string(),
             key_file,
-            timeout: dur("timeout", p.timeout, timeout)?,
-            cache: dur("cache", p.cache, cache)?,
+            timeout: duration_or(&key("timeout"), p.timeout, timeout, invalid)?,
+            cache: duration_or(&key("cache"), p.cache, cache, invalid)?,
             weight,
         });
     }
@@ -264,10 +267,7 @@ mod tests {
     use std::path::Path;
 
     use super::super::Config;
-
-    fn err(text: &str) -> String {
-        Config::from_toml(text, Path::new("/etc/banshare/banshare.toml")).unwrap_err().to_string()
-    }
+    use super::super::tests::err;
 
     #[test]
     fn bad_check_and_fail2ban_values_name_the_key() {

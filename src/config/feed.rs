@@ -154,10 +154,7 @@ mod tests {
     use std::path::Path;
 
     use super::super::Config;
-
-    fn err(text: &str) -> String {
-        Config::from_toml(text, Path::new("/etc/banshare/banshare.toml")).unwrap_err().to_string()
-    }
+    use super::super::tests::err;
 
     #[test]
     fn bad_feed_values_name_the_key_and_the_expectation() {

@@ -532,6 +532,11 @@ mod tests {
         Config::from_toml(text, Path::new("/etc/banshare/banshare.toml")).map_err(|e| e.to_string())
     }
 
+    /// The error of loading `text` as `/etc/banshare/banshare.toml` (the sections' tests share it).
+    pub(super) fn err(text: &str) -> String {
+        parse(text).unwrap_err()
+    }
+
     #[test]
     fn empty_file_is_the_defaults() {
         let c = parse("").unwrap();

@@ -129,16 +129,15 @@ impl CheckService {
         tracing::info!(answers = cache.len(), "check cache warmed from the store");
     }
 
-    /// The providers of the config in force (rebuilt after a reload).
-    fn clients(&self) -> Arc<Vec<ProviderClient>> {
-        let config = self.engine.config();
+    /// The providers of `config`, the config in force (rebuilt after a reload).
+    fn clients(&self, config: &Arc<Config>) -> Arc<Vec<ProviderClient>> {
         {
             let c = self.clients.read().unwrap_or_else(|e| e.into_inner());
-            if Arc::ptr_eq(&c.config, &config) {
+            if Arc::ptr_eq(&c.config, config) {
                 return Arc::clone(&c.list);
             }
         }
-        let fresh = build_clients(config);
+        let fresh = build_clients(Arc::clone(config));
         let list = Arc::clone(&fresh.list);
         *self.clients.write().unwrap_or_else(|e| e.into_inner()) = fresh;
         list
@@ -221,7 +220,7 @@ impl CheckService {
 
     /// The verdict on `ip` with everything behind it. `fail_open`: what an unknown
     /// score becomes.
-    pub async fn check(&self, ip: IpAddr, fail_open: bool) -> (Verdict, Value) {
+    pub async fn check(&self, ip: IpAddr, config: &Arc<Config>, fail_open: bool) -> (Verdict, Value) {
         let blocked = self
             .engine
             .in_force(ip, Timestamp::now())
@@ -231,8 +230,7 @@ impl CheckService {
         if let Some(b) = &blocked {
             reasons.push(format!("blocked on this host by {}", b["source"].as_str().unwrap_or("?")));
         }
-        let config = self.engine.config();
-        let clients = self.clients();
+        let clients = self.clients(config);
         let score = if !is_public(&ip.into()) {
             reasons.push("not a public address: never looked up".into());
             Some(0)
@@ -439,8 +437,8 @@ async fn route(service: &CheckService, req: Request<Incoming>, peer: Option<IpAd
     if let Some(ip) = path.strip_prefix("/v1/check/") {
         return match parse_target(ip).ok().filter(|n| n.prefix_len() == n.max_prefix_len()) {
             Some(net) => {
-                let fail_open = service.engine.config().check.fail_open;
-                let (v, body) = service.check(net.addr(), fail_open).await;
+                let config = service.engine.config();
+                let (v, body) = service.check(net.addr(), &config, config.check.fail_open).await;
                 service.counters.record(v, started.elapsed().as_secs_f64());
                 reply(StatusCode::OK, body)
             }
@@ -453,7 +451,7 @@ async fn route(service: &CheckService, req: Request<Incoming>, peer: Option<IpAd
         let Some(ip) = client else {
             return reply(StatusCode::FORBIDDEN, json!({"error": "no client address"}));
         };
-        let (v, _) = service.check(ip, cfg.check.auth_fail_open).await;
+        let (v, _) = service.check(ip, &cfg, cfg.check.auth_fail_open).await;
         service.counters.record(v, started.elapsed().as_secs_f64());
         let status = match v {
             Verdict::Allow | Verdict::Log => StatusCode::NO_CONTENT,

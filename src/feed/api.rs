@@ -22,10 +22,26 @@ impl ApiKey {
         (!text.is_empty()).then(|| ApiKey(text.to_string()))
     }
 
-    /// The key itself, for the one place that sends it.
-    pub(crate) fn expose(&self) -> &str {
-        &self.0
+    /// The key as a header value marked sensitive (never shown in debug output).
+    pub(crate) fn header(&self) -> Result<HeaderValue, String> {
+        let mut value =
+            HeaderValue::from_str(&self.0).map_err(|_| "the key contains characters a header cannot carry")?;
+        value.set_sensitive(true);
+        Ok(value)
     }
+}
+
+/// An HTTP client with banshare's user agent and `timeout` for a whole request (at most
+/// 5 s of it to connect); rustls with ring.
+pub(crate) fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
+    // Installing the crypto provider twice is harmless (the first one stays).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
+        .user_agent(concat!("banshare/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
 }
 
 impl fmt::Debug for ApiKey {
@@ -221,17 +237,8 @@ impl fmt::Debug for Api {
 
 impl Api {
     pub fn new(base_url: &str, key: &ApiKey, timeout: Duration) -> Result<Api, String> {
-        // rustls with ring; installing twice is harmless (the first one stays).
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut key =
-            HeaderValue::from_str(key.expose()).map_err(|_| "the API key contains characters a header cannot carry")?;
-        key.set_sensitive(true);
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .user_agent(concat!("banshare/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let key = key.header().map_err(|_| "the API key contains characters a header cannot carry")?;
+        let http = http_client(timeout)?;
         Ok(Api { http, base: base_url.trim_end_matches('/').to_string(), key })
     }
 
@@ -296,7 +303,8 @@ pub(crate) fn transport_error(e: reqwest::Error) -> String {
     if detail.is_empty() { kind.to_string() } else { format!("{kind}: {detail}") }
 }
 
-fn rate_headers(h: &HeaderMap) -> (RateInfo, Option<Duration>) {
+/// The `X-RateLimit-*` headers and `Retry-After` (seconds) of a response.
+pub(crate) fn rate_headers(h: &HeaderMap) -> (RateInfo, Option<Duration>) {
     let num = |name: &str| h.get(name).and_then(|v| v.to_str().ok()).and_then(|s| s.trim().parse::<i64>().ok());
     let rate = RateInfo {
         limit: num("x-ratelimit-limit").and_then(|v| u64::try_from(v).ok()),

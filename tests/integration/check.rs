@@ -41,6 +41,23 @@ async fn get(url: &str, headers: &[(&str, &str)]) -> (u16, Option<String>, Value
     (status, verdict, body)
 }
 
+/// `n` GETs of `url` sent at once; their JSON bodies.
+fn all_at_once(rt: &tokio::runtime::Runtime, url: &str, n: usize) -> Vec<Value> {
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                let u = url.to_string();
+                tokio::spawn(async move { get(&u, &[]).await.2 })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.unwrap());
+        }
+        out
+    })
+}
+
 #[test]
 fn every_band_and_a_local_block() {
     let emu = Emulator::start();
@@ -136,19 +153,7 @@ fn concurrent_checks_of_one_address_share_one_lookup() {
     let (env, url) = check_env(&emu, "");
     let _daemon = env.start_in_process();
     let rt = runtime();
-    let verdicts: Vec<Value> = rt.block_on(async {
-        let tasks: Vec<_> = (0..100)
-            .map(|_| {
-                let u = format!("{url}/v1/check/45.155.205.30");
-                tokio::spawn(async move { get(&u, &[]).await.2 })
-            })
-            .collect();
-        let mut out = Vec::new();
-        for t in tasks {
-            out.push(t.await.unwrap());
-        }
-        out
-    });
+    let verdicts = all_at_once(&rt, &format!("{url}/v1/check/45.155.205.30"), 100);
     assert!(verdicts.iter().all(|v| v["verdict"] == "log"));
     let upstream = emu.with(|s| s.requests.iter().filter(|r| r.1 == "/v1/ip/45.155.205.30/threat").count());
     assert_eq!(upstream, 1, "100 concurrent checks, one upstream call");
@@ -386,19 +391,7 @@ fn concurrent_checks_share_one_lookup_per_provider_and_the_cache_survives_a_rest
     let (env, url) = providers_env(&emu, &p, "", "cache = \"1h\"");
     let daemon = env.start_in_process();
     let rt = runtime();
-    let verdicts: Vec<Value> = rt.block_on(async {
-        let tasks: Vec<_> = (0..100)
-            .map(|_| {
-                let u = format!("{url}/v1/check/{ip}");
-                tokio::spawn(async move { get(&u, &[]).await.2 })
-            })
-            .collect();
-        let mut out = Vec::new();
-        for t in tasks {
-            out.push(t.await.unwrap());
-        }
-        out
-    });
+    let verdicts = all_at_once(&rt, &format!("{url}/v1/check/{ip}"), 100);
     assert!(verdicts.iter().all(|v| v["verdict"] == "log"), "{:?}", verdicts[0]);
     let wayscloud = || emu.with(|s| s.requests.iter().filter(|r| r.1 == format!("/v1/ip/{ip}/threat")).count());
     assert_eq!(

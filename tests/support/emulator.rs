@@ -286,18 +286,8 @@ async fn handle(req: Request<Incoming>, state: Arc<Mutex<State>>, clock: Arc<Ato
             .find(|(p, q)| path.starts_with(p.as_str()) && !q.is_empty())
             .and_then(|(_, q)| q.pop_front())
     };
-    match fault {
-        Some(Fault::Drop) => return Err(Dropped),
-        Some(Fault::Slow(d)) => tokio::time::sleep(d).await,
-        Some(Fault::Malformed) => return Ok(reply(200, Bytes::from_static(b"{\"threats\": [ {\"ip_address\": "), &[])),
-        Some(Fault::Status { code, retry_after }) => {
-            let mut headers = Vec::new();
-            if let Some(s) = retry_after {
-                headers.push(("retry-after", s.to_string()));
-            }
-            return Ok(json_reply(code, json!({"detail": format!("injected fault {code}")}), &headers));
-        }
-        None => {}
+    if let Some(answer) = serve_fault(fault, b"{\"threats\": [ {\"ip_address\": ", |m| json!({"detail": m})).await {
+        return answer;
     }
 
     let mut s = state.lock().unwrap();
@@ -523,6 +513,29 @@ fn lookup(s: &State, ip: &str, threat: bool) -> Value {
                "threat": {"score": score, "level": level, "is_clean": score < 20, "categories": categories},
                "flags": {"vpn": false, "proxy": false, "tor": false, "datacenter": true, "botnet": false},
                "reports_count": reports.len()})
+    }
+}
+
+/// Serves `fault`: `Some` answer (or dropped connection) instead of the normal one, `None`
+/// to answer normally (after a `Slow` fault's wait). `truncated` is the malformed body;
+/// `error_body` shapes an injected status's message as the API does.
+pub async fn serve_fault(
+    fault: Option<Fault>,
+    truncated: &'static [u8],
+    error_body: impl Fn(&str) -> Value,
+) -> Option<Result<Reply, Dropped>> {
+    match fault? {
+        Fault::Drop => Some(Err(Dropped)),
+        Fault::Slow(d) => {
+            tokio::time::sleep(d).await;
+            None
+        }
+        Fault::Malformed => Some(Ok(reply(200, Bytes::from_static(truncated), &[]))),
+        Fault::Status { code, retry_after } => {
+            let headers: Vec<(&'static str, String)> =
+                retry_after.map(|s| ("retry-after", s.to_string())).into_iter().collect();
+            Some(Ok(json_reply(code, error_body(&format!("injected fault {code}")), &headers)))
+        }
     }
 }
 

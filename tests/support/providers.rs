@@ -13,10 +13,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use hyper::Request;
-use hyper::body::{Bytes, Incoming};
+use hyper::body::Incoming;
 use serde_json::{Value, json};
 
-use super::emulator::{Dropped, Fault, Reply, Server, json_reply, reply};
+use super::emulator::{Dropped, Fault, Reply, Server, json_reply, serve_fault};
 
 /// Which provider an emulator plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,16 +100,8 @@ async fn handle(kind: Kind, req: Request<Incoming>, state: Arc<Mutex<ProviderSta
         s.requests.push((full.clone(), key.clone()));
         s.faults.pop_front()
     };
-    match fault {
-        Some(Fault::Drop) => return Err(Dropped),
-        Some(Fault::Slow(d)) => tokio::time::sleep(d).await,
-        Some(Fault::Malformed) => return Ok(reply(200, Bytes::from_static(b"{\"security\": {\"threat_sc"), &[])),
-        Some(Fault::Status { code, retry_after }) => {
-            let headers: Vec<(&'static str, String)> =
-                retry_after.map(|s| ("retry-after", s.to_string())).into_iter().collect();
-            return Ok(json_reply(code, error_body(kind, &format!("injected fault {code}")), &headers));
-        }
-        None => {}
+    if let Some(answer) = serve_fault(fault, b"{\"security\": {\"threat_sc", |m| error_body(kind, m)).await {
+        return answer;
     }
     let expected_path = match kind {
         Kind::Ipgeolocation => path == "/v3/security",
