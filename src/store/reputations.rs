@@ -109,5 +109,16 @@ mod tests {
             vec![row(Provider::Wayscloud, "2001:db8::1", 20, 5_000)]
         );
         assert!(store.load_reputations(Timestamp(5_001)).unwrap().is_empty());
+        // Rows this binary cannot read (a provider or flag from elsewhere, bad JSON) are skipped.
+        store
+            .conn
+            .execute_batch(
+                "INSERT INTO reputations VALUES ('shodan', '203.0.113.8', 50, '[]', '[]', 6000);
+                 INSERT INTO reputations VALUES ('ipasis', '203.0.113.9', 50, '[\"psychic\"]', '[]', 6000);
+                 INSERT INTO reputations VALUES ('ipasis', 'not-an-ip', 50, '[]', '[]', 6000);
+                 INSERT INTO reputations VALUES ('ipasis', '203.0.113.10', 50, '[]', 'garbage', 6000);",
+            )
+            .unwrap();
+        assert_eq!(store.load_reputations(Timestamp(0)).unwrap().len(), 1, "only the readable row");
     }
 }
