@@ -14,6 +14,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub struct Timestamp(pub i64);
 
 impl Timestamp {
+    /// The last millisecond RFC 3339 can write (9999-12-31T23:59:59.999Z). Expiries are
+    /// kept well before it (see [`crate::decision::MAX_BAN`]); shown times are clamped to it.
+    pub const MAX: Timestamp = Timestamp(253_402_300_799_999);
+
     /// The current wall-clock time.
     pub fn now() -> Self {
         let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
@@ -42,8 +46,9 @@ impl Timestamp {
         Duration::from_millis(later.0.saturating_sub(self.0).max(0) as u64)
     }
 
+    /// As a `SystemTime` within what RFC 3339 can write (formatting never panics).
     fn to_system_time(self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_millis(self.0.max(0) as u64)
+        UNIX_EPOCH + Duration::from_millis(self.0.clamp(0, Timestamp::MAX.0) as u64)
     }
 }
 
@@ -99,6 +104,14 @@ mod tests {
         assert_eq!(json, "\"2026-11-18T11:06:40.123Z\"");
         let back: Timestamp = serde_json::from_str(&json).unwrap();
         assert_eq!(back, t);
+    }
+
+    #[test]
+    fn times_past_year_9999_are_shown_clamped_not_panicking() {
+        assert_eq!(Timestamp(i64::MAX).to_string(), "9999-12-31T23:59:59Z");
+        assert_eq!(serde_json::to_string(&Timestamp(i64::MAX)).unwrap(), "\"9999-12-31T23:59:59.999Z\"");
+        assert_eq!(Timestamp(i64::MIN).to_string(), "1970-01-01T00:00:00Z");
+        assert_eq!(Timestamp::MAX.to_string(), "9999-12-31T23:59:59Z");
     }
 
     #[test]

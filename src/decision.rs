@@ -131,6 +131,19 @@ pub struct ReportDraft {
     pub cooldown: Duration,
 }
 
+/// The longest ban banshare takes (100 years); longer is `permanent`. Every expiry is
+/// then far from the end of what can be stored and written (year 9999), whatever the
+/// clock says.
+pub const MAX_BAN: Duration = Duration::from_secs(36_525 * 86_400);
+
+/// Accepts a ban length up to [`MAX_BAN`], or says why not.
+pub fn check_ban_length(d: Duration) -> Result<(), String> {
+    if d > MAX_BAN {
+        return Err("longer than the 100-year limit; use \"permanent\" for a ban without end".into());
+    }
+    Ok(())
+}
+
 /// Parses an address or CIDR as an operator types it (`203.0.113.7`, `203.0.113.0/24`,
 /// `2001:db8::/32`). Host bits are cleared (`203.0.113.7/24` is `203.0.113.0/24`) and an
 /// IPv4-mapped IPv6 address becomes the IPv4 address it carries.

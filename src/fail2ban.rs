@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::Timestamp;
 use crate::config::Config;
-use crate::decision::{NewDecision, Source, ban_target};
+use crate::decision::{MAX_BAN, NewDecision, Source, ban_target};
 use crate::feed::wire::{ReportInput, valid_category};
 
 /// The pseudo-filter that reads fail2ban's own log (`Ban`/`Unban` lines) in `[[source]]`.
@@ -102,16 +102,25 @@ pub fn plan_ban(
         .or_else(|| jail_category(&event.jail, &config.fail2ban.categories).map(str::to_string))
         .or(earlier)
         .unwrap_or_else(|| "other".into());
-    let duration = match event.bantime {
-        Some(s) if s < 0 => None,
-        Some(s) => Some(Duration::from_secs(s.max(1) as u64)),
-        None => Some(config.fail2ban.log_bantime),
+    // fail2ban's `bantime.increment` without `maxtime` grows without bound (8,000 years
+    // and more): such a ban is kept, capped at banshare's longest, and the record says so.
+    let (duration, capped) = match event.bantime {
+        Some(s) if s < 0 => (None, false),
+        Some(s) => {
+            let asked = Duration::from_secs(s.max(1) as u64);
+            (Some(asked.min(MAX_BAN)), asked > MAX_BAN)
+        }
+        None => (Some(config.fail2ban.log_bantime), false),
     };
     let failures = event.failures.map(|n| format!(": {n} failures")).unwrap_or_default();
-    let reason = match event.mode {
+    let mut reason = match event.mode {
         Mode::Block => format!("fail2ban jail {}{failures}", event.jail),
         Mode::Report => format!("fail2ban jail {}{failures} (fail2ban blocks it)", event.jail),
     };
+    if capped {
+        let asked = event.bantime.unwrap_or_default();
+        reason.push_str(&format!(" (fail2ban asked for {asked} s; capped at banshare's 100-year limit)"));
+    }
     let evidence: Vec<String> = event.matches.iter().rev().take(MAX_EVIDENCE_LINES).rev().cloned().collect();
     let comment = reason.clone();
     let report = if event.restored {

@@ -12,7 +12,7 @@ use banshare::cli::{self, Cli, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(matches!(cli.command, Command::Run));
+    init_logging(matches!(cli.command, Command::Run { .. }));
     match cli::execute(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

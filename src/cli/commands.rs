@@ -43,7 +43,9 @@ impl From<ClientError> for CliError {
                 ErrorCode::BadRequest | ErrorCode::InvalidTarget | ErrorCode::TooLarge => exit::BAD_INPUT,
                 ErrorCode::Refused => exit::REFUSED,
                 ErrorCode::NotFound => exit::NO,
-                ErrorCode::UnsupportedVersion | ErrorCode::Internal | ErrorCode::Upstream => exit::FAILURE,
+                ErrorCode::UnsupportedVersion | ErrorCode::Internal | ErrorCode::Upstream | ErrorCode::Firewall => {
+                    exit::FAILURE
+                }
             },
             _ => exit::FAILURE,
         };
@@ -58,7 +60,7 @@ impl From<ClientError> for CliError {
 /// Runs one command. `Ok` carries the exit code (0, or 1 for a negative answer).
 pub fn execute(cli: Cli) -> Result<u8, CliError> {
     match cli.command {
-        Command::Run => run(cli.config.as_deref()),
+        Command::Run { new_state } => run(cli.config.as_deref(), new_state),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -162,6 +164,12 @@ fn ban_length(length: Option<&str>) -> Result<(Option<u64>, bool), CliError> {
         None => (None, false),
         Some("permanent" | "forever") => (None, true),
         Some(text) => match parse_duration(text) {
+            Ok(d) if d > crate::decision::MAX_BAN => {
+                return Err(CliError::new(
+                    exit::BAD_INPUT,
+                    format!("--for {text:?}: {}", crate::decision::check_ban_length(d).unwrap_err()),
+                ));
+            }
             Ok(d) if d.as_secs() > 0 => (Some(d.as_secs()), false),
             _ => {
                 return Err(CliError::new(
@@ -434,7 +442,7 @@ fn firewall_teardown() -> Result<u8, CliError> {
     Ok(exit::OK)
 }
 
-fn run(config_path: Option<&Path>) -> Result<u8, CliError> {
+fn run(config_path: Option<&Path>, new_state: bool) -> Result<u8, CliError> {
     let config = load_config(config_path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -442,7 +450,8 @@ fn run(config_path: Option<&Path>) -> Result<u8, CliError> {
         .thread_name("banshare")
         .build()
         .map_err(|e| CliError::new(exit::FAILURE, format!("cannot start the runtime: {e}")))?;
-    let result = runtime.block_on(crate::daemon::run(config));
+    let empty = if new_state { crate::store::Empty::Accept } else { crate::store::Empty::Refuse };
+    let result = runtime.block_on(crate::daemon::run(config, empty));
     // Blocking work still running (a request past the drain timeout) must not hold the
     // process: the store rolls back whatever it had not committed.
     runtime.shutdown_timeout(Duration::from_secs(2));

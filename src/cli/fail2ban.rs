@@ -98,7 +98,8 @@ fn record_offline(config: &Config, event: &Event) -> Result<String, CliError> {
     let fail = |e: String| CliError::new(exit::FAILURE, e);
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|e| fail(format!("{}: cannot create the state directory: {e}", config.state_dir.display())))?;
-    let mut store = Store::open(&config.state_db()).map_err(|e| fail(e.to_string()))?;
+    let mut store =
+        Store::open_checked(&config.state_db(), crate::store::Empty::Refuse).map_err(|e| fail(e.to_string()))?;
     let now = Timestamp::now();
     let target = ban_target(event.ip, Source::Fail2ban, 128);
     if event.kind == Kind::Unban {

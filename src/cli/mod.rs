@@ -56,7 +56,12 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon in the foreground (systemd runs this; needs root for the firewall)
-    Run,
+    Run {
+        /// Start even though the state database is empty where one existed before
+        /// (its contents were lost): every block it held is lifted
+        #[arg(long, env = "BANSHARE_NEW_STATE")]
+        new_state: bool,
+    },
     /// Show the daemon's health: config, firewall, blocks per source
     Status {
         #[arg(long)]

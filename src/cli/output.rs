@@ -112,9 +112,21 @@ pub fn status(s: &StatusData) -> String {
         let _ = writeln!(out, "           last reload FAILED, previous config kept: {e}");
     }
     let _ = writeln!(out, "state:     {} (schema {})", s.state_db, s.schema_version);
-    let elements =
-        s.firewall.elements.map(|n| format!(", {n} element{}", if n == 1 { "" } else { "s" })).unwrap_or_default();
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
+    let elements = match (s.firewall.kernel_elements, s.firewall.elements) {
+        (Some(k), Some(w)) if k == w => format!(", {k} element{} in the kernel", plural(k)),
+        (Some(k), Some(w)) => format!(", {k} element{} in the kernel (banshare wrote {w})", plural(k)),
+        (Some(k), None) => format!(", {k} element{} in the kernel", plural(k)),
+        (None, Some(w)) => format!(", {w} element{} (banshare's own count; the kernel was not read)", plural(w)),
+        (None, None) => String::new(),
+    };
     let _ = writeln!(out, "firewall:  {}{elements}, {} batches applied", s.firewall.backend, s.firewall.batches);
+    if let Some(e) = &s.firewall.worker_error {
+        let _ = writeln!(out, "           FAILING: {e}");
+    }
+    for r in &s.firewall.refused {
+        let _ = writeln!(out, "           refused by the kernel, NOT blocked: {r}");
+    }
     if let Some(sets) = &s.firewall.sets {
         let dropped: Vec<String> = sets
             .iter()

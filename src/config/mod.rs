@@ -509,11 +509,15 @@ fn absolute_path(raw: Option<String>, default: PathBuf) -> Result<PathBuf, Strin
     }
 }
 
+/// Any duration of the config: at most [`MAX_BAN`] (100 years), so that every expiry it
+/// makes can be stored, shown and given to the kernel.
 fn duration(raw: &RawDuration) -> Result<Duration, String> {
-    match raw {
-        RawDuration::Seconds(s) => Ok(Duration::from_secs(*s)),
-        RawDuration::Text(t) => parse_duration(t).map_err(|_| format!("{t:?}")),
-    }
+    let (d, shown) = match raw {
+        RawDuration::Seconds(s) => (Duration::from_secs(*s), s.to_string()),
+        RawDuration::Text(t) => (parse_duration(t).map_err(|_| format!("{t:?}"))?, format!("{t:?}")),
+    };
+    crate::decision::check_ban_length(d).map_err(|why| format!("{shown} ({why})"))?;
+    Ok(d)
 }
 
 /// A ban length: a duration, or `"permanent"` for `None`.

@@ -141,8 +141,10 @@ pub enum ErrorCode {
     Refused,
     /// Nothing to act on (unban of something not blocked).
     NotFound,
-    /// The daemon failed (store or firewall).
+    /// The daemon failed (the store).
     Internal,
+    /// Recorded, but the kernel refused it or the firewall failed: not blocked.
+    Firewall,
     /// The community feed's API failed, refused, or is not configured (no key).
     Upstream,
 }
@@ -262,13 +264,25 @@ pub struct DelistData {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FirewallStatus {
     pub backend: String,
+    /// Elements as banshare last wrote them (its own view).
     pub elements: Option<usize>,
+    /// Elements the kernel holds, read from it for this answer (`None`: dry-run, or
+    /// unreadable).
+    #[serde(default)]
+    pub kernel_elements: Option<usize>,
     /// Batches of changes applied since start (each one kernel transaction).
     pub batches: u64,
     /// What the kernel holds per set, with drop counters (`None`: dry-run, or unreadable).
     pub sets: Option<Vec<crate::enforce::SetStats>>,
     /// The last firewall failure, cleared by the next success.
     pub last_error: Option<String>,
+    /// Elements the kernel refused lately, with its message (cleared by a full load
+    /// that refuses none); they are not in force.
+    #[serde(default)]
+    pub refused: Vec<crate::enforce::Refused>,
+    /// Set when the firewall worker died or is stuck: nothing reaches the kernel.
+    #[serde(default)]
+    pub worker_error: Option<String>,
 }
 
 /// `list`

@@ -28,7 +28,7 @@ use crate::control::protocol::{
 use crate::control::server::Handler;
 use crate::decision::{Decision, Guard, NewDecision, Refusal, Source, ban_target, parse_target, show_target};
 use crate::detect::{Ban, FilterSpec};
-use crate::enforce::FirewallHandle;
+use crate::enforce::{EnforceError, FirewallHandle};
 use crate::feed::sanitize::Sanitizer;
 use crate::feed::wire::ReportInput;
 use crate::hostaddr;
@@ -72,6 +72,22 @@ struct Info {
 /// The outcome of one proposed decision.
 pub type Outcome = Result<(Decision, Upsert), Refusal>;
 
+/// What a batch of proposals came to.
+#[derive(Debug)]
+pub struct Decided {
+    /// One per proposal, in order.
+    pub outcomes: Vec<Outcome>,
+    /// Whether every enforced decision of the batch is in the kernel.
+    pub kernel: Result<(), EnforceError>,
+}
+
+/// What lifting came to: the decisions lifted, and whether the kernel let them go.
+#[derive(Debug)]
+pub struct Lifted {
+    pub decisions: Vec<Decision>,
+    pub kernel: Result<(), EnforceError>,
+}
+
 impl Engine {
     pub fn new(config: Config, store: Store, firewall: FirewallHandle, host: Vec<IpAddr>) -> Engine {
         let guard = Guard::new(config.allowlist.clone(), host.clone());
@@ -113,8 +129,13 @@ impl Engine {
         let count = active.len();
         let done = self.firewall.reconcile(active);
         drop(st);
-        if let Ok(Err(error)) = done.recv() {
-            tracing::error!(%error, "initial firewall load failed; retrying every few seconds");
+        match done.recv() {
+            Ok(Ok(refused)) if refused.is_empty() => {}
+            Ok(Ok(refused)) => {
+                tracing::error!(count = refused.len(), "the kernel refused some elements; they are not in force")
+            }
+            Ok(Err(error)) => tracing::error!(%error, "initial firewall load failed; retrying every few seconds"),
+            Err(_) => tracing::error!("the firewall worker stopped during the initial load"),
         }
         tracing::info!(active = count, backend = self.firewall.backend_name(), "firewall reconciled with the store");
         Ok(())
@@ -122,7 +143,7 @@ impl Engine {
 
     /// Guards, commits and enforces a batch of proposed decisions. Returns one outcome
     /// per proposal, in order.
-    pub fn decide(&self, proposals: Vec<NewDecision>, now: Timestamp) -> Result<Vec<Outcome>, StoreError> {
+    pub fn decide(&self, proposals: Vec<NewDecision>, now: Timestamp) -> Result<Decided, StoreError> {
         let started = Instant::now();
         let mut st = self.state();
         // Accepted proposals move to the store; the refusals keep their place in line.
@@ -146,14 +167,25 @@ impl Engine {
                 Some(refusal) => Err(refusal),
             })
             .collect();
+        // Unchanged decisions need no kernel work, unless the kernel refused them lately.
+        let refused: std::collections::HashSet<(Source, IpNet)> =
+            self.firewall.refused().into_iter().map(|r| (r.source, r.target)).collect();
         let changed: Vec<Decision> = outcomes
             .iter()
             .filter_map(|o| o.as_ref().ok())
-            .filter(|(_, u)| *u != Upsert::Unchanged)
+            .filter(|(d, u)| *u != Upsert::Unchanged || refused.contains(&(d.source, d.target)))
             .map(|(d, _)| d.clone())
             .collect();
         let committed_at = started.elapsed();
         let bulk = changed.len() > BULK_LOG;
+        let refusals: Vec<&Refusal> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+        if refusals.len() > BULK_LOG {
+            tracing::warn!(count = refusals.len(), "not blocked: the safety rules refuse them");
+        } else {
+            for refusal in refusals {
+                tracing::warn!("not blocked: {refusal}");
+            }
+        }
         for d in &changed {
             let until = d.expires.map_or("never".to_string(), |t| t.to_string());
             if bulk {
@@ -166,7 +198,10 @@ impl Engine {
         drop(st);
         self.expiry_wake.notify_one();
         self.feed.wake.notify_one();
-        ticket.wait();
+        let kernel = ticket.wait();
+        if let Err(error) = &kernel {
+            tracing::error!(%error, "decisions recorded but not all in the kernel");
+        }
         if bulk {
             tracing::info!(
                 count = changed.len(),
@@ -175,20 +210,38 @@ impl Engine {
                 "blocked a batch (one line per address at debug level)"
             );
         }
-        Ok(outcomes)
+        Ok(Decided { outcomes, kernel })
+    }
+
+    /// Lifts what `lift` takes out of the store and queues its removal from the kernel
+    /// under the same lock, so the kernel sees lifts and bans in commit order; then
+    /// waits for the kernel.
+    pub fn lift(
+        &self,
+        lift: impl FnOnce(&mut Store) -> Result<Vec<Decision>, StoreError>,
+    ) -> Result<Lifted, StoreError> {
+        let mut st = self.state();
+        let decisions = lift(&mut st.store)?;
+        let ticket = self.firewall.remove(&decisions);
+        drop(st);
+        let kernel = ticket.wait();
+        if let Err(error) = &kernel {
+            tracing::error!(%error, "decisions lifted but the kernel may still hold them");
+        }
+        Ok(Lifted { decisions, kernel })
     }
 
     /// Records the bans local detection decided: the IPv6 target widened, the bantime
     /// escalated by the address's earlier detections in the store (so escalation
     /// survives restarts).
-    pub fn detected(&self, bans: Vec<(Ban, FilterSpec)>) -> Result<Vec<Outcome>, StoreError> {
+    pub fn detected(&self, bans: Vec<(Ban, FilterSpec)>) -> Result<Decided, StoreError> {
         let config = self.config();
         let proposals = {
             let st = self.state();
             let sanitizer = Sanitizer::for_host(&st.host);
             let mut out = Vec::with_capacity(bans.len());
             for (ban, spec) in bans {
-                let target = ban_target(ban.addr, Source::Detect, config.decisions.ipv6_prefix);
+                let target = detection_target(&st.guard, ban.addr, config.decisions.ipv6_prefix);
                 let earlier = st.store.earlier_detections(&target)?;
                 let reason =
                     format!("{}: {} failures within {}", spec.name, ban.failures, human_duration(spec.findtime));
@@ -267,23 +320,18 @@ impl Engine {
         self.state().host.clone()
     }
 
-    /// Removes lifted decisions from the firewall and waits for the kernel.
-    pub(super) fn lift_enforced(&self, lifted: &[Decision]) {
-        self.firewall.remove(lifted).wait();
+    /// What stops the firewall from working at all (a dead or stuck worker), if anything.
+    pub fn firewall_problem(&self) -> Option<String> {
+        worker_problem(&self.firewall)
     }
 
     /// Lifts every decision whose time has come. Returns the next expiry.
     pub fn expire_due(&self, now: Timestamp) -> Result<Option<Timestamp>, StoreError> {
-        let mut st = self.state();
-        let lifted = st.store.lift_expired(now)?;
-        for d in &lifted {
+        let lifted = self.lift(|store| store.lift_expired(now))?;
+        for d in &lifted.decisions {
             tracing::info!(ip = %d.target, source = %d.source, "ban expired");
         }
-        let ticket = self.firewall.remove(&lifted);
-        let next = st.store.next_expiry();
-        drop(st);
-        ticket.wait();
-        next
+        self.state().store.next_expiry()
     }
 
     /// Checks that the firewall still holds banshare's table or sets (`nft flush ruleset`
@@ -449,8 +497,9 @@ impl Engine {
             report,
             enforce: true,
         };
-        let outcome = self.decide(vec![proposal], Timestamp::now()).map_err(internal)?.remove(0);
-        match outcome {
+        let decided = self.decide(vec![proposal], Timestamp::now()).map_err(internal)?;
+        match decided.outcomes.into_iter().next().expect("one outcome per proposal") {
+            Ok((decision, _)) if decided.kernel.is_err() => Err(not_in_kernel(&decision, decided.kernel)),
             Ok((decision, outcome)) => to_value(BanData { decision, outcome }),
             Err(refusal) => {
                 Err(ErrorBody::new(ErrorCode::Refused, format!("refused: {refusal}; banshare never blocks it")))
@@ -485,7 +534,8 @@ impl Engine {
                 Err(message) => data.invalid.push(message),
             }
         }
-        for outcome in self.decide(proposals, Timestamp::now()).map_err(internal)? {
+        let decided = self.decide(proposals, Timestamp::now()).map_err(internal)?;
+        for outcome in decided.outcomes {
             match outcome {
                 Ok((_, Upsert::Created)) => data.created += 1,
                 Ok((_, Upsert::Extended)) => data.extended += 1,
@@ -494,6 +544,15 @@ impl Engine {
             }
         }
         tracing::info!(created = data.created, extended = data.extended, refused = data.refused.len(), "import done");
+        if let Err(error) = decided.kernel {
+            let message = format!(
+                "{} recorded ({} new, {} extended), but not all are blocked: {error}",
+                data.created + data.extended + data.unchanged,
+                data.created,
+                data.extended
+            );
+            return Err(ErrorBody::new(ErrorCode::Firewall, message));
+        }
         to_value(data)
     }
 
@@ -502,7 +561,12 @@ impl Engine {
         match (permanent, for_secs) {
             (true, _) => Ok(None),
             (false, Some(0)) => Err(ErrorBody::new(ErrorCode::BadRequest, "a ban must last at least one second")),
-            (false, Some(secs)) => Ok(Some(Duration::from_secs(secs))),
+            (false, Some(secs)) => {
+                let d = Duration::from_secs(secs);
+                crate::decision::check_ban_length(d)
+                    .map_err(|why| ErrorBody::new(ErrorCode::BadRequest, format!("a ban of {secs} s is {why}")))?;
+                Ok(Some(d))
+            }
             (false, None) => Ok(self.config().decisions.manual_bantime),
         }
     }
@@ -510,10 +574,9 @@ impl Engine {
     fn unban(&self, target: &str) -> Result<Value, ErrorBody> {
         let target = parse_target(target).map_err(|m| ErrorBody::new(ErrorCode::InvalidTarget, m))?;
         let now = Timestamp::now();
-        let mut st = self.state();
-        let lifted = st.store.lift_target(&target, LiftReason::Unban, now).map_err(internal)?;
-        if lifted.is_empty() {
-            let covering = covering_nets(&st.store, &target, now).map_err(internal)?;
+        let lifted = self.lift(|store| store.lift_target(&target, LiftReason::Unban, now)).map_err(internal)?;
+        if lifted.decisions.is_empty() {
+            let covering = covering_nets(&self.state().store, &target, now).map_err(internal)?;
             let message = if covering.is_empty() {
                 format!("{} is not blocked", show_target(&target))
             } else {
@@ -529,13 +592,15 @@ impl Engine {
             };
             return Err(ErrorBody::new(ErrorCode::NotFound, message));
         }
-        for d in &lifted {
+        for d in &lifted.decisions {
             tracing::info!(ip = %d.target, source = %d.source, "unbanned by the operator");
         }
-        let ticket = self.firewall.remove(&lifted);
-        drop(st);
-        ticket.wait();
-        to_value(UnbanData { lifted })
+        if let Err(error) = lifted.kernel {
+            let message =
+                format!("{} is unbanned in the store, but the kernel may still hold it: {error}", show_target(&target));
+            return Err(ErrorBody::new(ErrorCode::Firewall, message));
+        }
+        to_value(UnbanData { lifted: lifted.decisions })
     }
 
     fn query(&self, ip: &str) -> Result<Value, ErrorBody> {
@@ -598,10 +663,13 @@ impl Engine {
             schema_version,
             firewall: FirewallStatus {
                 backend: backend.into(),
+                kernel_elements: sets.as_ref().map(|sets| sets.iter().map(|s| s.elements).sum()),
                 elements,
                 batches: self.firewall.batches(),
                 sets,
                 last_error,
+                refused: self.firewall.refused(),
+                worker_error: worker_problem(&self.firewall),
             },
             active,
             allowlist_entries: config.allowlist.len(),
@@ -679,6 +747,51 @@ fn lift_guarded(st: &mut State, firewall: &FirewallHandle, now: Timestamp) -> Re
 fn covering_nets(store: &Store, target: &IpNet, now: Timestamp) -> Result<Vec<Decision>, StoreError> {
     let (active, _) = store.covering(target.network(), now, 0)?;
     Ok(active.into_iter().filter(|d| d.target != *target && d.target.contains(target)).collect())
+}
+
+/// The answer for a decision the store holds but the kernel does not.
+pub(super) fn not_in_kernel(decision: &Decision, kernel: Result<(), EnforceError>) -> ErrorBody {
+    let error = kernel.err().map_or_else(String::new, |e| e.to_string());
+    let until = decision.expires.map_or("permanent".to_string(), |t| format!("until {t}"));
+    let message = format!(
+        "{} is recorded ({until}) but NOT blocked: {error}; banshare retries from the store within seconds",
+        show_target(&decision.target)
+    );
+    ErrorBody::new(ErrorCode::Firewall, message)
+}
+
+/// The target detection bans for `addr`: IPv6 widened to `prefix`, unless the network
+/// would cover an address the guard protects (the host's own /64, an allowlisted
+/// neighbour); then the exact address, and the log says so.
+fn detection_target(guard: &Guard, addr: IpAddr, prefix: u8) -> IpNet {
+    let widened = ban_target(addr, Source::Detect, prefix);
+    let exact = ban_target(addr, Source::Manual, prefix);
+    if widened == exact {
+        return exact;
+    }
+    match guard.check(&widened) {
+        Ok(()) => widened,
+        Err(refusal) => {
+            if guard.check(&exact).is_ok() {
+                tracing::info!(ip = %addr, "banning the address alone, not its network: {refusal}");
+            }
+            exact
+        }
+    }
+}
+
+/// How long one firewall job may run before the worker counts as stuck.
+pub(super) const WORKER_STUCK_AFTER: Duration = Duration::from_secs(300);
+
+/// What is wrong with the firewall worker, if anything.
+pub(super) fn worker_problem(firewall: &FirewallHandle) -> Option<String> {
+    match firewall.health(WORKER_STUCK_AFTER) {
+        crate::enforce::WorkerHealth::Ok => None,
+        crate::enforce::WorkerHealth::Dead => Some("the firewall worker died; nothing reaches the kernel".into()),
+        crate::enforce::WorkerHealth::Stuck(secs) => {
+            Some(format!("the firewall worker has been stuck for {secs} s; nothing reaches the kernel"))
+        }
+    }
 }
 
 fn internal(e: StoreError) -> ErrorBody {

@@ -17,21 +17,34 @@ impl Engine {
         let now = Timestamp::now();
         let target = ban_target(event.ip, Source::Fail2ban, 128);
         if event.kind == Kind::Unban {
-            let lifted = self.with_store(|s| s.lift_source(&target, Source::Fail2ban, LiftReason::Fail2ban, now));
+            let lifted = self.lift(|s| s.lift_source(&target, Source::Fail2ban, LiftReason::Fail2ban, now));
             let lifted = lifted.map_err(internal)?;
-            for d in &lifted {
+            for d in &lifted.decisions {
                 tracing::info!(ip = %d.target, jail = %event.jail, "fail2ban unbanned it");
             }
-            self.lift_enforced(&lifted);
-            return Ok(Fail2banData { decision: None, outcome: None, report_due: false, lifted: lifted.len() });
+            if let Err(error) = lifted.kernel {
+                return Err(ErrorBody::new(
+                    ErrorCode::Firewall,
+                    format!("unbanned, but the kernel may still hold it: {error}"),
+                ));
+            }
+            return Ok(Fail2banData {
+                decision: None,
+                outcome: None,
+                report_due: false,
+                lifted: lifted.decisions.len(),
+            });
         }
         let config = self.config();
         let earlier = self.with_store(|s| s.last_category(&target)).map_err(internal)?;
         let sanitizer = Sanitizer::for_host(&self.host_addresses());
         let proposal = plan_ban(&event, &config, earlier, |input| report_draft(&config.feed, &sanitizer, input));
         let report_due = proposal.report.is_some();
-        let outcome = self.decide(vec![proposal], now).map_err(internal)?.remove(0);
-        match outcome {
+        let decided = self.decide(vec![proposal], now).map_err(internal)?;
+        match decided.outcomes.into_iter().next().expect("one outcome per proposal") {
+            Ok((decision, _)) if decided.kernel.is_err() => {
+                Err(super::engine::not_in_kernel(&decision, decided.kernel))
+            }
             Ok((decision, outcome)) => {
                 Ok(Fail2banData { decision: Some(decision), outcome: Some(outcome), report_due, lifted: 0 })
             }

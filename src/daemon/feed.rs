@@ -146,9 +146,9 @@ impl Engine {
             .with_store(|s| Ok::<_, crate::store::StoreError>((s.unbanned_since(grace_start)?, s.counts(now)?)))
             .map_err(|e| e.to_string())?;
         let (proposals, mut skipped) = pull::plan(fetched, &cfg.feed, &unbanned);
-        let outcomes = self.decide(proposals, now).map_err(|e| e.to_string())?;
+        let decided = self.decide(proposals, now).map_err(|e| e.to_string())?;
         let mut report = PullReport { at: now, pages, received, ..PullReport::default() };
-        for outcome in outcomes {
+        for outcome in decided.outcomes {
             match outcome {
                 Ok((_, crate::store::Upsert::Created)) => report.added += 1,
                 Ok(_) => report.refreshed += 1,

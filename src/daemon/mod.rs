@@ -36,7 +36,7 @@ use crate::control;
 use crate::decision::Guard;
 use crate::enforce::{self, Enforcer, FirewallError, FirewallHandle};
 use crate::hostaddr;
-use crate::store::{Store, StoreError};
+use crate::store::{Empty, Store, StoreError};
 
 /// The longest the expiry loop sleeps without looking at the store again.
 const EXPIRY_IDLE: Duration = Duration::from_secs(60);
@@ -84,12 +84,23 @@ pub struct DaemonHandle {
     tasks: JoinSet<()>,
     socket: PathBuf,
     lock: lock::StateLock,
+    /// Set by a loop that found the daemon unable to work (a dead or stuck firewall
+    /// worker): `run` exits non-zero so that systemd restarts it.
+    fatal: watch::Receiver<Option<String>>,
 }
 
 impl DaemonHandle {
     /// The engine, for in-process callers.
     pub fn engine(&self) -> &Arc<Engine> {
         &self.engine
+    }
+
+    /// Resolves with the reason once the daemon cannot go on (see [`DaemonHandle::fatal`]).
+    pub async fn failed(&mut self) -> String {
+        match self.fatal.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            Err(_) => std::future::pending().await,
+        }
     }
 
     /// Reloads the config, as SIGHUP does.
@@ -119,10 +130,16 @@ impl DaemonHandle {
 /// Starts the daemon and returns once it is ready (socket listening, firewall
 /// reconciled).
 pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
+    start_with(config, Empty::Refuse).await
+}
+
+/// [`start`], saying how an empty state database in a directory that held one is
+/// treated (`banshare run --new-state` accepts it).
+pub async fn start_with(config: Config, empty: Empty) -> Result<DaemonHandle, DaemonError> {
     let state_dir = config.state_dir.clone();
     std::fs::create_dir_all(&state_dir).map_err(|source| DaemonError::StateDir { path: state_dir.clone(), source })?;
     let lock = lock::acquire(&state_dir)?;
-    let store = Store::open(&config.state_db())?;
+    let store = Store::open_checked(&config.state_db(), empty)?;
     store.defer_checkpoints()?;
     let host = hostaddr::host_addresses().unwrap_or_else(|error| {
         tracing::warn!(%error, "cannot read this host's addresses");
@@ -144,6 +161,7 @@ pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
     let listener = control::server::bind(&socket, &group)
         .map_err(|source| DaemonError::Socket { path: socket.clone(), source })?;
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let (fatal_tx, fatal) = watch::channel(None);
     let mut tasks = JoinSet::new();
     tasks.spawn(control::server::serve(
         listener,
@@ -152,7 +170,7 @@ pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
     ));
     tasks.spawn(expiry_loop(Arc::clone(&engine), shutdown_rx.clone()));
     tasks.spawn(maintenance_loop(Arc::clone(&engine), shutdown_rx.clone()));
-    tasks.spawn(firewall_loop(Arc::clone(&engine), shutdown_rx.clone()));
+    tasks.spawn(firewall_loop(Arc::clone(&engine), shutdown_rx.clone(), fatal_tx));
     tasks.spawn(feed::report_loop(Arc::clone(&engine), shutdown_rx.clone()));
     if let Some(listen) = engine.config().check.listen.clone() {
         match check::bind(&listen).and_then(|bound| check::spawn(Arc::clone(&engine), bound, shutdown_rx.clone())) {
@@ -171,18 +189,23 @@ pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
 
     tracing::info!(config = %origin, socket = %socket.display(), "banshare ready");
     notify("READY=1\nSTATUS=ready");
-    Ok(DaemonHandle { engine, followers, shutdown, tasks, socket, lock })
+    Ok(DaemonHandle { engine, followers, shutdown, tasks, socket, lock, fatal })
 }
 
 /// `banshare run`: starts the daemon and serves until SIGTERM or SIGINT; SIGHUP reloads.
-pub async fn run(config: Config) -> Result<(), DaemonError> {
+pub async fn run(config: Config, empty: Empty) -> Result<(), DaemonError> {
     let signal_err = |e: std::io::Error| DaemonError::Runtime(format!("cannot install signal handlers: {e}"));
     let mut term = signal(SignalKind::terminate()).map_err(signal_err)?;
     let mut int = signal(SignalKind::interrupt()).map_err(signal_err)?;
     let mut hup = signal(SignalKind::hangup()).map_err(signal_err)?;
-    let handle = start(config).await?;
+    let mut handle = start_with(config, empty).await?;
+    let mut fatal = None;
     loop {
         tokio::select! {
+            reason = handle.failed() => {
+                fatal = Some(reason);
+                break;
+            }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading the config");
                 notify("RELOADING=1");
@@ -196,7 +219,12 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     tracing::info!("stopping: finishing requests in flight");
     notify("STOPPING=1");
     handle.shutdown().await;
-    Ok(())
+    match fatal {
+        Some(reason) => {
+            Err(DaemonError::Runtime(format!("{reason}; exiting so that the service manager restarts banshare")))
+        }
+        None => Ok(()),
+    }
 }
 
 /// Resolves once `shutdown` turns true (or its sender is gone).
@@ -244,13 +272,19 @@ async fn maintenance_loop(engine: Arc<Engine>, mut shutdown: watch::Receiver<boo
     }
 }
 
-/// Checks the firewall every [`FIREWALL_CHECK_EVERY`], reconciling fully every hour.
-async fn firewall_loop(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
+/// Checks the firewall every [`FIREWALL_CHECK_EVERY`], reconciling fully every hour. A
+/// dead or stuck worker is fatal: nothing would reach the kernel again.
+async fn firewall_loop(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>, fatal: watch::Sender<Option<String>>) {
     let mut round: u32 = 0;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(FIREWALL_CHECK_EVERY) => {}
             _ = stopped(&mut shutdown) => return,
+        }
+        if let Some(problem) = engine.firewall_problem() {
+            tracing::error!("{problem}");
+            let _ = fatal.send(Some(problem));
+            return;
         }
         round = round.wrapping_add(1);
         let full = round.is_multiple_of(FULL_RECONCILE_EVERY_ROUNDS);

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use serde_json::json;
 
-use super::{Change, Element, Firewall, FirewallError};
+use super::{Change, Element, Firewall, FirewallError, Refused};
 use crate::clock::Timestamp;
 use crate::decision::Source;
 
@@ -49,14 +49,15 @@ impl Firewall for DryRun {
         "dry-run"
     }
 
-    fn reconcile(&mut self, elements: &[Element], now: Timestamp) -> Result<(), FirewallError> {
+    fn reconcile(&mut self, elements: &[Element], now: Timestamp) -> Result<Vec<Refused>, FirewallError> {
         self.held = elements.iter().map(|e| ((e.source, e.target), e.expires)).collect();
         let targets: Vec<String> = elements.iter().map(|e| format!("{}:{}", e.source, e.target)).collect();
         tracing::info!(elements = elements.len(), "dry-run: would rebuild the firewall sets");
-        self.record(json!({ "at": now, "op": "reconcile", "elements": targets }))
+        self.record(json!({ "at": now, "op": "reconcile", "elements": targets }))?;
+        Ok(Vec::new())
     }
 
-    fn apply(&mut self, changes: &[Change], now: Timestamp) -> Result<(), FirewallError> {
+    fn apply(&mut self, changes: &[Change], now: Timestamp) -> Result<Vec<Refused>, FirewallError> {
         for change in changes {
             let line = match change {
                 Change::Add(e) => {
@@ -72,7 +73,7 @@ impl Firewall for DryRun {
             };
             self.record(line)?;
         }
-        Ok(())
+        Ok(Vec::new())
     }
 
     fn element_count(&mut self) -> Result<usize, FirewallError> {

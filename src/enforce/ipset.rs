@@ -16,15 +16,15 @@ use std::fmt::Write;
 use ipnet::IpNet;
 
 use super::command::run;
-use super::{Change, Element, Firewall, FirewallError, FirewallOptions, RuleAction, SetStats, apply_bisecting};
+use super::timeout::{IPSET_MAX, KernelTimeout};
+use super::{
+    Change, Element, Firewall, FirewallError, FirewallOptions, Refused, RuleAction, SetStats, find_refused, without,
+};
 use crate::clock::Timestamp;
 use crate::decision::Source;
 
 pub const SET_V4: &str = "banshare-v4";
 pub const SET_V6: &str = "banshare-v6";
-/// ipset's largest timeout, in seconds; longer bans are re-asserted by the periodic
-/// full reconcile.
-pub const MAX_TIMEOUT: u64 = 2_147_483;
 /// The smallest `maxelem` banshare creates; it grows to twice what is needed.
 const MIN_MAXELEM: usize = 65_536;
 /// Chains the rules go into (FORWARD only when `forward` is on; DOCKER-USER when it exists).
@@ -57,6 +57,14 @@ impl Mirror {
             m.desired.entry(e.target).or_default().insert(e.source, e.expires);
         }
         m
+    }
+
+    /// Every (source, target) banshare wants.
+    pub fn elements(&self) -> Vec<Element> {
+        self.desired
+            .iter()
+            .flat_map(|(t, holders)| holders.iter().map(|(s, e)| Element { source: *s, target: *t, expires: *e }))
+            .collect()
     }
 
     /// Targets held (each once, whatever the number of sources).
@@ -103,13 +111,7 @@ impl Mirror {
 /// `timeout N` in whole seconds (rounded up, capped); `timeout 0` is permanent in ipset.
 /// `None` when already expired.
 fn timeout(expires: Option<Timestamp>, now: Timestamp) -> Option<String> {
-    match expires {
-        None => Some("timeout 0".into()),
-        Some(at) => {
-            let ms = now.until(at).as_millis() as u64;
-            (ms > 0).then(|| format!("timeout {}", ms.div_ceil(1000).min(MAX_TIMEOUT)))
-        }
-    }
+    KernelTimeout::of(expires, now, IPSET_MAX).ipset()
 }
 
 fn add_lines(
@@ -211,9 +213,10 @@ impl Ipset {
             if !have(live) {
                 run("ipset", &["-exist", "restore"], Some(create_line(live, v6, MIN_MAXELEM).as_bytes()))?;
             }
-            let tmp = format!("{live}-new");
-            if have(&tmp) {
-                run("ipset", &["destroy", &tmp], None)?;
+            for leftover in [format!("{live}-new"), format!("{live}-check")] {
+                if have(&leftover) {
+                    run("ipset", &["destroy", &leftover], None)?;
+                }
             }
         }
         Ok(())
@@ -252,22 +255,54 @@ impl Ipset {
         run("ipset", &["-exist", "restore"], Some(script.as_bytes())).map(|_| ())
     }
 
-    /// One `ipset restore`. A set cannot grow in place: when the batch would overflow
-    /// a set's `maxelem`, everything is reloaded into bigger sets and swapped in.
-    fn apply_one(&mut self, changes: &[Change], now: Timestamp) -> Result<(), FirewallError> {
-        let plan = self.mirror.plan(changes);
-        if [false, true].iter().any(|v6| self.mirror.count(*v6) > self.capacity[*v6 as usize]) {
-            return self.reload(now);
+    /// Fills fresh sets from `mirror` and swaps them in (one atomic swap per family).
+    fn reload(&mut self, mirror: Mirror, now: Timestamp) -> Result<(), FirewallError> {
+        let script = full_script(&mirror, now);
+        if let Err(error) = Self::restore(&script) {
+            // A refused line leaves the half-filled `-new` sets behind, never in force.
+            let _ = self.ensure_sets();
+            return Err(error);
         }
-        Self::restore(&apply_script(&plan, &self.mirror, now))
-    }
-
-    /// Fills fresh sets from the mirror and swaps them in.
-    fn reload(&mut self, now: Timestamp) -> Result<(), FirewallError> {
-        Self::restore(&full_script(&self.mirror, now))?;
-        self.capacity = [maxelem(self.mirror.count(false)), maxelem(self.mirror.count(true))];
+        self.capacity = [maxelem(mirror.count(false)), maxelem(mirror.count(true))];
+        self.mirror = mirror;
         Ok(())
     }
+
+    /// Loads exactly `elements` by swapping in fresh sets; when ipset refuses them, finds
+    /// the elements it refuses on their own by filling scratch sets (never in force) and
+    /// swaps in the rest.
+    fn load(&mut self, elements: &[Element], now: Timestamp) -> Result<Vec<Refused>, FirewallError> {
+        let error = match self.reload(Mirror::from_elements(elements), now) {
+            Ok(()) => return Ok(Vec::new()),
+            Err(e @ (FirewallError::Unavailable(_) | FirewallError::Io { .. })) => return Err(e),
+            Err(error) => error,
+        };
+        tracing::error!(%error, elements = elements.len(), "ipset refused the load; looking for the elements it refuses");
+        let refused = find_refused(elements, &mut |part| {
+            let result = Self::restore(&check_script(&Mirror::from_elements(part), now));
+            for scratch in [CHECK_V4, CHECK_V6] {
+                let _ = run("ipset", &["-exist", "destroy", scratch], None);
+            }
+            result
+        })?;
+        self.reload(Mirror::from_elements(&without(elements, &refused)), now)?;
+        Ok(refused)
+    }
+}
+
+/// Scratch sets for finding refused elements; never referenced by a rule.
+const CHECK_V4: &str = "banshare-v4-check";
+const CHECK_V6: &str = "banshare-v6-check";
+
+/// Fills the scratch sets with `mirror`'s elements, as `full_script` fills `-new`.
+fn check_script(mirror: &Mirror, now: Timestamp) -> String {
+    let mut s = String::new();
+    for (name, v6) in [(CHECK_V4, false), (CHECK_V6, true)] {
+        s.push_str(&create_line(name, v6, maxelem(mirror.count(v6))));
+        let targets = mirror.desired.keys().filter(|t| matches!(t, IpNet::V6(_)) == v6).copied();
+        add_lines(&mut s, |_| name.to_string(), targets, mirror, now);
+    }
+    s
 }
 
 impl Firewall for Ipset {
@@ -275,22 +310,30 @@ impl Firewall for Ipset {
         "ipset"
     }
 
-    fn reconcile(&mut self, elements: &[Element], now: Timestamp) -> Result<(), FirewallError> {
+    fn reconcile(&mut self, elements: &[Element], now: Timestamp) -> Result<Vec<Refused>, FirewallError> {
         self.ensure_sets()?;
-        self.mirror = Mirror::from_elements(elements);
-        if let Err(error) = self.reload(now) {
-            tracing::error!(%error, "full ipset load refused; loading in pieces");
-            self.ensure_sets()?;
-            let adds: Vec<Change> = elements.iter().map(|e| Change::Add(*e)).collect();
-            self.mirror = Mirror::default();
-            self.capacity = [MIN_MAXELEM; 2];
-            apply_bisecting(&adds, &mut |chunk| self.apply_one(chunk, now))?;
-        }
-        self.ensure_rules()
+        let refused = self.load(elements, now)?;
+        self.ensure_rules()?;
+        Ok(refused)
     }
 
-    fn apply(&mut self, changes: &[Change], now: Timestamp) -> Result<(), FirewallError> {
-        apply_bisecting(changes, &mut |chunk| self.apply_one(chunk, now))
+    /// One `ipset restore` (idempotent with `-exist`). A set cannot grow in place: a
+    /// batch that would overflow a set's `maxelem` reloads everything into bigger sets.
+    /// When ipset refuses the batch, both sets are filled again from the mirror and
+    /// swapped in, so the failure never takes out what is in force.
+    fn apply(&mut self, changes: &[Change], now: Timestamp) -> Result<Vec<Refused>, FirewallError> {
+        let plan = self.mirror.plan(changes);
+        let overflow = [false, true].iter().any(|v6| self.mirror.count(*v6) > self.capacity[*v6 as usize]);
+        if !overflow {
+            match Self::restore(&apply_script(&plan, &self.mirror, now)) {
+                Ok(()) => return Ok(Vec::new()),
+                Err(e @ FirewallError::Unavailable(_)) => return Err(e),
+                Err(error) => tracing::warn!(%error, "ipset refused a batch; loading both sets again"),
+            }
+        }
+        self.ensure_sets()?;
+        let wanted = self.mirror.elements();
+        self.load(&wanted, now)
     }
 
     fn element_count(&mut self) -> Result<usize, FirewallError> {
@@ -326,7 +369,7 @@ pub fn teardown() -> Result<bool, FirewallError> {
         }
     }
     let names = run("ipset", &["list", "-n"], None)?;
-    for name in [SET_V4, SET_V6, "banshare-v4-new", "banshare-v6-new"] {
+    for name in [SET_V4, SET_V6, "banshare-v4-new", "banshare-v6-new", CHECK_V4, CHECK_V6] {
         if names.lines().any(|l| l.trim() == name) {
             run("ipset", &["destroy", name], None)?;
             found = true;
@@ -426,7 +469,7 @@ mod tests {
     #[test]
     fn timeouts_are_rounded_up_and_capped() {
         assert_eq!(timeout(Some(Timestamp(1001)), Timestamp(0)).unwrap(), "timeout 2");
-        assert_eq!(timeout(Some(Timestamp(i64::MAX)), Timestamp(0)).unwrap(), format!("timeout {MAX_TIMEOUT}"));
+        assert_eq!(timeout(Some(Timestamp(i64::MAX)), Timestamp(0)).unwrap(), "timeout 2147483");
         assert_eq!(timeout(Some(Timestamp(0)), Timestamp(0)), None);
     }
 

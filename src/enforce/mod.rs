@@ -15,6 +15,7 @@ mod dryrun;
 pub mod in_force;
 pub mod ipset;
 pub mod nftables;
+pub mod timeout;
 mod worker;
 
 use std::path::Path;
@@ -27,7 +28,7 @@ use crate::config::{Backend, Config};
 use crate::decision::{Decision, Guard, Source, show_target};
 
 pub use dryrun::DryRun;
-pub use worker::{FirewallHandle, Ticket};
+pub use worker::{EnforceError, FirewallHandle, Ticket, WorkerHealth};
 
 /// What the rules do to a blocked source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,20 +98,41 @@ pub enum FirewallError {
     },
 }
 
+/// An element the kernel refused on its own, with the backend's message. Everything else
+/// of its batch is in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Refused {
+    pub source: Source,
+    pub target: IpNet,
+    pub message: String,
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}): {}", show_target(&self.target), self.source, self.message)
+    }
+}
+
 /// A firewall backend. Methods take whole batches: a backend must never run one process
 /// per address.
+///
+/// `Ok(refused)` promises that the kernel holds what was asked except the `refused`
+/// elements; `Err` means the backend could not apply anything it can vouch for (a missing
+/// tool, lost privileges, a kernel refusing every transaction).
 pub trait Firewall: Send {
     /// The backend's name for status and logs (`nftables`, `ipset`, `dry-run`).
     fn name(&self) -> &'static str;
 
     /// Makes the kernel hold exactly `elements`, in one transaction (no moment with
-    /// nothing blocked).
-    fn reconcile(&mut self, elements: &[Element], now: Timestamp) -> Result<(), FirewallError>;
+    /// nothing blocked). Elements the kernel refuses on their own are left out.
+    fn reconcile(&mut self, elements: &[Element], now: Timestamp) -> Result<Vec<Refused>, FirewallError>;
 
-    /// Applies a batch of additions and removals.
-    fn apply(&mut self, changes: &[Change], now: Timestamp) -> Result<(), FirewallError>;
+    /// Applies a batch of additions and removals. When the kernel refuses the batch, the
+    /// backend rebuilds its sets from what it wants, in one transaction, leaving out only
+    /// what the kernel refuses on its own: a bad element never opens a gap for the others.
+    fn apply(&mut self, changes: &[Change], now: Timestamp) -> Result<Vec<Refused>, FirewallError>;
 
-    /// Number of elements the backend holds.
+    /// Number of elements the backend holds, as it last wrote them.
     fn element_count(&mut self) -> Result<usize, FirewallError>;
 
     /// Whether banshare's table or sets and rules are still in the kernel (an
@@ -119,57 +141,66 @@ pub trait Firewall: Send {
     fn intact(&mut self) -> Result<bool, FirewallError>;
 }
 
-/// How many backend runs one batch may cost while looking for the elements it refuses.
-/// Beyond that the refusal is systemic (a full set, lost privileges), not one element.
-const BISECT_BUDGET: usize = 64;
+/// How many checks one search for refused elements may cost. Beyond that the refusal is
+/// systemic (a full set, lost privileges), not a few elements.
+const SEARCH_BUDGET: usize = 64;
 
-/// Applies `changes` with `apply`; when a batch is refused, applies its halves on their
-/// own, down to single elements, so one bad element cannot block the rest. Each element
-/// refused on its own is logged with the backend's message; the first error is returned
-/// after everything else went through. A caller whose batch failed must treat the kernel
-/// as suspect and reconcile (the worker does, within seconds).
-pub(crate) fn apply_bisecting(
-    changes: &[Change],
-    apply: &mut dyn FnMut(&[Change]) -> Result<(), FirewallError>,
-) -> Result<(), FirewallError> {
-    let mut budget = BISECT_BUDGET;
-    bisect(changes, apply, &mut budget)
+/// Finds the elements of `elements` the kernel refuses on their own, with `check` (a
+/// dry run that changes nothing in force: `nft -c`, or a scratch ipset set), by halving
+/// the refused part. Returns them with the backend's message; the caller then loads the
+/// rest in one transaction.
+pub(crate) fn find_refused(
+    elements: &[Element],
+    check: &mut dyn FnMut(&[Element]) -> Result<(), FirewallError>,
+) -> Result<Vec<Refused>, FirewallError> {
+    let mut budget = SEARCH_BUDGET;
+    let mut refused = Vec::new();
+    search(elements, check, &mut budget, &mut refused)?;
+    for r in &refused {
+        tracing::error!(ip = %r.target, source = %r.source, error = %r.message, "the kernel refused an element");
+    }
+    Ok(refused)
 }
 
-fn bisect(
-    changes: &[Change],
-    apply: &mut dyn FnMut(&[Change]) -> Result<(), FirewallError>,
+fn search(
+    elements: &[Element],
+    check: &mut dyn FnMut(&[Element]) -> Result<(), FirewallError>,
     budget: &mut usize,
+    refused: &mut Vec<Refused>,
 ) -> Result<(), FirewallError> {
-    *budget = budget.saturating_sub(1);
-    match apply(changes) {
+    if elements.is_empty() {
+        return Ok(());
+    }
+    if *budget == 0 {
+        return Err(FirewallError::Command {
+            command: "firewall load".into(),
+            stderr: format!("the kernel keeps refusing ({} elements still unchecked)", elements.len()),
+        });
+    }
+    *budget -= 1;
+    match check(elements) {
         Ok(()) => Ok(()),
         Err(e @ (FirewallError::Unavailable(_) | FirewallError::Io { .. })) => Err(e),
-        Err(e) if changes.len() <= 1 => {
-            let Some(change) = changes.first() else { return Err(e) };
-            let (op, el) = match change {
-                Change::Add(el) => ("adding", el),
-                Change::Remove(el) => ("removing", el),
-            };
+        Err(e) if elements.len() == 1 => {
             let message = match e {
                 FirewallError::Command { stderr, .. } => stderr,
                 other => other.to_string(),
             };
-            let error = FirewallError::Element { op, target: show_target(&el.target), from: el.source, message };
-            tracing::error!(%error, "firewall refused an element");
-            Err(error)
-        }
-        Err(e) if *budget < 2 => {
-            tracing::error!(error = %e, changes = changes.len(), "firewall keeps refusing; giving up on this batch");
-            Err(e)
+            refused.push(Refused { source: elements[0].source, target: elements[0].target, message });
+            Ok(())
         }
         Err(_) => {
-            let (a, b) = changes.split_at(changes.len() / 2);
-            let first = bisect(a, apply, budget);
-            let second = bisect(b, apply, budget);
-            first.and(second)
+            let (a, b) = elements.split_at(elements.len() / 2);
+            search(a, check, budget, refused)?;
+            search(b, check, budget, refused)
         }
     }
+}
+
+/// `elements` without the refused ones.
+pub(crate) fn without(elements: &[Element], refused: &[Refused]) -> Vec<Element> {
+    let bad: std::collections::HashSet<(Source, IpNet)> = refused.iter().map(|r| (r.source, r.target)).collect();
+    elements.iter().filter(|e| !bad.contains(&(e.source, e.target))).copied().collect()
 }
 
 /// Picks the backend the config asks for: the one place that decides.
@@ -247,13 +278,13 @@ impl Enforcer {
     }
 
     /// Rebuilds the kernel state from the store's active decisions.
-    pub fn reconcile(&mut self, active: &[Decision], now: Timestamp) -> Result<(), FirewallError> {
+    pub fn reconcile(&mut self, active: &[Decision], now: Timestamp) -> Result<Vec<Refused>, FirewallError> {
         let elements: Vec<Element> = active.iter().map(Element::from).filter(|e| self.allowed(e)).collect();
         self.backend.reconcile(&elements, now)
     }
 
     /// Applies a batch; additions the guard refuses are dropped here.
-    pub fn apply(&mut self, changes: &[Change], now: Timestamp) -> Result<(), FirewallError> {
+    pub fn apply(&mut self, changes: &[Change], now: Timestamp) -> Result<Vec<Refused>, FirewallError> {
         let changes: Vec<Change> = changes
             .iter()
             .filter(|c| match c {
@@ -263,7 +294,7 @@ impl Enforcer {
             .copied()
             .collect();
         if changes.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         self.backend.apply(&changes, now)
     }

@@ -24,13 +24,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
-use std::time::Duration;
 
 use ipnet::IpNet;
 use serde_json::Value;
 
 use super::command::run;
-use super::{Change, Element, Firewall, FirewallError, FirewallOptions, RuleAction, SetStats, apply_bisecting};
+use super::timeout::{KernelTimeout, NFT_MAX};
+use super::{
+    Change, Element, Firewall, FirewallError, FirewallOptions, Refused, RuleAction, SetStats, find_refused, without,
+};
 use crate::clock::Timestamp;
 use crate::decision::Source;
 
@@ -38,9 +40,6 @@ pub const TABLE: &str = "banshare";
 /// Base chain priority: before `filter` (0), where iptables-nft, ufw, firewalld and Docker
 /// hook their filter chains.
 const PRIORITY: &str = "filter - 10";
-/// Longest kernel timeout given to an element. Older kernels overflow near 49 days; longer
-/// bans are re-asserted by the periodic full reconcile, well before this runs out.
-pub const KERNEL_TIMEOUT_CAP: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// One of banshare's sets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -221,6 +220,16 @@ impl Mirror {
         plan
     }
 
+    /// Every element banshare wants, whether the kernel holds it or a cover shadows it.
+    pub fn elements(&self) -> Vec<Element> {
+        self.sets
+            .iter()
+            .flat_map(|(id, set)| {
+                set.desired.iter().map(|(t, e)| Element { source: id.source, target: *t, expires: *e })
+            })
+            .collect()
+    }
+
     fn expiry(&self, id: SetId, t: &IpNet) -> Option<Option<Timestamp>> {
         self.sets.get(&id).and_then(|s| s.desired.get(t)).copied()
     }
@@ -242,15 +251,9 @@ fn maximal<'a>(nets: impl Iterator<Item = &'a IpNet>) -> BTreeSet<IpNet> {
     out
 }
 
-/// ` timeout 3600000ms`, empty for a permanent element, `None` when already expired.
+/// ` timeout 1h30m`, empty for a permanent element, `None` when already expired.
 fn timeout(expires: Option<Timestamp>, now: Timestamp) -> Option<String> {
-    match expires {
-        None => Some(String::new()),
-        Some(at) => {
-            let left = now.until(at).min(KERNEL_TIMEOUT_CAP);
-            (left >= Duration::from_millis(1)).then(|| format!(" timeout {}ms", left.as_millis()))
-        }
-    }
+    KernelTimeout::of(expires, now, NFT_MAX).nft()
 }
 
 fn element_block(out: &mut String, verb: &str, set: &str, items: &[String]) {
@@ -357,15 +360,31 @@ impl Nftables {
         run("nft", &["-f", "-"], Some(script.as_bytes())).map(|_| ())
     }
 
-    /// One transaction. On failure the mirror is ahead of the kernel; the worker then
-    /// reports the firewall dirty and the daemon reconciles from the store.
-    fn apply_one(&mut self, changes: &[Change], now: Timestamp) -> Result<(), FirewallError> {
-        let plan = self.mirror.plan(changes);
-        let script = apply_script(&plan, &self.mirror, now);
-        if script.is_empty() {
-            return Ok(());
-        }
-        Self::nft(&script)
+    /// Loads exactly `elements` in one transaction; when the kernel refuses it, finds
+    /// the elements it refuses on their own with `nft -c` (which changes nothing) and
+    /// loads the rest, again in one transaction. What was in force stays in force until
+    /// a load commits.
+    fn load(&mut self, elements: &[Element], now: Timestamp) -> Result<Vec<Refused>, FirewallError> {
+        let mirror = Mirror::from_elements(elements);
+        let error = match Self::nft(&full_script(&self.opts, &mirror, now)) {
+            Ok(()) => {
+                self.mirror = mirror;
+                return Ok(Vec::new());
+            }
+            Err(e @ (FirewallError::Unavailable(_) | FirewallError::Io { .. })) => return Err(e),
+            Err(error) => error,
+        };
+        tracing::error!(%error, elements = elements.len(), "nftables refused the load; looking for the elements it refuses");
+        let opts = self.opts;
+        let refused = find_refused(elements, &mut |part| {
+            let script = full_script(&opts, &Mirror::from_elements(part), now);
+            run("nft", &["-c", "-f", "-"], Some(script.as_bytes())).map(|_| ())
+        })?;
+        let good = without(elements, &refused);
+        let mirror = Mirror::from_elements(&good);
+        Self::nft(&full_script(&self.opts, &mirror, now))?;
+        self.mirror = mirror;
+        Ok(refused)
     }
 }
 
@@ -374,26 +393,28 @@ impl Firewall for Nftables {
         "nftables"
     }
 
-    fn reconcile(&mut self, elements: &[Element], now: Timestamp) -> Result<(), FirewallError> {
-        self.mirror = Mirror::from_elements(elements);
-        let whole = full_script(&self.opts, &self.mirror, now);
-        match Self::nft(&whole) {
-            Ok(()) => Ok(()),
-            Err(error) => {
-                // One bad element must not leave everything unblocked: set up the
-                // table, then add the elements in halves until the bad ones are found.
-                tracing::error!(%error, "full nftables load refused; loading in pieces");
-                let mut empty = Mirror::default();
-                std::mem::swap(&mut self.mirror, &mut empty);
-                Self::nft(&full_script(&self.opts, &self.mirror, now))?;
-                let adds: Vec<Change> = elements.iter().map(|e| Change::Add(*e)).collect();
-                apply_bisecting(&adds, &mut |chunk| self.apply_one(chunk, now))
-            }
-        }
+    fn reconcile(&mut self, elements: &[Element], now: Timestamp) -> Result<Vec<Refused>, FirewallError> {
+        self.load(elements, now)
     }
 
-    fn apply(&mut self, changes: &[Change], now: Timestamp) -> Result<(), FirewallError> {
-        apply_bisecting(changes, &mut |chunk| self.apply_one(chunk, now))
+    /// One incremental transaction. When the kernel refuses it (a flushed table, an
+    /// element it will not take), the whole table is loaded again from the mirror in one
+    /// transaction, so nothing already in force is ever taken out by the failure.
+    fn apply(&mut self, changes: &[Change], now: Timestamp) -> Result<Vec<Refused>, FirewallError> {
+        let plan = self.mirror.plan(changes);
+        let script = apply_script(&plan, &self.mirror, now);
+        if script.is_empty() {
+            return Ok(Vec::new());
+        }
+        match Self::nft(&script) {
+            Ok(()) => Ok(Vec::new()),
+            Err(e @ FirewallError::Unavailable(_)) => Err(e),
+            Err(error) => {
+                tracing::warn!(%error, "nftables refused a batch; loading the whole table again");
+                let wanted = self.mirror.elements();
+                self.load(&wanted, now)
+            }
+        }
     }
 
     fn element_count(&mut self) -> Result<usize, FirewallError> {
@@ -504,7 +525,7 @@ mod tests {
             el(Source::Feed, "203.0.113.8", Some(5)),
         ]);
         let s = full_script(&opts(), &m, Timestamp(10_000));
-        assert!(s.contains("add element inet banshare manual_v4 { 203.0.113.7 timeout 3590000ms }\n"), "{s}");
+        assert!(s.contains("add element inet banshare manual_v4 { 203.0.113.7 timeout 59m50s }\n"), "{s}");
         // The /25 is covered by the /24 of the same set: only the /24 reaches the kernel.
         assert!(s.contains("add element inet banshare manual_v4_net { 198.51.100.0/24 }\n"), "{s}");
         // Expired elements are not loaded.
@@ -528,7 +549,7 @@ mod tests {
             s,
             "add element inet banshare detect_v4 { 203.0.113.1 timeout 1s, 203.0.113.4 timeout 1s }\n\
              delete element inet banshare detect_v4 { 203.0.113.1, 203.0.113.4 }\n\
-             add element inet banshare detect_v4 { 203.0.113.1 timeout 200000ms, 203.0.113.2 timeout 100000ms }\n"
+             add element inet banshare detect_v4 { 203.0.113.1 timeout 3m20s, 203.0.113.2 timeout 1m40s }\n"
         );
     }
 
@@ -540,13 +561,13 @@ mod tests {
         let plan = m.plan(&[Change::Add(small)]);
         assert_eq!(
             apply_script(&plan, &m, Timestamp(0)),
-            "add element inet banshare manual_v4_net { 10.1.0.0/24 timeout 500000ms }\n"
+            "add element inet banshare manual_v4_net { 10.1.0.0/24 timeout 8m20s }\n"
         );
         // A covering network replaces it: nft would refuse the overlap, so the set is rebuilt.
         let plan = m.plan(&[Change::Add(big)]);
         assert_eq!(
             apply_script(&plan, &m, Timestamp(0)),
-            "flush set inet banshare manual_v4_net\nadd element inet banshare manual_v4_net { 10.0.0.0/8 timeout 100000ms }\n"
+            "flush set inet banshare manual_v4_net\nadd element inet banshare manual_v4_net { 10.0.0.0/8 timeout 1m40s }\n"
         );
         // A network under the cover adds nothing to the kernel.
         assert!(m.plan(&[Change::Add(el(Source::Manual, "10.2.0.0/16", Some(50)))]).is_empty());
@@ -554,7 +575,7 @@ mod tests {
         let plan = m.plan(&[Change::Remove(big)]);
         assert_eq!(
             apply_script(&plan, &m, Timestamp(0)),
-            "flush set inet banshare manual_v4_net\nadd element inet banshare manual_v4_net { 10.1.0.0/24 timeout 500000ms, 10.2.0.0/16 timeout 50000ms }\n"
+            "flush set inet banshare manual_v4_net\nadd element inet banshare manual_v4_net { 10.1.0.0/24 timeout 8m20s, 10.2.0.0/16 timeout 50s }\n"
         );
         // Another source's set is independent.
         let plan = m.plan(&[Change::Add(el(Source::Feed, "10.0.0.0/8", None))]);
@@ -563,10 +584,7 @@ mod tests {
 
     #[test]
     fn long_bans_get_a_capped_kernel_timeout() {
-        assert_eq!(
-            timeout(Some(Timestamp(i64::MAX)), Timestamp(0)).unwrap(),
-            format!(" timeout {}ms", KERNEL_TIMEOUT_CAP.as_millis())
-        );
+        assert_eq!(timeout(Some(Timestamp(i64::MAX)), Timestamp(0)).unwrap(), " timeout 30d");
         assert_eq!(timeout(None, Timestamp(0)).unwrap(), "");
         assert_eq!(timeout(Some(Timestamp(5)), Timestamp(5)), None);
     }

@@ -7,26 +7,65 @@
 //! [`COALESCE`] (up to [`MAX_BATCH`] changes) and applies them as one batch: a storm of
 //! fail2ban bans costs a handful of `nft` runs, never one per address. Each sender may
 //! wait until its batch is in the kernel, so `banshare ban` returns with the block in
-//! force.
+//! force, and learns when it is not: the kernel's refusal of its own elements, or the
+//! batch's failure, or a worker that died or stopped answering ([`WorkerHealth`]).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use ipnet::IpNet;
+
 use super::in_force::{InForce, InForceIndex};
-use super::{Change, Enforcer, FirewallError};
+use super::{Change, Enforcer, FirewallError, Refused};
 use crate::clock::Timestamp;
-use crate::decision::{Decision, Guard};
+use crate::decision::{Decision, Guard, Source};
 
 /// How long the worker waits for more changes before applying what it has.
 const COALESCE: Duration = Duration::from_millis(2);
 /// The largest batch; more waits for the next transaction.
 const MAX_BATCH: usize = 50_000;
+/// How long a caller waits for its batch before it says the worker is stuck. A full load
+/// of 100,000 elements takes about a second; finding refused elements, a few more.
+const WAIT_LIMIT: Duration = Duration::from_secs(120);
+/// Refused elements kept for `status`, most recent last.
+const REFUSED_KEPT: usize = 20;
+
+/// Why a change is not in the kernel.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnforceError {
+    /// The kernel refused these elements; the rest of the batch is in force.
+    #[error("the kernel refused {}", list(.0))]
+    Refused(Vec<Refused>),
+    /// The batch failed as a whole (the firewall is rebuilt from the store within seconds).
+    #[error("the firewall update failed: {0}")]
+    Failed(String),
+    /// The worker is gone or stuck: nothing reaches the kernel until the daemon restarts.
+    #[error("the firewall worker {0}")]
+    Worker(String),
+}
+
+fn list(refused: &[Refused]) -> String {
+    refused.iter().map(Refused::to_string).collect::<Vec<_>>().join("; ")
+}
+
+/// Whether the worker lives and answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerHealth {
+    Ok,
+    /// The thread ended (a panic): no change reaches the kernel any more.
+    Dead,
+    /// One job has run this long (seconds) without finishing.
+    Stuck(u64),
+}
+
+/// The outcome a waiter gets.
+type Done = Sender<Result<(), EnforceError>>;
 
 enum Job {
-    Apply { changes: Vec<Change>, done: Option<Sender<()>> },
-    Reconcile { active: Vec<Decision>, done: Sender<Result<(), String>> },
+    Apply { changes: Vec<Change>, done: Option<Done> },
+    Reconcile { active: Vec<Decision>, done: Sender<Result<Vec<Refused>, String>> },
     Intact { done: Sender<Result<bool, FirewallError>> },
     SetGuard(Guard),
     Count { done: Sender<Option<usize>> },
@@ -43,17 +82,41 @@ pub struct FirewallHandle {
     batches: Arc<AtomicU64>,
     /// Every live decision handed over (enforced or not), for lookups without the store.
     in_force: Arc<RwLock<InForceIndex>>,
+    /// The elements the kernel refused lately (cleared by a load that refuses none).
+    refused: Arc<Mutex<Vec<Refused>>>,
+    /// Cleared when the worker thread ends, however it ends.
+    alive: Arc<AtomicBool>,
+    /// When the job in progress started (unix ms), 0 when idle.
+    busy_since: Arc<AtomicI64>,
 }
 
 /// Waits for a batch to reach the kernel.
-pub struct Ticket(Option<Receiver<()>>);
+#[must_use = "a ticket says whether the change reached the kernel"]
+pub struct Ticket(Option<Receiver<Result<(), EnforceError>>>);
 
 impl Ticket {
-    /// Blocks until the batch holding this change was applied (or failed: the error is
-    /// in `status` and the next reconcile retries).
-    pub fn wait(self) {
-        if let Some(rx) = self.0 {
-            let _ = rx.recv();
+    /// Blocks until the batch holding this change was applied. `Ok` means every element
+    /// of it is in the kernel (or nothing needed the kernel).
+    pub fn wait(self) -> Result<(), EnforceError> {
+        let Some(rx) = self.0 else { return Ok(()) };
+        match rx.recv_timeout(WAIT_LIMIT) {
+            Ok(result) => result,
+            Err(RecvTimeoutError::Timeout) => {
+                Err(EnforceError::Worker(format!("has not answered in {} s", WAIT_LIMIT.as_secs())))
+            }
+            Err(RecvTimeoutError::Disconnected) => Err(EnforceError::Worker("has stopped".into())),
+        }
+    }
+}
+
+/// Marks the worker dead when its thread ends, by return or by panic.
+struct AliveGuard(Arc<AtomicBool>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+        if std::thread::panicking() {
+            tracing::error!("the firewall worker panicked; nothing reaches the kernel until banshare restarts");
         }
     }
 }
@@ -62,20 +125,51 @@ impl FirewallHandle {
     /// Starts the worker thread; it ends when every handle is dropped.
     pub fn spawn(enforcer: Enforcer) -> FirewallHandle {
         let (jobs, rx) = mpsc::channel();
-        let last_error = Arc::new(Mutex::new(None));
-        let batches = Arc::new(AtomicU64::new(0));
         let handle = FirewallHandle {
             jobs,
             backend: enforcer.backend_name(),
-            last_error: Arc::clone(&last_error),
-            batches: Arc::clone(&batches),
+            last_error: Arc::default(),
+            batches: Arc::default(),
             in_force: Arc::default(),
+            refused: Arc::default(),
+            alive: Arc::new(AtomicBool::new(true)),
+            busy_since: Arc::default(),
         };
+        let shared = Shared {
+            last_error: Arc::clone(&handle.last_error),
+            batches: Arc::clone(&handle.batches),
+            refused: Arc::clone(&handle.refused),
+            busy_since: Arc::clone(&handle.busy_since),
+        };
+        let alive = AliveGuard(Arc::clone(&handle.alive));
         std::thread::Builder::new()
             .name("banshare-firewall".into())
-            .spawn(move || work(enforcer, rx, last_error, batches))
+            .spawn(move || {
+                let _alive = alive;
+                work(enforcer, rx, shared)
+            })
             .expect("spawn the firewall worker");
         handle
+    }
+
+    /// Whether the worker lives and answers (a job running longer than `stuck_after`
+    /// counts as stuck).
+    pub fn health(&self, stuck_after: Duration) -> WorkerHealth {
+        if !self.alive.load(Ordering::SeqCst) {
+            return WorkerHealth::Dead;
+        }
+        match self.busy_since.load(Ordering::SeqCst) {
+            0 => WorkerHealth::Ok,
+            since => {
+                let busy = Timestamp(since).until(Timestamp::now());
+                if busy > stuck_after { WorkerHealth::Stuck(busy.as_secs()) } else { WorkerHealth::Ok }
+            }
+        }
+    }
+
+    /// The elements the kernel refused lately, most recent last.
+    pub fn refused(&self) -> Vec<Refused> {
+        self.refused.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn backend_name(&self) -> &'static str {
@@ -123,8 +217,9 @@ impl FirewallHandle {
     }
 
     /// Queues a rebuild of the kernel from `active` (the store's decisions in force).
-    /// Returns a receiver for the outcome.
-    pub fn reconcile(&self, active: Vec<Decision>) -> Receiver<Result<(), String>> {
+    /// Returns a receiver for the outcome: the elements the kernel refused, or why the
+    /// load failed.
+    pub fn reconcile(&self, active: Vec<Decision>) -> Receiver<Result<Vec<Refused>, String>> {
         self.index().replace(&active);
         let (tx, rx) = mpsc::channel();
         let active = active.into_iter().filter(|d| d.enforced).collect();
@@ -132,11 +227,13 @@ impl FirewallHandle {
         rx
     }
 
-    /// Whether banshare's rules are still in the kernel.
+    /// Whether banshare's rules are still in the kernel (`Err` too when the worker does
+    /// not answer).
     pub fn intact(&self) -> Result<bool, FirewallError> {
         let (tx, rx) = mpsc::channel();
         let _ = self.jobs.send(Job::Intact { done: tx });
-        rx.recv().unwrap_or(Ok(true))
+        rx.recv_timeout(WAIT_LIMIT)
+            .unwrap_or_else(|_| Err(FirewallError::Unavailable("the firewall worker does not answer".into())))
     }
 
     pub fn set_guard(&self, guard: Guard) {
@@ -151,26 +248,65 @@ impl FirewallHandle {
     }
 }
 
-fn work(mut enforcer: Enforcer, rx: Receiver<Job>, last_error: Arc<Mutex<Option<String>>>, batches: Arc<AtomicU64>) {
-    // Set when a batch or reload failed: the kernel may miss something, so the next
-    // health check reports "not intact" and the daemon rebuilds from the store.
-    let mut dirty = false;
-    let record = |result: Result<(), FirewallError>, dirty: &mut bool, reconciled: bool| {
-        let mut slot = last_error.lock().unwrap_or_else(|e| e.into_inner());
+/// The worker's side of what the handles show.
+struct Shared {
+    last_error: Arc<Mutex<Option<String>>>,
+    batches: Arc<AtomicU64>,
+    refused: Arc<Mutex<Vec<Refused>>>,
+    busy_since: Arc<AtomicI64>,
+}
+
+impl Shared {
+    /// Records an outcome for `status`. Returns whether the kernel is now suspect (a
+    /// failed batch or load: the next health check rebuilds it from the store).
+    fn record(&self, result: &Result<Vec<Refused>, FirewallError>, full_load: bool) -> bool {
+        let mut slot = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
         match result {
-            Ok(()) => {
+            Ok(refused) => {
                 *slot = None;
-                if reconciled {
-                    *dirty = false;
+                let mut kept = self.refused.lock().unwrap_or_else(|e| e.into_inner());
+                if full_load {
+                    kept.clear();
                 }
+                kept.extend(refused.iter().cloned());
+                let excess = kept.len().saturating_sub(REFUSED_KEPT);
+                kept.drain(..excess);
+                false
             }
             Err(error) => {
-                *dirty = true;
                 tracing::error!(%error, "firewall update failed; the store keeps the decisions and the next reconcile retries");
                 *slot = Some(error.to_string());
+                true
             }
         }
-    };
+    }
+}
+
+/// What one waiter of a batch learns: its own refused elements, or the batch's failure.
+fn outcome_for(keys: &[(Source, IpNet)], result: &Result<Vec<Refused>, FirewallError>) -> Result<(), EnforceError> {
+    match result {
+        Ok(refused) => {
+            let mine: Vec<Refused> = refused.iter().filter(|r| keys.contains(&(r.source, r.target))).cloned().collect();
+            if mine.is_empty() { Ok(()) } else { Err(EnforceError::Refused(mine)) }
+        }
+        Err(error) => Err(EnforceError::Failed(error.to_string())),
+    }
+}
+
+fn keys_of(changes: &[Change]) -> Vec<(Source, IpNet)> {
+    changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::Add(e) => Some((e.source, e.target)),
+            Change::Remove(_) => None,
+        })
+        .collect()
+}
+
+fn work(mut enforcer: Enforcer, rx: Receiver<Job>, shared: Shared) {
+    // Set when a batch or load failed: the kernel may miss something, so the next
+    // health check reports "not intact" and the daemon rebuilds from the store.
+    let mut dirty = false;
     let mut next: Option<Job> = None;
     loop {
         let job = match next.take() {
@@ -180,14 +316,16 @@ fn work(mut enforcer: Enforcer, rx: Receiver<Job>, last_error: Arc<Mutex<Option<
                 Err(_) => return, // every handle dropped: the daemon is gone
             },
         };
+        shared.busy_since.store(Timestamp::now().as_millis().max(1), Ordering::SeqCst);
         match job {
             Job::Apply { mut changes, done } => {
-                let mut waiters: Vec<Sender<()>> = done.into_iter().collect();
+                let mut waiters: Vec<(Done, Vec<(Source, IpNet)>)> =
+                    done.into_iter().map(|d| (d, keys_of(&changes))).collect();
                 while changes.len() < MAX_BATCH {
                     match rx.recv_timeout(COALESCE) {
                         Ok(Job::Apply { changes: more, done }) => {
+                            waiters.extend(done.map(|d| (d, keys_of(&more))));
                             changes.extend(more);
-                            waiters.extend(done);
                         }
                         Ok(other) => {
                             next = Some(other);
@@ -196,16 +334,17 @@ fn work(mut enforcer: Enforcer, rx: Receiver<Job>, last_error: Arc<Mutex<Option<
                         Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
                     }
                 }
-                record(enforcer.apply(&changes, Timestamp::now()), &mut dirty, false);
-                batches.fetch_add(1, Ordering::Relaxed);
-                for w in waiters {
-                    let _ = w.send(());
+                let result = enforcer.apply(&changes, Timestamp::now());
+                dirty |= shared.record(&result, false);
+                shared.batches.fetch_add(1, Ordering::Relaxed);
+                for (w, keys) in waiters {
+                    let _ = w.send(outcome_for(&keys, &result));
                 }
             }
             Job::Reconcile { active, done } => {
                 let result = enforcer.reconcile(&active, Timestamp::now());
-                let _ = done.send(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
-                record(result, &mut dirty, true);
+                let _ = done.send(result.as_ref().map(Vec::clone).map_err(|e| e.to_string()));
+                dirty = shared.record(&result, true);
             }
             Job::Intact { done } => {
                 let _ = done.send(if dirty { Ok(false) } else { enforcer.intact() });
@@ -215,5 +354,6 @@ fn work(mut enforcer: Enforcer, rx: Receiver<Job>, last_error: Arc<Mutex<Option<
                 let _ = done.send(enforcer.element_count().ok());
             }
         }
+        shared.busy_since.store(0, Ordering::SeqCst);
     }
 }

@@ -55,6 +55,28 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error(
+        "{path}: the state database is damaged (integrity check: {detail}). banshare will not \
+         run on it: the blocks it holds cannot be trusted. Stop banshare, keep the file \
+         (mv {path} {path}.damaged), then restore a backup to {path}, or recover what SQLite \
+         can (sqlite3 {path}.damaged .recover | sqlite3 {path}); or start with an empty state \
+         with `banshare run --new-state`"
+    )]
+    Damaged { path: PathBuf, detail: String },
+    #[error(
+        "{path}: the state database is empty, but this state directory held one (created {created}, \
+         see {marker}): its contents were lost (deleted, truncated or replaced). banshare will not \
+         start from nothing and lift every block in the kernel. Restore the database from a \
+         backup, or, to start afresh on purpose, run `banshare run --new-state` once \
+         (or set BANSHARE_NEW_STATE=1)"
+    )]
+    Lost { path: PathBuf, marker: PathBuf, created: String },
+    #[error("{path}: {source}")]
+    Marker {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("state database: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error("state database: decision {id} has an unreadable {field}: {value:?}")]
@@ -116,7 +138,48 @@ pub struct Store {
     conn: Connection,
 }
 
+/// Beside `state.db`: written when a state directory first gets its database, so that a
+/// database that later turns up empty is known to have lost its contents.
+pub const MARKER: &str = "state.created";
+
+/// How [`Store::open_checked`] treats a state directory whose database is empty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Empty {
+    /// Refuse when the directory held a database before ([`StoreError::Lost`]).
+    Refuse,
+    /// The operator starts afresh on purpose (`banshare run --new-state`).
+    Accept,
+}
+
 impl Store {
+    /// Opens the database at `path` for a process that will act on it (the daemon, the
+    /// fail2ban hook's offline path): checks its integrity (`PRAGMA quick_check`) and
+    /// refuses an empty database in a state directory that held one, then brings the
+    /// schema up to date and marks the directory.
+    pub fn open_checked(path: &Path, empty: Empty) -> Result<Store> {
+        let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        let detail: String =
+            conn.query_row("PRAGMA quick_check(5)", [], |r| r.get(0)).unwrap_or_else(|e| e.to_string());
+        if detail != "ok" {
+            return Err(StoreError::Damaged { path: path.to_path_buf(), detail: detail.replace('\n', "; ") });
+        }
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(open_err)?;
+        drop(conn);
+        let marker = path.with_file_name(MARKER);
+        if version == 0 && empty == Empty::Refuse && marker.exists() {
+            let created = std::fs::read_to_string(&marker).unwrap_or_default().trim().to_string();
+            return Err(StoreError::Lost { path: path.to_path_buf(), marker, created });
+        }
+        let store = Store::open(path)?;
+        if version == 0 || !marker.exists() {
+            let text = format!("{}\n", Timestamp::now());
+            std::fs::write(&marker, text).map_err(|source| StoreError::Marker { path: marker.clone(), source })?;
+        }
+        Ok(store)
+    }
+
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Store> {
         let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
@@ -216,6 +279,10 @@ impl Store {
         );
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let all = collect(stmt.query_map(params![key], read_decision)?)?;
+        // The keys put IPv4 in the IPv4-mapped range: an IPv6 network around that range
+        // (`::fffe:0:0/95`) matches the key but never an IPv4 packet.
+        let ip = crate::decision::normalize(IpNet::from(ip)).addr();
+        let all: Vec<Decision> = all.into_iter().filter(|d| d.target.contains(&ip)).collect();
         let (mut active, past): (Vec<_>, Vec<_>) = all.into_iter().partition(|d| d.is_active(now));
         active.reverse();
         Ok((active, past.into_iter().take(history).collect()))
@@ -442,7 +509,8 @@ impl Store {
 }
 
 fn upsert_in(tx: &Transaction, new: &NewDecision, now: Timestamp) -> Result<(Decision, Upsert)> {
-    let expires = new.duration.map(|d| now.plus(d));
+    // Every door refuses longer bans; the cap here keeps any expiry writable anyway.
+    let expires = new.duration.map(|d| now.plus(d.min(crate::decision::MAX_BAN)));
     let (start, end) = range_keys(&new.target);
     let decision = |id| Decision {
         id,
