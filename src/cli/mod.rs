@@ -59,7 +59,7 @@ pub enum Command {
     Run {
         /// Start even though the state database is empty where one existed before
         /// (its contents were lost): every block it held is lifted
-        #[arg(long, env = "BANSHARE_NEW_STATE")]
+        #[arg(long, env = "BANSHARE_NEW_STATE", value_parser = clap::builder::FalseyValueParser::new())]
         new_state: bool,
     },
     /// Show the daemon's health: config, firewall, blocks per source

@@ -14,6 +14,7 @@ mod bad_input;
 mod check;
 mod daemon;
 mod detect;
+mod enforcement;
 mod fail2ban;
 mod feed;
 mod feed_reporter;
