@@ -802,3 +802,23 @@ fn internal(e: StoreError) -> ErrorBody {
 fn to_value(data: impl serde::Serialize) -> Result<Value, ErrorBody> {
     serde_json::to_value(data).map_err(|e| ErrorBody::new(ErrorCode::Internal, e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_widening_falls_back_to_the_address_when_the_network_covers_a_protected_one() {
+        let host: IpAddr = "2001:db8:aa:1::1".parse().unwrap();
+        let guard = Guard::new(vec![parse_target("2001:db8:bb:1::5").unwrap()], vec![host]);
+        let target = |ip: &str| detection_target(&guard, ip.parse().unwrap(), 64).to_string();
+        // A neighbour inside the host's own /64, and one beside an allowlisted address.
+        assert_eq!(target("2001:db8:aa:1::99"), "2001:db8:aa:1::99/128");
+        assert_eq!(target("2001:db8:bb:1::6"), "2001:db8:bb:1::6/128");
+        // Elsewhere the /64 is banned as before; IPv4 is never widened.
+        assert_eq!(target("2001:db8:cc:1::99"), "2001:db8:cc:1::/64");
+        assert_eq!(target("203.0.113.7"), "203.0.113.7/32");
+        // The host's own address stays refused (by the guard, later), never widened.
+        assert_eq!(target("2001:db8:aa:1::1"), "2001:db8:aa:1::1/128");
+    }
+}

@@ -353,3 +353,39 @@ mod tests {
         assert_eq!(enforcer.element_count().unwrap(), 1);
     }
 }
+
+#[cfg(test)]
+mod search_tests {
+    use super::*;
+    use crate::decision::parse_target;
+
+    fn el(t: &str) -> Element {
+        Element { source: Source::Detect, target: parse_target(t).unwrap(), expires: None }
+    }
+
+    #[test]
+    fn refused_elements_are_found_by_halving_and_the_rest_kept() {
+        let elements: Vec<Element> = (0..1000).map(|i| el(&format!("198.18.{}.{}", i / 250, i % 250 + 1))).collect();
+        let bad = [elements[3].target, elements[777].target];
+        let mut checks = 0;
+        let refused = find_refused(&elements, &mut |part| {
+            checks += 1;
+            match part.iter().find(|e| bad.contains(&e.target)) {
+                Some(e) => Err(FirewallError::Command { command: "nft -c".into(), stderr: format!("no {}", e.target) }),
+                None => Ok(()),
+            }
+        })
+        .unwrap();
+        assert_eq!(refused.iter().map(|r| r.target).collect::<Vec<_>>(), bad);
+        assert_eq!(refused[0].message, "no 198.18.0.4/32");
+        assert!(checks <= 45, "{checks} checks");
+        assert_eq!(without(&elements, &refused).len(), 998);
+        // A refusal of everything is systemic: an error, not 1000 refused elements.
+        let all = find_refused(&elements, &mut |_| {
+            Err(FirewallError::Command { command: "nft -c".into(), stderr: "no".into() })
+        });
+        assert!(all.is_err());
+        let gone = find_refused(&elements, &mut |_| Err(FirewallError::Unavailable("no nft".into())));
+        assert!(matches!(gone, Err(FirewallError::Unavailable(_))));
+    }
+}

@@ -357,3 +357,119 @@ fn work(mut enforcer: Enforcer, rx: Receiver<Job>, shared: Shared) {
         shared.busy_since.store(0, Ordering::SeqCst);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decision::{Decision, parse_target};
+    use crate::enforce::{Element, Firewall};
+
+    /// A backend that refuses one target, panics on another, and hangs on a third: the
+    /// failures a worker must report rather than hide.
+    struct Picky {
+        held: std::collections::BTreeSet<IpNet>,
+    }
+
+    fn target(s: &str) -> IpNet {
+        parse_target(s).unwrap()
+    }
+
+    impl Firewall for Picky {
+        fn name(&self) -> &'static str {
+            "picky"
+        }
+        fn reconcile(&mut self, elements: &[Element], _now: Timestamp) -> Result<Vec<Refused>, FirewallError> {
+            self.held = elements.iter().map(|e| e.target).collect();
+            Ok(Vec::new())
+        }
+        fn apply(&mut self, changes: &[Change], _now: Timestamp) -> Result<Vec<Refused>, FirewallError> {
+            let mut refused = Vec::new();
+            for c in changes {
+                match c {
+                    Change::Add(e) if e.target == target("203.0.113.66") => {
+                        refused.push(Refused { source: e.source, target: e.target, message: "value too large".into() })
+                    }
+                    Change::Add(e) if e.target == target("203.0.113.99") => panic!("backend bug"),
+                    Change::Add(e) if e.target == target("203.0.113.77") => std::thread::sleep(Duration::from_secs(3)),
+                    Change::Add(e) => {
+                        self.held.insert(e.target);
+                    }
+                    Change::Remove(e) => {
+                        self.held.remove(&e.target);
+                    }
+                }
+            }
+            Ok(refused)
+        }
+        fn element_count(&mut self) -> Result<usize, FirewallError> {
+            Ok(self.held.len())
+        }
+        fn intact(&mut self) -> Result<bool, FirewallError> {
+            Ok(true)
+        }
+    }
+
+    fn decision(t: &str) -> Decision {
+        Decision {
+            id: 1,
+            target: target(t),
+            source: Source::Manual,
+            reason: String::new(),
+            category: None,
+            score: None,
+            created: Timestamp(0),
+            expires: None,
+            lifted: None,
+            evidence: Vec::new(),
+            enforced: true,
+        }
+    }
+
+    fn handle() -> FirewallHandle {
+        FirewallHandle::spawn(Enforcer::new(Box::new(Picky { held: Default::default() }), Guard::default()))
+    }
+
+    #[test]
+    fn each_waiter_learns_whether_its_own_elements_reached_the_kernel() {
+        let fw = handle();
+        let good = fw.add(&[decision("203.0.113.1")]);
+        let bad = fw.add(&[decision("203.0.113.66"), decision("203.0.113.2")]);
+        assert_eq!(good.wait(), Ok(()));
+        let err = bad.wait().unwrap_err();
+        assert_eq!(err.to_string(), "the kernel refused 203.0.113.66 (manual): value too large");
+        assert_eq!(fw.refused().len(), 1, "status names the refused element");
+        assert_eq!(fw.element_count(), Some(2));
+        assert_eq!(fw.health(Duration::from_secs(60)), WorkerHealth::Ok);
+    }
+
+    #[test]
+    fn a_dead_worker_is_noticed_and_every_later_change_fails() {
+        let fw = handle();
+        let err = fw.add(&[decision("203.0.113.99")]).wait().unwrap_err();
+        assert!(matches!(err, EnforceError::Worker(_)), "{err}");
+        wait_dead(&fw);
+        let later = fw.add(&[decision("203.0.113.3")]).wait().unwrap_err();
+        assert_eq!(later.to_string(), "the firewall worker has stopped");
+        assert!(fw.intact().is_err());
+    }
+
+    fn wait_dead(fw: &FirewallHandle) {
+        for _ in 0..100 {
+            if fw.health(Duration::from_secs(60)) == WorkerHealth::Dead {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the worker's death went unnoticed");
+    }
+
+    #[test]
+    fn a_stuck_worker_is_noticed() {
+        let fw = handle();
+        let ticket = fw.add(&[decision("203.0.113.77")]);
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(matches!(fw.health(Duration::from_secs(1)), WorkerHealth::Stuck(_)));
+        assert_eq!(ticket.wait(), Ok(()));
+        assert_eq!(fw.health(Duration::from_secs(1)), WorkerHealth::Ok);
+    }
+}

@@ -541,15 +541,17 @@ s.listen(512)\n\
 while True:\n    c, _ = s.accept()\n    c.close()\n";
 
 /// Tries TCP connections from the client for `secs` seconds; prints how many got through.
-const ATTACKER: &str = "import socket, sys, time\n\
-end = time.time() + float(sys.argv[2]); ok = 0; tries = 0\n\
-while time.time() < end:\n\
-    tries += 1\n\
-    try:\n\
-        socket.create_connection((sys.argv[1], 8080), timeout=0.2).close(); ok += 1\n\
-    except OSError:\n\
-        pass\n\
-print(ok, tries)\n";
+const ATTACKER: &str = r#"
+import socket, sys, time
+end = time.time() + float(sys.argv[2]); ok = 0; tries = 0
+while time.time() < end:
+    tries += 1
+    try:
+        socket.create_connection((sys.argv[1], 8080), timeout=0.2).close(); ok += 1
+    except OSError:
+        pass
+print(ok, tries)
+"#;
 
 #[test]
 fn a_banned_attacker_gets_nothing_through_while_20000_bans_and_more_long_ones_arrive() {
@@ -561,6 +563,13 @@ fn a_banned_attacker_gets_nothing_through_while_20000_bans_and_more_long_ones_ar
         let (server, client) = veth_pair();
         let _listener = server.spawn(&["python3", "-c", LISTENER]);
         let daemon = env.spawn_daemon_in(&server);
+        // Before its ban the attacker gets through (so a zero below means blocked).
+        for addr in ["10.77.0.1", "fd77::1"] {
+            wait_for("the listener", Duration::from_secs(10), || {
+                let out = client.command(&["python3", "-c", ATTACKER, addr, "0.5"]).output().unwrap();
+                String::from_utf8_lossy(&out.stdout).split_whitespace().next().is_some_and(|ok| ok != "0")
+            });
+        }
         // 20,000 bans of mixed durations, up to 40 days.
         for (chunk, length) in ["2h", "1d", "10d", "40d"].iter().enumerate() {
             let file = env.dir.path().join(format!("bulk{chunk}.txt"));
@@ -642,4 +651,47 @@ fn a_kernel_refusal_is_an_error_with_its_message_never_banned() {
         assert!(status.stdout.contains("last error"), "{backend}: {}", status.stdout);
         daemon.kill_hard();
     }
+}
+
+#[test]
+fn fail2ban_bans_and_unbans_racing_on_one_address_leave_the_kernel_equal_to_the_store() {
+    let backend = "nftables";
+    if !privileged("fail2ban race test", tools(backend)) {
+        return;
+    }
+    let env = Env::with_backend(backend, "");
+    let ns = Netns::new("race");
+    let daemon = env.spawn_daemon_in(&ns);
+    let env = std::sync::Arc::new(env);
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let env = std::sync::Arc::clone(&env);
+            std::thread::spawn(move || {
+                for i in 0..40 {
+                    let ip = format!("203.0.113.{}", 100 + (i % 3));
+                    let event = if (i + w) % 2 == 0 { "ban" } else { "unban" };
+                    let run = env.cli(&[
+                        "report",
+                        "--event",
+                        event,
+                        "--ip",
+                        &ip,
+                        "--jail",
+                        "sshd",
+                        "--mode",
+                        "block",
+                        "--bantime",
+                        "3600",
+                    ]);
+                    assert_eq!(run.code, 0, "{event} {ip}: {}", run.stderr);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    // No waiting here: every command returned after its change reached the kernel.
+    compare(backend, &ns, &env).unwrap_or_else(|why| panic!("{why}"));
+    daemon.signal(Signal::SIGTERM);
 }
