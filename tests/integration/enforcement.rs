@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use ipnet::IpNet;
 use nix::sys::signal::Signal;
 
+use crate::support::emulator::{Emulator, FeedSource};
 use crate::support::netns::{Netns, privileged, veth_pair};
 use crate::support::{DaemonProcess, Env, wait_for};
 
@@ -266,8 +267,11 @@ fn model_based_kernel_equals_store_after_every_step() {
             return;
         }
         let mut rng = Rng(seed);
-        let env = Env::with_backend(backend, "");
         let ns = Netns::new("model");
+        let emu = Emulator::start_in(&ns.name);
+        let env = Env::with_backend(backend, "");
+        let feed = env.feed_section(&emu.url(), "pull = false\nmin_score = 85");
+        env.write_config_for(backend, &feed);
         let mut daemon = env.spawn_daemon_in(&ns);
         let mut known: Vec<IpNet> = Vec::new();
         for i in 0..steps {
@@ -322,7 +326,18 @@ fn model_based_kernel_equals_store_after_every_step() {
                     assert_eq!(run.code, 0, "{backend}: fail2ban unban {ip}: {}", run.stderr);
                     format!("fail2ban unban {ip}")
                 }
-                77..=84 => {
+                77..=81 => {
+                    // The feed lists a new set of threats (addresses and networks); a
+                    // sync applies it.
+                    let items: Vec<serde_json::Value> = (0..10)
+                        .map(|_| serde_json::json!({"ip_address": show(&target(&mut rng)), "threat_score": 90 + rng.below(11)}))
+                        .collect();
+                    emu.with(|s| s.feed = FeedSource::Items(items));
+                    let run = env.cli(&["sync"]);
+                    assert_eq!(run.code, 0, "{backend}: sync: {}{}", run.stdout, run.stderr);
+                    "a feed pull".to_string()
+                }
+                82..=84 => {
                     std::thread::sleep(Duration::from_secs(3));
                     "3 s of expiry".to_string()
                 }
