@@ -12,7 +12,6 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Timestamp;
-use crate::config::Config;
 use crate::decision::{MAX_BAN, NewDecision, Source, ban_target};
 use crate::feed::wire::{ReportInput, valid_category};
 
@@ -87,11 +86,28 @@ pub fn jail_category<'a>(jail: &str, configured: &'a [(String, String)]) -> Opti
     BUILTIN_CATEGORIES.iter().find(|(p, _)| matches(p)).map(|(_, c)| *c)
 }
 
+/// `[fail2ban]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fail2banConfig {
+    /// Jail name patterns (`*` wildcards) and their report categories, checked before
+    /// the built-in map (sshd* → ssh_bruteforce, ...).
+    pub categories: Vec<(String, String)>,
+    /// How long a ban read from fail2ban.log is recorded (the log does not say; its
+    /// `Unban` line ends it sooner).
+    pub log_bantime: Duration,
+}
+
+impl Default for Fail2banConfig {
+    fn default() -> Self {
+        Fail2banConfig { categories: Vec::new(), log_bantime: Duration::from_secs(600) }
+    }
+}
+
 /// The decision (and report) a ban event makes. `earlier` is the address's last known
 /// category (for `recidive`); `draft` builds the report when one is due.
 pub fn plan_ban(
     event: &Event,
-    config: &Config,
+    config: &Fail2banConfig,
     earlier: Option<String>,
     draft: impl FnOnce(&ReportInput<'_>) -> Option<crate::decision::ReportDraft>,
 ) -> NewDecision {
@@ -99,7 +115,7 @@ pub fn plan_ban(
         .category
         .clone()
         .filter(|c| valid_category(c))
-        .or_else(|| jail_category(&event.jail, &config.fail2ban.categories).map(str::to_string))
+        .or_else(|| jail_category(&event.jail, &config.categories).map(str::to_string))
         .or(earlier)
         .unwrap_or_else(|| "other".into());
     // fail2ban's `bantime.increment` without `maxtime` grows without bound (8,000 years
@@ -110,7 +126,7 @@ pub fn plan_ban(
             let asked = Duration::from_secs(s.max(1) as u64);
             (Some(asked.min(MAX_BAN)), asked > MAX_BAN)
         }
-        None => (Some(config.fail2ban.log_bantime), false),
+        None => (Some(config.log_bantime), false),
     };
     let failures = event.failures.map(|n| format!(": {n} failures")).unwrap_or_default();
     let mut reason = match event.mode {
@@ -204,6 +220,7 @@ fn local_time(year: i32, month: i32, day: i32, hour: i32, min: i32, sec: i32) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
     #[test]
     fn jails_map_to_categories() {
@@ -271,7 +288,7 @@ mod tests {
             restored: false,
             matches: vec!["a".into(), "b".into()],
         };
-        let d = plan_ban(&event, &config, None, |i| {
+        let d = plan_ban(&event, &config.fail2ban, None, |i| {
             assert_eq!((i.category, i.source, i.jail), ("ssh_bruteforce", "fail2ban", Some("sshd")));
             Some(crate::decision::ReportDraft {
                 ip: i.ip,
@@ -290,7 +307,9 @@ mod tests {
         event.mode = Mode::Block;
         event.bantime = Some(-1);
         event.jail = "recidive".into();
-        let d = plan_ban(&event, &config, Some("web_attack".into()), |_| panic!("a restored ban is never reported"));
+        let d = plan_ban(&event, &config.fail2ban, Some("web_attack".into()), |_| {
+            panic!("a restored ban is never reported")
+        });
         assert!(d.enforce && d.report.is_none() && d.duration.is_none());
         assert_eq!(d.category.as_deref(), Some("web_attack"), "recidive takes the original jail's category");
     }

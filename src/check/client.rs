@@ -7,14 +7,29 @@
 //! URL, which carries the key for the providers that want it in the query).
 
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use reqwest::header::HeaderValue;
 
 use super::providers::{Provider, Reputation};
-use crate::config::ProviderConfig;
 use crate::feed::api::{error_message, http_client, load_key, rate_headers, read_key_file, transport_error};
+
+/// One reputation provider the check service asks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderConfig {
+    pub provider: Provider,
+    /// Where its API lives (WAYSCloud: the feed's `base_url`).
+    pub base_url: String,
+    /// Its key (WAYSCloud: the feed's key, so `None`). Must not be readable by others.
+    pub key_file: Option<PathBuf>,
+    /// The time limit of one request.
+    pub timeout: Duration,
+    /// How long an answer is reused.
+    pub cache: Duration,
+    /// Its weight when `combine = "weighted"`.
+    pub weight: f64,
+}
 
 /// Where a provider wants its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -83,11 +83,12 @@ pub fn render(status: &StatusData, check: &CheckCounters) -> String {
         ("banshare_source_lines_total", "counter", "Log lines read, per source."),
         sources.iter().map(|s| (labels(&[("source", &s.source)]), s.lines)),
     );
-    let per_filter = |counts: fn(&crate::daemon::SourceStatus) -> &std::collections::BTreeMap<String, u64>| {
-        sources
-            .iter()
-            .flat_map(move |s| counts(s).iter().map(|(f, n)| (labels(&[("source", &s.source), ("filter", f)]), *n)))
-    };
+    let per_filter =
+        |counts: fn(&crate::control::protocol::SourceStatus) -> &std::collections::BTreeMap<String, u64>| {
+            sources
+                .iter()
+                .flat_map(move |s| counts(s).iter().map(|(f, n)| (labels(&[("source", &s.source), ("filter", f)]), *n)))
+        };
     family(
         &mut out,
         ("banshare_source_failures_total", "counter", "Lines a filter matched as failures, per source and filter."),

@@ -7,6 +7,8 @@ pub mod client;
 pub mod metrics;
 pub mod providers;
 
+pub use client::ProviderConfig;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};

@@ -6,6 +6,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::clock::Timestamp;
+use crate::store::StoredReputation;
+
 /// What one provider says about an address.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reputation {
@@ -15,6 +18,29 @@ pub struct Reputation {
     /// provider names with their confidence, report counts, the network's kind.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+}
+
+/// A provider's answer as the store keeps it, and back: `None` for a row this binary
+/// cannot read (a provider or flag from elsewhere, a bad address, bad JSON).
+pub fn to_stored(provider: Provider, ip: std::net::IpAddr, rep: &Reputation, fetched: Timestamp) -> StoredReputation {
+    StoredReputation {
+        provider: provider.name().into(),
+        ip: ip.to_string(),
+        score: rep.score.into(),
+        flags: serde_json::to_string(&rep.flags).unwrap_or_else(|_| "[]".into()),
+        notes: serde_json::to_string(&rep.notes).unwrap_or_else(|_| "[]".into()),
+        fetched,
+    }
+}
+
+/// The inverse of [`to_stored`].
+pub fn from_stored(row: &StoredReputation) -> Option<(Provider, std::net::IpAddr, Reputation, Timestamp)> {
+    let reputation = Reputation {
+        score: u8::try_from(row.score).ok().filter(|s| *s <= 100)?,
+        flags: serde_json::from_str(&row.flags).ok()?,
+        notes: serde_json::from_str(&row.notes).ok()?,
+    };
+    Some((Provider::from_name(&row.provider)?, row.ip.parse().ok()?, reputation, row.fetched))
 }
 
 impl Reputation {

@@ -113,7 +113,7 @@ fn record_offline(config: &Config, event: &Event) -> Result<String, CliError> {
         .map_err(|refusal| CliError::new(exit::REFUSED, format!("refused: {refusal}; banshare never blocks it")))?;
     let earlier = store.last_category(&target).map_err(|e| fail(e.to_string()))?;
     let sanitizer = Sanitizer::for_host(&host);
-    let proposal = plan_ban(event, config, earlier, |input| report_draft(&config.feed, &sanitizer, input));
+    let proposal = plan_ban(event, &config.fail2ban, earlier, |input| report_draft(&config.feed, &sanitizer, input));
     let due = proposal.report.is_some();
     store.upsert_decision(&proposal, now).map_err(|e| fail(e.to_string()))?;
     let data = Fail2banData { decision: None, outcome: None, report_due: due, lifted: 0 };
@@ -132,7 +132,7 @@ pub fn report_dry_run(config_path: Option<&Path>, args: ReportArgs) -> Result<u8
     let sanitizer = Sanitizer::for_host(&host);
     // What would be sent if reporting were on (the dry run shows it either way).
     let reporting = crate::config::FeedConfig { report: true, ..config.feed.clone() };
-    let proposal = plan_ban(&event, &config, None, |input| report_draft(&reporting, &sanitizer, input));
+    let proposal = plan_ban(&event, &config.fail2ban, None, |input| report_draft(&reporting, &sanitizer, input));
     let Some(report) = proposal.report else {
         let why = if event.restored { "a restored ban is never reported again" } else { "not a public address" };
         return Err(CliError::new(exit::REFUSED, format!("{}: nothing would be sent: {why}", event.ip)));

@@ -10,8 +10,8 @@ use serde::Deserialize;
 
 use super::raw::RawDuration;
 use super::{ConfigError, duration};
-use crate::check::Bands;
 use crate::check::providers::Provider;
+use crate::check::{Bands, ProviderConfig};
 use crate::decision::parse_target;
 
 #[derive(Debug, Default, Deserialize)]
@@ -41,22 +41,6 @@ pub struct RawProvider {
     pub timeout: Option<RawDuration>,
     pub cache: Option<RawDuration>,
     pub weight: Option<f64>,
-}
-
-/// One reputation provider the check service asks.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProviderConfig {
-    pub provider: Provider,
-    /// Where its API lives (WAYSCloud: the feed's `base_url`).
-    pub base_url: String,
-    /// Its key (WAYSCloud: the feed's key, so `None`). Must not be readable by others.
-    pub key_file: Option<PathBuf>,
-    /// The time limit of one request.
-    pub timeout: Duration,
-    /// How long an answer is reused.
-    pub cache: Duration,
-    /// Its weight when `combine = "weighted"`.
-    pub weight: f64,
 }
 
 /// Where each provider's API lives unless `base_url` says otherwise.

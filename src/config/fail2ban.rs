@@ -1,12 +1,12 @@
 //! `[fail2ban]`: how fail2ban's events become banshare decisions and reports.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::raw::RawDuration;
 use super::{ConfigError, duration};
+pub use crate::fail2ban::Fail2banConfig;
 use crate::feed::wire::valid_category;
 
 /// `[fail2ban]` as written.
@@ -15,23 +15,6 @@ use crate::feed::wire::valid_category;
 pub struct RawFail2ban {
     pub categories: Option<BTreeMap<String, String>>,
     pub log_bantime: Option<RawDuration>,
-}
-
-/// `[fail2ban]`, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fail2banConfig {
-    /// Jail name patterns (`*` wildcards) and their report categories, checked before
-    /// the built-in map (sshd* → ssh_bruteforce, ...).
-    pub categories: Vec<(String, String)>,
-    /// How long a ban read from fail2ban.log is recorded (the log does not say; its
-    /// `Unban` line ends it sooner).
-    pub log_bantime: Duration,
-}
-
-impl Default for Fail2banConfig {
-    fn default() -> Self {
-        Fail2banConfig { categories: Vec::new(), log_bantime: Duration::from_secs(600) }
-    }
 }
 
 pub(super) fn fail2ban_config(

@@ -11,7 +11,8 @@ mod fail2ban;
 mod feed;
 mod raw;
 
-pub use check::{CheckConfig, Listen, ProviderConfig};
+pub use crate::check::ProviderConfig;
+pub use check::{CheckConfig, Listen};
 pub use fail2ban::Fail2banConfig;
 pub use feed::FeedConfig;
 
@@ -26,6 +27,7 @@ use std::collections::BTreeMap;
 use crate::clock::parse_duration;
 use crate::decision::parse_target;
 use crate::detect::{Escalation, Filter, FilterSpec, builtin};
+pub use crate::enforce::Backend;
 use crate::enforce::{FirewallOptions, RuleAction};
 use raw::{RawConfig, RawDuration};
 
@@ -119,29 +121,6 @@ pub struct FirewallConfig {
     pub backend: Backend,
     /// `forward` (also block forwarded traffic) and `action` (drop or reject).
     pub options: FirewallOptions,
-}
-
-/// Which firewall backend enforces decisions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    /// nftables if `nft` works, else ipset, else a clear error.
-    Auto,
-    Nftables,
-    Ipset,
-    /// Logs and records what it would do; touches nothing.
-    DryRun,
-}
-
-impl Backend {
-    fn parse(text: &str) -> Option<Backend> {
-        match text {
-            "auto" => Some(Backend::Auto),
-            "nftables" => Some(Backend::Nftables),
-            "ipset" => Some(Backend::Ipset),
-            "dry-run" => Some(Backend::DryRun),
-            _ => None,
-        }
-    }
 }
 
 /// `[decisions]`

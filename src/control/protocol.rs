@@ -170,11 +170,35 @@ pub struct StatusData {
     pub host_addresses: usize,
     /// The followed logs and what detection made of them.
     #[serde(default)]
-    pub sources: Vec<crate::daemon::SourceStatus>,
+    pub sources: Vec<SourceStatus>,
     pub feed: FeedStatus,
     /// The check service: where it listens and which providers it asks (`None`: off).
     #[serde(default)]
     pub check: Option<CheckStatus>,
+}
+
+/// Per-source counters of a followed log, shown by `status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SourceStatus {
+    pub source: String,
+    pub filters: Vec<String>,
+    pub lines: u64,
+    pub failures: u64,
+    pub bans: u64,
+    /// Failures and bans per filter (the metrics' per-filter series).
+    #[serde(default)]
+    pub per_filter: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub per_filter_bans: BTreeMap<String, u64>,
+    /// Matched lines whose timestamp could not be read (the time of reading is used).
+    pub no_timestamp: u64,
+    pub not_an_address: u64,
+    pub too_long: u64,
+    pub rotations: u64,
+    /// Lines read since a filter last matched one.
+    pub lines_since_match: u64,
+    /// Set while the source reads lines that no filter matches for a long time.
+    pub warning: Option<String>,
 }
 
 /// The check service in `status`.

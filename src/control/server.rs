@@ -79,7 +79,7 @@ pub async fn serve(listener: UnixListener, handler: Arc<dyn Handler>, mut shutdo
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
             },
-            _ = crate::daemon::stopped(&mut shutdown) => break,
+            _ = stopped(&mut shutdown) => break,
         }
     }
     drop(done_tx);
@@ -104,7 +104,7 @@ async fn connection(
     loop {
         let read = tokio::select! {
             read = read_line(&mut reader, &mut line, MAX_LINE) => read?,
-            _ = crate::daemon::stopped(&mut shutdown) => return Ok(()),
+            _ = stopped(&mut shutdown) => return Ok(()),
         };
         let reply = match read {
             Line::Eof => return Ok(()),
@@ -190,6 +190,13 @@ async fn read_line(r: &mut (impl AsyncBufRead + Unpin), buf: &mut Vec<u8>, max: 
             return Ok(if too_long { Line::TooLong } else { Line::Complete });
         }
     }
+}
+
+/// Resolves once `shutdown` turns true (or its sender is gone): the shutdown signal every
+/// long-running task of the daemon waits on beside its work.
+pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not Send; drop it here, not in the caller's future.
+    let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
 }
 
 #[cfg(test)]

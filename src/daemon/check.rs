@@ -26,7 +26,7 @@ use tokio::sync::{OnceCell, watch};
 use super::engine::Engine;
 use crate::check::client::{Failure, ProviderClient};
 use crate::check::metrics::{CheckCounters, render};
-use crate::check::providers::{Provider, Reputation};
+use crate::check::providers::{self, Provider, Reputation};
 use crate::check::{Verdict, combine, level, verdict};
 use crate::clock::Timestamp;
 use crate::config::{Config, Listen};
@@ -118,12 +118,12 @@ impl CheckService {
         };
         let mut cache = lock(&self.cache);
         let started = Instant::now();
-        for row in rows {
-            let Some(ttl) = ttl.get(&row.provider) else { continue };
-            let left = row.fetched.0 + ttl.as_millis() as i64 - now.0;
+        for (provider, ip, reputation, fetched) in rows.iter().filter_map(providers::from_stored) {
+            let Some(ttl) = ttl.get(&provider) else { continue };
+            let left = fetched.0 + ttl.as_millis() as i64 - now.0;
             if left > 0 {
                 let until = started + Duration::from_millis(left as u64);
-                cache.insert((row.provider, row.ip), (Ok(row.reputation), until));
+                cache.insert((provider, ip), (Ok(reputation), until));
             }
         }
         tracing::info!(answers = cache.len(), "check cache warmed from the store");
@@ -178,12 +178,7 @@ impl CheckService {
         self.counters.lookup(provider);
         match client.lookup(ip).await {
             Ok(reputation) => {
-                lock(&self.unsaved).push(StoredReputation {
-                    provider,
-                    ip,
-                    reputation: reputation.clone(),
-                    fetched: Timestamp::now(),
-                });
+                lock(&self.unsaved).push(providers::to_stored(provider, ip, &reputation, Timestamp::now()));
                 Ok(reputation)
             }
             Err(failure) => {

@@ -17,13 +17,13 @@ use serde_json::Value;
 use tokio::sync::Notify;
 
 use super::feed::FeedRuntime;
-use super::follow::SourceStatus;
 use crate::clock::Timestamp;
 use crate::clock::human_duration;
 use crate::config::FeedConfig;
 use crate::config::{self, Config};
 use crate::control::protocol::{
-    BanData, ErrorBody, ErrorCode, FirewallStatus, ImportData, ListData, QueryData, Request, StatusData, UnbanData,
+    BanData, ErrorBody, ErrorCode, FirewallStatus, ImportData, ListData, QueryData, Request, SourceStatus, StatusData,
+    UnbanData,
 };
 use crate::control::server::Handler;
 use crate::decision::{Decision, Guard, NewDecision, Refusal, Source, ban_target, parse_target, show_target};

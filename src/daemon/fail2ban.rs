@@ -38,7 +38,8 @@ impl Engine {
         let config = self.config();
         let earlier = self.with_store(|s| s.last_category(&target)).map_err(internal)?;
         let sanitizer = Sanitizer::for_host(&self.host_addresses());
-        let proposal = plan_ban(&event, &config, earlier, |input| report_draft(&config.feed, &sanitizer, input));
+        let proposal =
+            plan_ban(&event, &config.fail2ban, earlier, |input| report_draft(&config.feed, &sanitizer, input));
         let report_due = proposal.report.is_some();
         let decided = self.decide(vec![proposal], now).map_err(internal)?;
         match decided.outcomes.into_iter().next().expect("one outcome per proposal") {

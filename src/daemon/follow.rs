@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
-use serde::{Deserialize, Serialize};
 
 use super::Engine;
 use crate::clock::Timestamp;
 use crate::config::{Config, SourceKind, default_sources};
+use crate::control::protocol::SourceStatus;
 use crate::detect::time::TimeParser;
 use crate::detect::{Ban, Detector, Filter, FilterSet, FilterSpec, Hit};
 use crate::tail::journal::{Journal, JournalSpec};
@@ -34,30 +34,6 @@ const RESCAN: Duration = Duration::from_millis(500);
 /// matching one is reported: the log format may have drifted away from the filters.
 const DRIFT_AFTER: Duration = Duration::from_secs(3600);
 const DRIFT_LINES: u64 = 1000;
-
-/// Per-source counters, shown by `status`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct SourceStatus {
-    pub source: String,
-    pub filters: Vec<String>,
-    pub lines: u64,
-    pub failures: u64,
-    pub bans: u64,
-    /// Failures and bans per filter (the metrics' per-filter series).
-    #[serde(default)]
-    pub per_filter: BTreeMap<String, u64>,
-    #[serde(default)]
-    pub per_filter_bans: BTreeMap<String, u64>,
-    /// Matched lines whose timestamp could not be read (the time of reading is used).
-    pub no_timestamp: u64,
-    pub not_an_address: u64,
-    pub too_long: u64,
-    pub rotations: u64,
-    /// Lines read since a filter last matched one.
-    pub lines_since_match: u64,
-    /// Set while the source reads lines that no filter matches for a long time.
-    pub warning: Option<String>,
-}
 
 /// What a round of reading found: detected bans, and fail2ban events (from fail2ban.log).
 #[derive(Default)]

@@ -26,13 +26,13 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 pub use engine::Engine;
-pub use follow::SourceStatus;
 pub use lock::LockError;
 pub use notify::notify;
 
 use crate::clock::Timestamp;
 use crate::config::Config;
 use crate::control;
+use crate::control::server::stopped;
 use crate::decision::Guard;
 use crate::enforce::{self, Enforcer, FirewallError, FirewallHandle};
 use crate::hostaddr;
@@ -145,7 +145,7 @@ pub async fn start_with(config: Config, empty: Empty) -> Result<DaemonHandle, Da
         tracing::warn!(%error, "cannot read this host's addresses");
         Vec::new()
     });
-    let backend = enforce::select(&config)?;
+    let backend = enforce::select(config.firewall.backend, config.firewall.options, &config.state_dir)?;
     let socket = config.socket.clone();
     let group = config.socket_group.clone();
     let origin = config.origin();
@@ -227,12 +227,6 @@ pub async fn run(config: Config, empty: Empty) -> Result<(), DaemonError> {
     }
 }
 
-/// Resolves once `shutdown` turns true (or its sender is gone).
-pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    // The guard `wait_for` returns is not Send; drop it here, not in the caller's future.
-    let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
-}
-
 /// Lifts decisions as they expire: sleeps until the next expiry (or a new decision, or
 /// at most [`EXPIRY_IDLE`]).
 async fn expiry_loop(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
@@ -250,7 +244,7 @@ async fn expiry_loop(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = engine.expiry_wake.notified() => {}
-            _ = crate::daemon::stopped(&mut shutdown) => return,
+            _ = stopped(&mut shutdown) => return,
         }
     }
 }
@@ -261,7 +255,7 @@ async fn maintenance_loop(engine: Arc<Engine>, mut shutdown: watch::Receiver<boo
     loop {
         tokio::select! {
             _ = tokio::time::sleep(MAINTAIN_EVERY) => {}
-            _ = crate::daemon::stopped(&mut shutdown) => return,
+            _ = stopped(&mut shutdown) => return,
         }
         round = round.wrapping_add(1);
         let e = Arc::clone(&engine);

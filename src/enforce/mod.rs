@@ -24,11 +24,34 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::clock::Timestamp;
-use crate::config::{Backend, Config};
 use crate::decision::{Decision, Guard, Source, show_target};
 
 pub use dryrun::DryRun;
 pub use worker::{EnforceError, FirewallHandle, Ticket, WorkerHealth};
+
+/// Which firewall backend enforces decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// nftables if `nft` works, else ipset, else a clear error.
+    Auto,
+    Nftables,
+    Ipset,
+    /// Logs and records what it would do; touches nothing.
+    DryRun,
+}
+
+impl Backend {
+    /// The backend a config value names (`auto`, `nftables`, `ipset`, `dry-run`).
+    pub fn parse(text: &str) -> Option<Backend> {
+        match text {
+            "auto" => Some(Backend::Auto),
+            "nftables" => Some(Backend::Nftables),
+            "ipset" => Some(Backend::Ipset),
+            "dry-run" => Some(Backend::DryRun),
+            _ => None,
+        }
+    }
+}
 
 /// What the rules do to a blocked source.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,11 +226,11 @@ pub(crate) fn without(elements: &[Element], refused: &[Refused]) -> Vec<Element>
     elements.iter().filter(|e| !bad.contains(&(e.source, e.target))).copied().collect()
 }
 
-/// Picks the backend the config asks for: the one place that decides.
-pub fn select(config: &Config) -> Result<Box<dyn Firewall>, FirewallError> {
-    let opts = config.firewall.options;
-    match config.firewall.backend {
-        Backend::DryRun => Ok(Box::new(DryRun::open(&dry_run_log(&config.state_dir))?)),
+/// Picks the backend the config asks for: the one place that decides. The dry-run
+/// backend logs to `state_dir`.
+pub fn select(backend: Backend, opts: FirewallOptions, state_dir: &Path) -> Result<Box<dyn Firewall>, FirewallError> {
+    match backend {
+        Backend::DryRun => Ok(Box::new(DryRun::open(&dry_run_log(state_dir))?)),
         Backend::Nftables => Ok(Box::new(nftables::Nftables::probe(opts)?)),
         Backend::Ipset => Ok(Box::new(ipset::Ipset::probe(opts)?)),
         Backend::Auto => match nftables::Nftables::probe(opts) {

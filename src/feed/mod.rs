@@ -10,6 +10,7 @@
 //! ([`crate::decision::ReportDraft`]); the daemon runs the reporter and the puller.
 
 pub mod api;
+mod config;
 pub mod pull;
 pub mod reporter;
 pub mod sanitize;
@@ -17,6 +18,8 @@ pub mod wire;
 
 use std::hash::{BuildHasher, RandomState};
 use std::time::Duration;
+
+pub use config::FeedConfig;
 
 /// `d` shortened by a random fraction of at most `spread` (0 to 1): retries and pulls of
 /// many hosts spread out instead of arriving together.
@@ -30,7 +33,7 @@ pub fn jitter(d: Duration, spread: f64) -> Duration {
 /// The report a local ban of `input.ip` queues, when the config reports and the address
 /// is public. `input.source`: `banshare`, `fail2ban` or `manual`.
 pub fn report_draft(
-    cfg: &crate::config::FeedConfig,
+    cfg: &FeedConfig,
     sanitizer: &sanitize::Sanitizer,
     input: &wire::ReportInput<'_>,
 ) -> Option<crate::decision::ReportDraft> {

@@ -7,10 +7,10 @@ use std::collections::HashMap;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use super::FeedConfig;
 use super::api::{Api, Call};
 use super::wire::{FeedItem, parse_live};
 use crate::clock::Timestamp;
-use crate::config::FeedConfig;
 use crate::decision::{NewDecision, Source, is_public};
 
 pub const LIVE_PATH: &str = "/v1/ip/threats/live";

@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::FeedConfig;
 use super::api::{Answer, Api, Call, RateInfo};
 use crate::clock::Timestamp;
-use crate::config::FeedConfig;
 use crate::store::{OutboxEntry, StoreAccess, StoreError};
 
 /// First backoff after a transient failure; it doubles per failure.

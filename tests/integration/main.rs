@@ -19,4 +19,5 @@ mod fail2ban;
 mod feed;
 mod feed_reporter;
 mod firewall;
+mod layout;
 mod scan;
