@@ -11,23 +11,34 @@
 //!                                                                        └──► outbox ──► feed reporter (rate-limited, retried)
 //! ```
 //!
-//! Every block, whatever produced it, is a [`decision::Decision`]. A decision is checked
-//! against the [`decision::Guard`] (loopback, link-local, the host's own addresses and the
-//! allowlist are never blocked), committed to the [`store`] (the truth about what is
-//! blocked), and only then handed to the firewall through the [`enforce::Firewall`] seam
-//! (the enforcement). The [`daemon`] owns the store and the firewall, lifts decisions when
-//! they expire and answers the CLI over the [`control`] socket.
+//! Every block, whatever produced it, is a [`decision::Decision`], and every one is made
+//! or lifted by the [`ledger`], the one owner of decide, commit and enforce: it checks the
+//! [`decision::Guard`] (loopback, link-local, the host's own addresses and the allowlist
+//! are never blocked), commits to the [`store`] (the truth about what is blocked), and
+//! hands the change to the firewall through the [`enforce::Firewall`] seam (the
+//! enforcement) in commit order, then tells the caller whether the kernel took it. The
+//! [`daemon`] wires the ledger to its sources, lifts decisions when they expire and
+//! answers the CLI over the [`control`] socket.
+//!
+//! The modules form a graph without cycles (a test reads `src/` to keep it so): `cli`
+//! and `daemon` on top; `config` below them; then `control`, `check`, `ledger`,
+//! `fail2ban`, `feed`, `enforce`, `store`, `tail`, `detect`; `decision`, `clock`,
+//! `lines` and `hostaddr` at the bottom. Nothing below `config` reads the config file's
+//! types except its own section's settings, which live beside the code that uses them.
 //!
 //! # Layout
 //!
 //! - [`config`]: `RawConfig` (serde mirror of the TOML file) converted once into `Config`.
-//! - [`decision`]: the `Decision` type, sources, target parsing, the allowlist guard.
+//! - [`decision`]: the `Decision` type, sources, target parsing, ban lengths, the
+//!   allowlist guard.
+//! - [`ledger`]: decide, commit, enforce: the one owner of what is blocked.
 //! - [`store`]: SQLite schema, migrations and queries.
 //! - [`enforce`]: the `Firewall` trait, backend selection, the nftables, ipset and dry-run
 //!   backends, and the worker that batches changes into kernel transactions.
-//! - [`control`]: the versioned JSON-lines protocol, its server (daemon side) and client.
+//! - [`control`]: the versioned JSON-lines protocol (typed requests and responses), its
+//!   server (daemon side) and client.
 //! - [`daemon`]: wiring, lifecycle, signals, expiry, pruning, the firewall health check,
-//!   and the detection loop over the followed logs.
+//!   the socket's requests, and the detection loop over the followed logs.
 //! - [`cli`]: clap definitions and the thin client-side commands.
 //! - [`clock`]: wall-clock timestamps (unix milliseconds, RFC 3339 on the wire).
 //! - [`hostaddr`]: the host's own interface addresses.
@@ -54,6 +65,7 @@ pub mod enforce;
 pub mod fail2ban;
 pub mod feed;
 pub mod hostaddr;
+pub mod ledger;
 pub mod lines;
 pub mod store;
 pub mod tail;

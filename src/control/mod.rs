@@ -6,8 +6,9 @@
 //! too long or from a newer protocol gets an error reply on the same connection, never a
 //! hang or a dropped connection.
 //!
-//! [`server`] runs in the daemon and hands requests to a [`server::Handler`] (the
-//! daemon's engine); [`client`] is the blocking side used by the CLI.
+//! [`server`] runs in the daemon and hands typed [`protocol::Request`]s to a
+//! [`server::Handler`] (the daemon's engine), which answers a typed
+//! [`protocol::Response`]; [`client`] is the blocking side used by the CLI.
 
 pub mod client;
 pub mod protocol;

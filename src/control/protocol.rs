@@ -107,6 +107,14 @@ impl Reply {
         Reply { v: VERSION, ok: true, data: Some(data), error: None }
     }
 
+    /// The reply carrying `response` as its `data`.
+    pub fn of(response: &Response) -> Reply {
+        match serde_json::to_value(response) {
+            Ok(data) => Reply::ok(data),
+            Err(e) => Reply::err(ErrorBody::new(ErrorCode::Internal, format!("cannot write the answer: {e}"))),
+        }
+    }
+
     pub fn err(error: ErrorBody) -> Reply {
         Reply { v: VERSION, ok: false, data: None, error: Some(error) }
     }
@@ -147,6 +155,27 @@ pub enum ErrorCode {
     Firewall,
     /// The community feed's API failed, refused, or is not configured (no key).
     Upstream,
+}
+
+/// A successful answer, one variant per command; written as the reply's `data` (the
+/// variant's own fields, untagged: the client knows what it asked).
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Response {
+    /// `ping`: the text `pong`.
+    Pong(&'static str),
+    Status(Box<StatusData>),
+    List(ListData),
+    Query(Box<QueryData>),
+    Ban(Box<BanData>),
+    Unban(UnbanData),
+    Import(ImportData),
+    Fail2ban(Box<Fail2banData>),
+    Sync(Box<crate::feed::pull::PullReport>),
+    Check(Box<CheckData>),
+    Register(RegisterData),
+    Verify(VerifyData),
+    Delist(DelistData),
 }
 
 /// `status`

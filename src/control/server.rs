@@ -11,11 +11,11 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
 
-use super::protocol::{ErrorBody, ErrorCode, MAX_LINE, Reply, Request, VERSION};
+use super::protocol::{ErrorBody, ErrorCode, MAX_LINE, Reply, Request, Response, VERSION};
 
 /// What serves requests: the daemon's engine. Called on a blocking thread.
 pub trait Handler: Send + Sync + 'static {
-    fn handle(&self, request: Request) -> Result<Value, ErrorBody>;
+    fn handle(&self, request: Request) -> Result<Response, ErrorBody>;
 }
 
 /// Binds the control socket at `path` with mode 0660 and group `group` (when that group
@@ -118,7 +118,7 @@ async fn connection(
                     let handler = Arc::clone(&handler);
                     let result = tokio::task::spawn_blocking(move || handler.handle(request)).await;
                     match result {
-                        Ok(Ok(data)) => Reply::ok(data),
+                        Ok(Ok(response)) => Reply::of(&response),
                         Ok(Err(e)) => Reply::err(e),
                         Err(join) => {
                             Reply::err(ErrorBody::new(ErrorCode::Internal, format!("request handler failed: {join}")))

@@ -109,7 +109,7 @@ impl CheckService {
     fn warm(&self, config: &Config, now: Timestamp) {
         let ttl: HashMap<Provider, Duration> = config.check.providers.iter().map(|p| (p.provider, p.cache)).collect();
         let longest = ttl.values().max().copied().unwrap_or_default();
-        let rows = match self.engine.state().store.load_reputations(now.minus(longest)) {
+        let rows = match self.engine.ledger().read(|v| v.store.load_reputations(now.minus(longest))) {
             Ok(rows) => rows,
             Err(error) => {
                 tracing::warn!(%error, "cannot read stored provider answers; the check cache starts cold");
@@ -208,7 +208,7 @@ impl CheckService {
         }
         let longest = self.engine.config().check.providers.iter().map(|p| p.cache).max().unwrap_or_default();
         let forget_before = Timestamp::now().minus(longest);
-        if let Err(error) = self.engine.state().store.save_reputations(&rows, forget_before) {
+        if let Err(error) = self.engine.ledger().records(|s| s.save_reputations(&rows, forget_before)) {
             tracing::warn!(%error, count = rows.len(), "cannot store provider answers (the in-memory cache keeps them)");
         }
     }

@@ -8,7 +8,7 @@ use crate::decision::{Source, ban_target};
 use crate::fail2ban::{Event, Kind, plan_ban};
 use crate::feed::report_draft;
 use crate::feed::sanitize::Sanitizer;
-use crate::store::{LiftReason, StoreAccess};
+use crate::store::LiftReason;
 
 impl Engine {
     /// Applies one fail2ban event.
@@ -36,7 +36,7 @@ impl Engine {
             });
         }
         let config = self.config();
-        let earlier = self.with_store(|s| s.last_category(&target)).map_err(internal)?;
+        let earlier = self.ledger().read(|v| v.store.last_category(&target)).map_err(internal)?;
         let sanitizer = Sanitizer::for_host(&self.host_addresses());
         let proposal =
             plan_ban(&event, &config.fail2ban, earlier, |input| report_draft(&config.feed, &sanitizer, input));
@@ -44,7 +44,7 @@ impl Engine {
         let decided = self.decide(vec![proposal], now).map_err(internal)?;
         match decided.outcomes.into_iter().next().expect("one outcome per proposal") {
             Ok((decision, _)) if decided.kernel.is_err() => {
-                Err(super::engine::not_in_kernel(&decision, decided.kernel))
+                Err(super::requests::not_in_kernel(&decision, decided.kernel))
             }
             Ok((decision, outcome)) => {
                 Ok(Fail2banData { decision: Some(decision), outcome: Some(outcome), report_due, lifted: 0 })

@@ -13,7 +13,7 @@ use super::engine::Engine;
 use crate::clock::Timestamp;
 use crate::config::FeedConfig;
 use crate::control::protocol::{
-    CheckData, DelistData, ErrorBody, ErrorCode, FeedStatus, QueryData, RegisterData, VerifyData,
+    CheckData, DelistData, ErrorBody, ErrorCode, FeedStatus, QueryData, RegisterData, Response, VerifyData,
 };
 use crate::decision::{is_public, parse_target};
 use crate::feed::api::{Api, Call, KEY_ENV, load_key};
@@ -119,7 +119,7 @@ fn build_api(cfg: &FeedConfig) -> (Result<Api, String>, String) {
 
 impl StoreAccess for Engine {
     fn with_store<T>(&self, f: impl FnOnce(&mut crate::store::Store) -> T) -> T {
-        f(&mut self.state().store)
+        self.ledger().records(f)
     }
 }
 
@@ -168,7 +168,7 @@ impl Engine {
     }
 
     /// `banshare sync`: pulls now (waiting for a scheduled pull in progress).
-    fn sync(&self) -> Result<Value, ErrorBody> {
+    fn sync(&self) -> Result<Response, ErrorBody> {
         let api = self.feed.upstream()?;
         let cfg = self.config();
         let rt = tokio::runtime::Handle::current();
@@ -176,11 +176,11 @@ impl Engine {
         let started = Instant::now();
         let fetched = rt.block_on(pull::fetch(&api, &cfg.feed));
         let report = self.apply_pull(fetched, started).map_err(|m| ErrorBody::new(ErrorCode::Upstream, m))?;
-        Ok(serde_json::to_value(report).expect("a pull report serialises"))
+        Ok(Response::Sync(Box::new(report)))
     }
 
     /// `banshare check IP`: local state, then the feed's lookup (cached `lookup_cache`).
-    fn check(&self, ip: &str, local: QueryData) -> Result<Value, ErrorBody> {
+    fn check(&self, ip: &str, local: QueryData) -> Result<Response, ErrorBody> {
         let mut data = CheckData { local, lookup: None, fetched: None, cached: false, lookup_error: None };
         let net = parse_target(ip).map_err(|m| ErrorBody::new(ErrorCode::InvalidTarget, m))?;
         let addr = net.addr().to_string();
@@ -188,7 +188,7 @@ impl Engine {
         let now = Timestamp::now();
         if !is_public(&net) {
             data.lookup_error = Some("not a public address: it is never sent to the feed".into());
-            return Ok(serde_json::to_value(data).expect("serialises"));
+            return Ok(Response::Check(Box::new(data)));
         }
         let since = Timestamp(now.0 - cfg.feed.lookup_cache.as_millis() as i64);
         let cached = self.with_store(|s| s.lookup_get(&addr, since)).unwrap_or_else(|error| {
@@ -220,7 +220,7 @@ impl Engine {
                 }
             }
         }
-        Ok(serde_json::to_value(data).expect("serialises"))
+        Ok(Response::Check(Box::new(data)))
     }
 
     fn register(
@@ -229,7 +229,7 @@ impl Engine {
         contact: String,
         domain: Option<String>,
         source_type: String,
-    ) -> Result<Value, ErrorBody> {
+    ) -> Result<Response, ErrorBody> {
         if !["automated", "hybrid", "manual"].contains(&source_type.as_str()) {
             return Err(ErrorBody::new(ErrorCode::BadRequest, "source type must be automated, hybrid or manual"));
         }
@@ -261,10 +261,10 @@ impl Engine {
             status: answer.get("status").and_then(Value::as_str).map(str::to_string),
             trust_score: answer.get("trust_score").and_then(Value::as_f64),
         };
-        Ok(serde_json::to_value(data).expect("serialises"))
+        Ok(Response::Register(data))
     }
 
-    fn verify(&self, domain: Option<String>) -> Result<Value, ErrorBody> {
+    fn verify(&self, domain: Option<String>) -> Result<Response, ErrorBody> {
         let (id, saved) = self
             .with_store(|s| {
                 Ok::<_, crate::store::StoreError>((s.meta_get(META_REPORTER_ID)?, s.meta_get(META_REPORTER_DOMAIN)?))
@@ -286,7 +286,7 @@ impl Engine {
             record_value: text(record.and_then(|r| r.get("value"))),
             verified_at: text(answer.get("verified_at")),
         };
-        Ok(serde_json::to_value(data).expect("serialises"))
+        Ok(Response::Verify(data))
     }
 
     fn delist(
@@ -295,7 +295,7 @@ impl Engine {
         reason: String,
         hostname: String,
         contact: Option<String>,
-    ) -> Result<Value, ErrorBody> {
+    ) -> Result<Response, ErrorBody> {
         let net = parse_target(&ip).map_err(|m| ErrorBody::new(ErrorCode::InvalidTarget, m))?;
         let mut body = json!({"ip": crate::decision::show_target(&net), "reason": reason, "hostname": hostname});
         if let Some(c) = contact {
@@ -304,7 +304,7 @@ impl Engine {
         let answer = self.api_call(Call::post("/v1/ip/delist", body))?;
         let text = |k: &str| answer.get(k).and_then(Value::as_str).map(str::to_string);
         let data = DelistData { request_id: text("request_id"), status: text("status") };
-        Ok(serde_json::to_value(data).expect("serialises"))
+        Ok(Response::Delist(data))
     }
 
     /// One call that must succeed; its JSON answer.
@@ -316,7 +316,7 @@ impl Engine {
         Ok(serde_json::from_slice(&r.body).unwrap_or(Value::Null))
     }
 
-    pub(super) fn feed_request(&self, request: crate::control::protocol::Request) -> Result<Value, ErrorBody> {
+    pub(super) fn feed_request(&self, request: crate::control::protocol::Request) -> Result<Response, ErrorBody> {
         use crate::control::protocol::Request;
         match request {
             Request::Sync => self.sync(),

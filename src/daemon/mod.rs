@@ -8,6 +8,10 @@
 //!
 //! Shutdown order: stop accepting, answer the requests in flight (each one commits
 //! before it replies), stop the timers, remove the socket file, release the lock.
+//!
+//! Rooms: `engine` (the operations on the [`crate::ledger::Ledger`], reload, upkeep),
+//! `requests` (the control socket's commands and their typed answers), `fail2ban`,
+//! `feed` and `check` (those services' runtime), `follow` (the log followers).
 
 mod check;
 mod engine;
@@ -16,6 +20,7 @@ mod feed;
 mod follow;
 mod lock;
 mod notify;
+mod requests;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -95,7 +100,8 @@ impl DaemonHandle {
         &self.engine
     }
 
-    /// Resolves with the reason once the daemon cannot go on (see [`DaemonHandle::fatal`]).
+    /// Resolves with the reason once the daemon cannot go on (a dead or stuck firewall
+    /// worker): `run` then exits non-zero so that systemd restarts it.
     pub async fn failed(&mut self) -> String {
         match self.fatal.wait_for(Option::is_some).await {
             Ok(reason) => reason.clone().unwrap_or_default(),
