@@ -20,7 +20,7 @@ use crate::feed::api::{Api, Call, KEY_ENV, load_key};
 use crate::feed::pull::{self, Fetched, PullReport};
 use crate::feed::reporter::{Next, Reporter, ReporterStatus};
 use crate::feed::wire;
-use crate::store::StoreAccess;
+use crate::store::{Outbox, OutboxAccess};
 
 /// How long an idle reporter sleeps before looking at the outbox anyway.
 const IDLE_RECHECK: Duration = Duration::from_secs(60);
@@ -117,9 +117,9 @@ fn build_api(cfg: &FeedConfig) -> (Result<Api, String>, String) {
     }
 }
 
-impl StoreAccess for Engine {
-    fn with_store<T>(&self, f: impl FnOnce(&mut crate::store::Store) -> T) -> T {
-        self.ledger().records(f)
+impl OutboxAccess for Engine {
+    fn with_outbox<T>(&self, f: impl FnOnce(&Outbox<'_>) -> T) -> T {
+        self.ledger().records(|s| f(&Outbox(s)))
     }
 }
 
@@ -143,7 +143,8 @@ impl Engine {
         let (received, pages) = (fetched.received, fetched.pages);
         let grace_start = Timestamp(now.0 - cfg.feed.unban_grace.as_millis() as i64);
         let (unbanned, before) = self
-            .with_store(|s| Ok::<_, crate::store::StoreError>((s.unbanned_since(grace_start)?, s.counts(now)?)))
+            .ledger()
+            .records(|s| Ok::<_, crate::store::StoreError>((s.unbanned_since(grace_start)?, s.counts(now)?)))
             .map_err(|e| e.to_string())?;
         let (proposals, mut skipped) = pull::plan(fetched, &cfg.feed, &unbanned);
         let decided = self.decide(proposals, now).map_err(|e| e.to_string())?;
@@ -191,7 +192,7 @@ impl Engine {
             return Ok(Response::Check(Box::new(data)));
         }
         let since = Timestamp(now.0 - cfg.feed.lookup_cache.as_millis() as i64);
-        let cached = self.with_store(|s| s.lookup_get(&addr, since)).unwrap_or_else(|error| {
+        let cached = self.ledger().records(|s| s.lookup_get(&addr, since)).unwrap_or_else(|error| {
             tracing::warn!(%error, "cannot read the lookup cache");
             None
         });
@@ -207,7 +208,7 @@ impl Engine {
                         Ok(r) => match wire::parse_lookup(&r.body) {
                             Some(lookup) => {
                                 let body = String::from_utf8_lossy(&r.body).into_owned();
-                                if let Err(error) = self.with_store(|s| s.lookup_put(&addr, &body, now)) {
+                                if let Err(error) = self.ledger().records(|s| s.lookup_put(&addr, &body, now)) {
                                     tracing::warn!(%error, "cannot cache a lookup");
                                 }
                                 data.lookup = Some(lookup);
@@ -247,14 +248,15 @@ impl Engine {
             .get("reporter_id")
             .and_then(Value::as_str)
             .ok_or_else(|| ErrorBody::new(ErrorCode::Upstream, "the API's answer has no reporter_id"))?;
-        self.with_store(|s| {
-            s.meta_set(META_REPORTER_ID, id)?;
-            if let Some(d) = &domain {
-                s.meta_set(META_REPORTER_DOMAIN, d)?;
-            }
-            Ok::<_, crate::store::StoreError>(())
-        })
-        .map_err(|e| ErrorBody::new(ErrorCode::Internal, e.to_string()))?;
+        self.ledger()
+            .records(|s| {
+                s.meta_set(META_REPORTER_ID, id)?;
+                if let Some(d) = &domain {
+                    s.meta_set(META_REPORTER_DOMAIN, d)?;
+                }
+                Ok::<_, crate::store::StoreError>(())
+            })
+            .map_err(|e| ErrorBody::new(ErrorCode::Internal, e.to_string()))?;
         tracing::info!(reporter_id = id, "registered as a reporter");
         let data = RegisterData {
             reporter_id: id.to_string(),
@@ -266,7 +268,8 @@ impl Engine {
 
     fn verify(&self, domain: Option<String>) -> Result<Response, ErrorBody> {
         let (id, saved) = self
-            .with_store(|s| {
+            .ledger()
+            .records(|s| {
                 Ok::<_, crate::store::StoreError>((s.meta_get(META_REPORTER_ID)?, s.meta_get(META_REPORTER_DOMAIN)?))
             })
             .map_err(|e| ErrorBody::new(ErrorCode::Internal, e.to_string()))?;
@@ -337,7 +340,8 @@ impl Engine {
         let cfg = self.config();
         let now = Timestamp::now();
         let (outbox, reporter_id) = self
-            .with_store(|s| Ok::<_, crate::store::StoreError>((s.outbox_stats(now)?, s.meta_get(META_REPORTER_ID)?)))
+            .ledger()
+            .records(|s| Ok::<_, crate::store::StoreError>((s.outbox_stats(now)?, s.meta_get(META_REPORTER_ID)?)))
             .unwrap_or_else(|error| {
                 tracing::warn!(%error, "cannot read the outbox");
                 Default::default()

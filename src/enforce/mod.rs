@@ -6,9 +6,9 @@
 //! caller asks, loopback, link-local, the host's own addresses and the allowlist never
 //! reach the kernel.
 //!
-//! Neighbours: [`crate::daemon`] calls the enforcer after committing to the
-//! [`crate::store`], which stays the truth; the kernel is only the enforcement, rebuilt
-//! from the store by [`Enforcer::reconcile`].
+//! Neighbours: the [`crate::ledger`] queues changes to the worker after committing to
+//! the [`crate::store`], which stays the truth; the kernel is only the enforcement,
+//! rebuilt from the store by [`Enforcer::reconcile`].
 
 mod command;
 mod dryrun;

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::FeedConfig;
 use super::api::{Answer, Api, Call, RateInfo};
 use crate::clock::Timestamp;
-use crate::store::{OutboxEntry, StoreAccess, StoreError};
+use crate::store::{Outbox, OutboxAccess, OutboxEntry, StoreError};
 
 /// First backoff after a transient failure; it doubles per failure.
 const BACKOFF_BASE: Duration = Duration::from_secs(2);
@@ -96,7 +96,7 @@ impl Reporter {
     }
 
     /// Sends what the budgets and holds allow at `now`; returns when to come back.
-    pub async fn step<S: StoreAccess>(
+    pub async fn step<S: OutboxAccess>(
         &mut self,
         store: &Arc<S>,
         api: &Api,
@@ -116,10 +116,10 @@ impl Reporter {
             let (head, dropped, minute, day) = {
                 let cutoff = Timestamp(now.0 - cfg.outbox_max_age.as_millis() as i64);
                 blocking(store, move |s| {
-                    let dropped = s.outbox_drop_older(cutoff, now)?;
-                    let minute = s.outbox_sent_since(Timestamp(now.0 - 60_000))?;
-                    let day = s.outbox_sent_since(Timestamp(now.0 - 86_400_000))?;
-                    Ok((s.outbox_head()?, dropped, minute, day))
+                    let dropped = s.drop_older(cutoff, now)?;
+                    let minute = s.sent_since(Timestamp(now.0 - 60_000))?;
+                    let day = s.sent_since(Timestamp(now.0 - 86_400_000))?;
+                    Ok((s.head()?, dropped, minute, day))
                 })
                 .await?
             };
@@ -139,7 +139,7 @@ impl Reporter {
     }
 
     /// Sends one report and records the outcome in the store and in `self`.
-    async fn send<S: StoreAccess>(
+    async fn send<S: OutboxAccess>(
         &mut self,
         store: &Arc<S>,
         api: &Api,
@@ -149,7 +149,7 @@ impl Reporter {
         let id = entry.id;
         let Ok(body) = serde_json::from_str(&entry.payload) else {
             self.failed += 1;
-            return blocking(store, move |s| s.outbox_failed(id, now, "unreadable payload in the outbox")).await;
+            return blocking(store, move |s| s.failed(id, now, "unreadable payload in the outbox")).await;
         };
         let (answer, response) = api.exchange(&Call::post(REPORT_PATH, body)).await;
         if let Some(rate) = response.as_ref().map(|r| r.rate).filter(|r| *r != RateInfo::default()) {
@@ -164,14 +164,14 @@ impl Reporter {
                     let reset = rate.reset.map(|s| Timestamp(s * 1000)).filter(|t| *t > now);
                     self.hold_until = Some(reset.unwrap_or(Timestamp(now.0 + 60_000)));
                 }
-                blocking(store, move |s| s.outbox_sent(id, now)).await
+                blocking(store, move |s| s.sent(id, now)).await
             }
             Answer::Rejected { message, .. } => {
                 self.failed += 1;
                 tracing::warn!(ip = %entry.ip, category = %entry.category, error = %message,
                     "the API rejected a report; it will not be retried");
                 self.last_error = Some((now, message.clone()));
-                blocking(store, move |s| s.outbox_failed(id, now, &message)).await
+                blocking(store, move |s| s.failed(id, now, &message)).await
             }
             Answer::Unauthorized { message } => {
                 tracing::error!(error = %message,
@@ -200,7 +200,7 @@ impl Reporter {
         }
     }
 
-    async fn hold<S: StoreAccess>(
+    async fn hold<S: OutboxAccess>(
         &mut self,
         now: Timestamp,
         until: Timestamp,
@@ -210,7 +210,7 @@ impl Reporter {
     ) -> Result<(), StoreError> {
         self.hold_until = Some(until);
         self.last_error = Some((now, message.clone()));
-        blocking(store, move |s| s.outbox_retry(id, until, &message)).await
+        blocking(store, move |s| s.retry(id, until, &message)).await
     }
 }
 
@@ -229,14 +229,14 @@ pub fn backoff(failures: u32) -> Duration {
     super::jitter(full, 0.5)
 }
 
-/// Runs a store operation on a blocking thread (the daemon's store lock can be held for
+/// Runs an outbox operation on a blocking thread (the daemon's store lock can be held for
 /// seconds by a large import; async workers must not wait on it in place).
-pub(super) async fn blocking<S: StoreAccess, T: Send + 'static>(
+pub(super) async fn blocking<S: OutboxAccess, T: Send + 'static>(
     store: &Arc<S>,
-    f: impl FnOnce(&mut crate::store::Store) -> Result<T, StoreError> + Send + 'static,
+    f: impl FnOnce(&Outbox<'_>) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
     let store = Arc::clone(store);
-    tokio::task::spawn_blocking(move || store.with_store(f)).await.expect("store operation panicked")
+    tokio::task::spawn_blocking(move || store.with_outbox(f)).await.expect("outbox operation panicked")
 }
 
 #[cfg(test)]

@@ -6,14 +6,15 @@
 //! firewall, so a crash never loses an acknowledged ban. Schema changes are append-only
 //! migrations (`schema::MIGRATIONS`); a database from a newer banshare is refused.
 //!
-//! Neighbours: [`crate::daemon`] owns the store; [`crate::decision`] defines what is
-//! stored.
+//! Neighbours: the [`crate::ledger`] owns the daemon's store (decisions change only
+//! through it; the reporter gets only the outbox, [`OutboxAccess`]); [`crate::decision`]
+//! defines what is stored.
 
 mod outbox;
 mod reputations;
 mod schema;
 
-pub use outbox::{OutboxEntry, OutboxStats};
+pub use outbox::{Outbox, OutboxEntry, OutboxStats};
 pub use reputations::StoredReputation;
 
 use std::collections::BTreeMap;
@@ -121,15 +122,15 @@ impl LiftReason {
 const DECISION_COLUMNS: &str =
     "id, target, source, reason, category, score, created_ms, expires_ms, lifted_ms, evidence, enforced";
 
-/// Lends the store for a moment: the daemon's engine (under its one lock) or, in tests,
-/// a plain mutex. Lets the feed's workers use the store without owning it.
-pub trait StoreAccess: Send + Sync + 'static {
-    fn with_store<T>(&self, f: impl FnOnce(&mut Store) -> T) -> T;
+/// Lends the report outbox for a moment (the daemon's ledger under its lock or, in
+/// tests, a plain mutex): the one part of the store the reporter may use.
+pub trait OutboxAccess: Send + Sync + 'static {
+    fn with_outbox<T>(&self, f: impl FnOnce(&Outbox<'_>) -> T) -> T;
 }
 
-impl StoreAccess for std::sync::Mutex<Store> {
-    fn with_store<T>(&self, f: impl FnOnce(&mut Store) -> T) -> T {
-        f(&mut self.lock().unwrap_or_else(|e| e.into_inner()))
+impl OutboxAccess for std::sync::Mutex<Store> {
+    fn with_outbox<T>(&self, f: impl FnOnce(&Outbox<'_>) -> T) -> T {
+        f(&Outbox(&self.lock().unwrap_or_else(|e| e.into_inner())))
     }
 }
 

@@ -157,6 +157,30 @@ impl Store {
     }
 }
 
+/// The outbox's operations on a borrowed store (see [`super::OutboxAccess`]).
+pub struct Outbox<'a>(pub &'a Store);
+
+impl Outbox<'_> {
+    pub fn head(&self) -> Result<Option<OutboxEntry>> {
+        self.0.outbox_head()
+    }
+    pub fn drop_older(&self, before: Timestamp, now: Timestamp) -> Result<usize> {
+        self.0.outbox_drop_older(before, now)
+    }
+    pub fn sent(&self, id: i64, now: Timestamp) -> Result<()> {
+        self.0.outbox_sent(id, now)
+    }
+    pub fn failed(&self, id: i64, now: Timestamp, message: &str) -> Result<()> {
+        self.0.outbox_failed(id, now, message)
+    }
+    pub fn retry(&self, id: i64, next_try: Timestamp, message: &str) -> Result<()> {
+        self.0.outbox_retry(id, next_try, message)
+    }
+    pub fn sent_since(&self, since: Timestamp) -> Result<(u32, Option<Timestamp>)> {
+        self.0.outbox_sent_since(since)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
