@@ -23,7 +23,7 @@ use ipnet::IpNet;
 
 use crate::clock::Timestamp;
 use crate::decision::{Decision, Guard, NewDecision, Refusal, Source};
-use crate::enforce::{EnforceError, FirewallHandle};
+use crate::enforce::{EnforceError, FirewallHandle, Ticket};
 use crate::store::{LiftReason, Store, StoreError, Upsert};
 
 /// Above this many decisions in one batch, the log gets one summary line instead of a
@@ -66,7 +66,9 @@ pub struct View<'a> {
 
 pub struct Ledger {
     state: Mutex<State>,
-    firewall: FirewallHandle,
+    /// `None` for the offline ledger of the fail2ban hook while the daemon is down: its
+    /// decisions reach the kernel when the daemon starts and rebuilds it from the store.
+    firewall: Option<FirewallHandle>,
 }
 
 impl Ledger {
@@ -75,7 +77,15 @@ impl Ledger {
     pub fn new(store: Store, firewall: FirewallHandle, allowlist: Vec<IpNet>, host: Vec<IpAddr>) -> Ledger {
         let guard = Guard::new(allowlist, host.clone());
         firewall.set_guard(guard.clone());
-        Ledger { state: Mutex::new(State { store, guard, host }), firewall }
+        Ledger { state: Mutex::new(State { store, guard, host }), firewall: Some(firewall) }
+    }
+
+    /// A ledger without a firewall, for a process that records while the daemon is down
+    /// (the fail2ban hook's fallback): the same guard and commits; every kernel outcome
+    /// is [`EnforceError::Deferred`].
+    pub fn offline(store: Store, allowlist: Vec<IpNet>, host: Vec<IpAddr>) -> Ledger {
+        let guard = Guard::new(allowlist, host.clone());
+        Ledger { state: Mutex::new(State { store, guard, host }), firewall: None }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -84,9 +94,15 @@ impl Ledger {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The firewall's handle, for its status and the in-memory index of what is in force.
-    pub fn firewall(&self) -> &FirewallHandle {
-        &self.firewall
+    /// The firewall's handle, for its status and the in-memory index of what is in force
+    /// (`None` offline).
+    pub fn firewall(&self) -> Option<&FirewallHandle> {
+        self.firewall.as_ref()
+    }
+
+    /// Queues `changes` to the firewall; offline, nothing can wait for the kernel.
+    fn queue(&self, changes: impl FnOnce(&FirewallHandle) -> Ticket) -> Option<Ticket> {
+        self.firewall.as_ref().map(changes)
     }
 
     /// Reads the records and the safety rules.
@@ -110,10 +126,11 @@ impl Ledger {
         if !expired.is_empty() {
             tracing::info!(count = expired.len(), "lifted decisions that expired while the daemon was stopped");
         }
-        lift_guarded(&mut st, &self.firewall, now)?;
+        lift_guarded(&mut st, self.firewall.as_ref(), now)?;
         let active = st.store.active(None, now)?;
         let count = active.len();
-        let done = self.firewall.reconcile(active);
+        let Some(firewall) = &self.firewall else { return Ok(()) };
+        let done = firewall.reconcile(active);
         drop(st);
         match done.recv() {
             Ok(Ok(refused)) if refused.is_empty() => {}
@@ -123,7 +140,7 @@ impl Ledger {
             Ok(Err(error)) => tracing::error!(%error, "initial firewall load failed; retrying every few seconds"),
             Err(_) => tracing::error!("the firewall worker stopped during the initial load"),
         }
-        tracing::info!(active = count, backend = self.firewall.backend_name(), "firewall reconciled with the store");
+        tracing::info!(active = count, backend = firewall.backend_name(), "firewall reconciled with the store");
         Ok(())
     }
 
@@ -155,7 +172,7 @@ impl Ledger {
             .collect();
         // Unchanged decisions need no kernel work, unless the kernel refused them lately.
         let refused: HashSet<(Source, IpNet)> =
-            self.firewall.refused().into_iter().map(|r| (r.source, r.target)).collect();
+            self.firewall.iter().flat_map(FirewallHandle::refused).map(|r| (r.source, r.target)).collect();
         let changed: Vec<Decision> = outcomes
             .iter()
             .filter_map(|o| o.as_ref().ok())
@@ -180,10 +197,14 @@ impl Ledger {
                 tracing::info!(ip = %d.target, source = %d.source, %until, reason = %d.reason, "blocked");
             }
         }
-        let ticket = self.firewall.add(&changed);
+        let ticket = self.queue(|f| f.add(&changed));
         drop(st);
-        let kernel = ticket.wait();
-        if let Err(error) = &kernel {
+        let kernel = match ticket {
+            Some(ticket) => ticket.wait(),
+            None if changed.iter().any(|d| d.enforced) => Err(EnforceError::Deferred),
+            None => Ok(()),
+        };
+        if let Some(error) = kernel.as_ref().err().filter(|e| **e != EnforceError::Deferred) {
             tracing::error!(%error, "decisions recorded but not all in the kernel");
         }
         if bulk {
@@ -206,10 +227,14 @@ impl Ledger {
     ) -> Result<Lifted, StoreError> {
         let mut st = self.state();
         let decisions = lift(&mut st.store)?;
-        let ticket = self.firewall.remove(&decisions);
+        let ticket = self.queue(|f| f.remove(&decisions));
         drop(st);
-        let kernel = ticket.wait();
-        if let Err(error) = &kernel {
+        let kernel = match ticket {
+            Some(ticket) => ticket.wait(),
+            None if decisions.iter().any(|d| d.enforced) => Err(EnforceError::Deferred),
+            None => Ok(()),
+        };
+        if let Some(error) = kernel.as_ref().err().filter(|e| **e != EnforceError::Deferred) {
             tracing::error!(%error, "decisions lifted but the kernel may still hold them");
         }
         Ok(Lifted { decisions, kernel })
@@ -217,8 +242,9 @@ impl Ledger {
 
     /// Rebuilds the kernel from the store's active decisions, in one transaction.
     pub fn rebuild_firewall(&self, now: Timestamp) -> Result<(), StoreError> {
+        let Some(firewall) = &self.firewall else { return Ok(()) };
         let st = self.state();
-        let done = self.firewall.reconcile(st.store.active(None, now)?);
+        let done = firewall.reconcile(st.store.active(None, now)?);
         drop(st);
         let _ = done.recv();
         Ok(())
@@ -232,15 +258,17 @@ impl Ledger {
             st.host = host;
         }
         let guard = Guard::new(allowlist, st.host.clone());
-        self.firewall.set_guard(guard.clone());
+        if let Some(firewall) = &self.firewall {
+            firewall.set_guard(guard.clone());
+        }
         st.guard = guard;
-        lift_guarded(&mut st, &self.firewall, now)
+        lift_guarded(&mut st, self.firewall.as_ref(), now)
     }
 }
 
 /// Lifts live decisions that the guard refuses (an allowlist entry added, a new host
 /// address): the operator's latest word on what must never be blocked wins.
-fn lift_guarded(st: &mut State, firewall: &FirewallHandle, now: Timestamp) -> Result<(), StoreError> {
+fn lift_guarded(st: &mut State, firewall: Option<&FirewallHandle>, now: Timestamp) -> Result<(), StoreError> {
     let refused: Vec<Decision> = st
         .store
         .active(None, now)?
@@ -258,6 +286,8 @@ fn lift_guarded(st: &mut State, firewall: &FirewallHandle, now: Timestamp) -> Re
     }
     let lifted = st.store.lift(refused, LiftReason::Allowlisted, now)?;
     // Not waited for: queued in order, applied before anything committed later.
-    let _ = firewall.remove(&lifted);
+    if let Some(firewall) = firewall {
+        let _ = firewall.remove(&lifted);
+    }
     Ok(())
 }

@@ -12,10 +12,11 @@ use crate::clock::Timestamp;
 use crate::config::Config;
 use crate::control::client::{Client, ClientError};
 use crate::control::protocol::{Fail2banData, Request};
-use crate::decision::{Guard, Source, ban_target, parse_target, show_target};
+use crate::decision::{Source, ban_target, parse_target, show_target};
 use crate::fail2ban::{Event, Kind, plan_ban};
 use crate::feed::report_draft;
 use crate::feed::sanitize::Sanitizer;
+use crate::ledger::Ledger;
 use crate::store::{LiftReason, Store};
 
 /// The hook never runs longer than this.
@@ -98,24 +99,26 @@ fn record_offline(config: &Config, event: &Event) -> Result<String, CliError> {
     let fail = |e: String| CliError::new(exit::FAILURE, e);
     std::fs::create_dir_all(&config.state_dir)
         .map_err(|e| fail(format!("{}: cannot create the state directory: {e}", config.state_dir.display())))?;
-    let mut store =
+    let store =
         Store::open_checked(&config.state_db(), crate::store::Empty::Refuse).map_err(|e| fail(e.to_string()))?;
+    let host = crate::hostaddr::host_addresses().unwrap_or_default();
+    let ledger = Ledger::offline(store, config.allowlist.clone(), host.clone());
     let now = Timestamp::now();
     let target = ban_target(event.ip, Source::Fail2ban, 128);
     if event.kind == Kind::Unban {
-        let lifted =
-            store.lift_source(&target, Source::Fail2ban, LiftReason::Fail2ban, now).map_err(|e| fail(e.to_string()))?;
-        return Ok(format!("{}: fail2ban unban recorded ({} lifted)", show_target(&target), lifted.len()));
+        let lifted = ledger
+            .lift(|s| s.lift_source(&target, Source::Fail2ban, LiftReason::Fail2ban, now))
+            .map_err(|e| fail(e.to_string()))?;
+        return Ok(format!("{}: fail2ban unban recorded ({} lifted)", show_target(&target), lifted.decisions.len()));
     }
-    let host = crate::hostaddr::host_addresses().unwrap_or_default();
-    Guard::new(config.allowlist.clone(), host.clone())
-        .check(&target)
-        .map_err(|refusal| CliError::new(exit::REFUSED, format!("refused: {refusal}; banshare never blocks it")))?;
-    let earlier = store.last_category(&target).map_err(|e| fail(e.to_string()))?;
+    let earlier = ledger.read(|v| v.store.last_category(&target)).map_err(|e| fail(e.to_string()))?;
     let sanitizer = Sanitizer::for_host(&host);
     let proposal = plan_ban(event, &config.fail2ban, earlier, |input| report_draft(&config.feed, &sanitizer, input));
     let due = proposal.report.is_some();
-    store.upsert_decision(&proposal, now).map_err(|e| fail(e.to_string()))?;
+    let decided = ledger.decide(vec![proposal], now).map_err(|e| fail(e.to_string()))?;
+    if let Some(Err(refusal)) = decided.outcomes.first() {
+        return Err(CliError::new(exit::REFUSED, format!("refused: {refusal}; banshare never blocks it")));
+    }
     let data = Fail2banData { decision: None, outcome: None, report_due: due, lifted: 0 };
     Ok(describe(event, &data))
 }

@@ -27,6 +27,9 @@ use crate::tail::Checkpoint;
 
 pub struct Engine {
     pub(super) ledger: Ledger,
+    /// The firewall's handle, read for status, health and the in-force index; changes
+    /// reach it only through the ledger.
+    pub(super) firewall: FirewallHandle,
     pub(super) info: RwLock<Info>,
     pub(super) started: Timestamp,
     pub(super) started_at: Instant,
@@ -49,6 +52,7 @@ impl Engine {
     pub fn new(config: Config, store: Store, firewall: FirewallHandle, host: Vec<IpAddr>) -> Engine {
         let feed = FeedRuntime::new(&config.feed);
         Engine {
+            firewall: firewall.clone(),
             ledger: Ledger::new(store, firewall, config.allowlist.clone(), host),
             info: RwLock::new(Info { config: Arc::new(config), loaded: Timestamp::now(), reload_error: None }),
             started: Timestamp::now(),
@@ -171,7 +175,7 @@ impl Engine {
     /// The live decision covering `ip`, from memory (no store query): the check
     /// service's question on every request.
     pub(super) fn in_force(&self, ip: IpAddr, now: Timestamp) -> Option<crate::enforce::in_force::InForce> {
-        self.ledger.firewall().in_force(ip, now)
+        self.firewall.in_force(ip, now)
     }
 
     /// This host's addresses as last read.
@@ -181,7 +185,7 @@ impl Engine {
 
     /// What stops the firewall from working at all (a dead or stuck worker), if anything.
     pub fn firewall_problem(&self) -> Option<String> {
-        worker_problem(self.ledger.firewall())
+        worker_problem(&self.firewall)
     }
 
     /// Lifts every decision whose time has come. Returns the next expiry.
@@ -199,7 +203,7 @@ impl Engine {
     /// anything the kernel holds that the store has lifted.
     pub fn check_firewall(&self, now: Timestamp, full: bool) -> Result<(), StoreError> {
         let rebuild = full
-            || match self.ledger.firewall().intact() {
+            || match self.firewall.intact() {
                 Ok(true) => false,
                 Ok(false) => {
                     tracing::warn!(

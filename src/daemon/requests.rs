@@ -232,7 +232,7 @@ impl Engine {
         let (active, schema_version) = (active.map_err(internal)?, schema_version.map_err(internal)?);
         // Read outside the ledger's lock: kernel counters are slow at scale, and bans must
         // not wait for them.
-        let firewall = self.ledger.firewall();
+        let firewall = &self.firewall;
         let elements = firewall.element_count();
         let backend = firewall.backend_name();
         let last_error = firewall.last_error();

@@ -44,6 +44,10 @@ pub enum EnforceError {
     /// The worker is gone or stuck: nothing reaches the kernel until the daemon restarts.
     #[error("the firewall worker {0}")]
     Worker(String),
+    /// Recorded by a process without the firewall (the daemon is down): the daemon
+    /// enforces it when it starts and rebuilds the kernel from the store.
+    #[error("the daemon is not running; it blocks this when it starts")]
+    Deferred,
 }
 
 fn list(refused: &[Refused]) -> String {
