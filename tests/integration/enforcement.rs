@@ -710,3 +710,74 @@ fn fail2ban_bans_and_unbans_racing_on_one_address_leave_the_kernel_equal_to_the_
     compare(backend, &ns, &env).unwrap_or_else(|why| panic!("{why}"));
     daemon.signal(Signal::SIGTERM);
 }
+
+#[test]
+fn a_refused_batch_never_takes_out_what_is_in_force() {
+    let backend = "nftables";
+    if !privileged("no-gap test", tools(backend)) {
+        return;
+    }
+    let env = Env::with_backend(backend, "");
+    let ns = Netns::new("nogap");
+    let daemon = env.spawn_daemon_in(&ns);
+    let file = env.dir.path().join("bulk.txt");
+    std::fs::write(&file, (0..2000u32).map(|i| format!("198.18.{}.{}\n", i / 250, i % 250 + 1)).collect::<String>())
+        .unwrap();
+    env.cli(&["import", file.to_str().unwrap(), "--for", "40d"]).expect_code(0);
+    env.cli(&["ban", "198.19.0.0/16", "--for", "2d"]).expect_code(0);
+    // Something else puts an element in banshare's network set: banshare's next network
+    // overlaps it, and the kernel refuses that batch.
+    ns.exec(&["nft", "add", "element", "inet", "banshare", "manual_v4_net", "{ 10.0.0.0/8 }"]).expect_code(0);
+    let gaps = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (gaps, done, name) = (gaps.clone(), done.clone(), ns.name.clone());
+        std::thread::spawn(move || {
+            let ns = Netns { name };
+            let mut polls = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) || polls < 3 {
+                let held = kernel("nftables", &ns);
+                if !held.contains_key("manual:198.18.7.250") || !held.contains_key("manual:198.19.0.0/16") {
+                    gaps.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                polls += 1;
+            }
+            std::mem::forget(ns); // owned by the test
+            polls
+        })
+    };
+    let run = env.cli(&["ban", "10.1.0.0/16", "--for", "7d"]);
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let polls = watcher.join().unwrap();
+    assert_eq!(run.code, 0, "the reload took the new network: {}{}", run.stdout, run.stderr);
+    assert_eq!(
+        gaps.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "blocks left the kernel during the recovery ({polls} polls)"
+    );
+    assert!(daemon.log_text().contains("nftables refused a batch"), "the batch was refused: {}", daemon.log_text());
+    converge(backend, &ns, &env, "the refused batch");
+    assert!(env.cli(&["status", "--json"]).json()["firewall"]["last_error"].is_null());
+    daemon.signal(Signal::SIGTERM);
+}
+
+#[test]
+fn a_stored_expiry_past_year_9999_from_an_older_banshare_is_read_without_a_panic() {
+    let env = Env::new("");
+    let daemon = env.spawn_daemon();
+    env.cli(&["ban", "203.0.113.80", "--for", "1h"]).expect_code(0);
+    assert_eq!(daemon.stop(), Some(0));
+    let conn = rusqlite::Connection::open(env.state_dir.join("state.db")).unwrap();
+    conn.execute("UPDATE decisions SET expires_ms = ?1", [i64::MAX]).unwrap();
+    drop(conn);
+    let _daemon = env.spawn_daemon();
+    let list = env.cli(&["list", "--json"]);
+    list.expect_code(0);
+    assert_eq!(list.json()["decisions"][0]["expires"], "9999-12-31T23:59:59.999Z", "{}", list.stdout);
+    env.cli(&["query", "203.0.113.80"]).expect_code(0);
+    env.cli(&["status"]).expect_code(0);
+    env.cli(&["unban", "203.0.113.80"]).expect_code(0);
+    // The firewall worker lives on: the next ban is in force and says so.
+    env.cli(&["ban", "203.0.113.81", "--for", "1h"]).expect_code(0);
+    assert!(env.cli(&["status", "--json"]).json()["firewall"]["worker_error"].is_null());
+}
