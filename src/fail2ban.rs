@@ -21,6 +21,9 @@ pub const LOG_FILTER: &str = "fail2ban";
 pub const DEFAULT_LOG: &str = "/var/log/fail2ban.log";
 /// Most matched lines kept as evidence.
 const MAX_EVIDENCE_LINES: usize = 10;
+/// The longest evidence line kept (characters): longer ones are cut, never refused, so a
+/// fail2ban ban is never lost to its `<matches>`.
+pub const MAX_EVIDENCE_LINE: usize = 1000;
 
 /// Report only (fail2ban's own banaction blocks), or block in banshare's sets too.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -137,7 +140,14 @@ pub fn plan_ban(
         let asked = event.bantime.unwrap_or_default();
         reason.push_str(&format!(" (fail2ban asked for {asked} s; capped at banshare's 100-year limit)"));
     }
-    let evidence: Vec<String> = event.matches.iter().rev().take(MAX_EVIDENCE_LINES).rev().cloned().collect();
+    let evidence: Vec<String> = event
+        .matches
+        .iter()
+        .rev()
+        .take(MAX_EVIDENCE_LINES)
+        .rev()
+        .map(|line| line.chars().take(MAX_EVIDENCE_LINE).collect())
+        .collect();
     let comment = reason.clone();
     let report = if event.restored {
         None

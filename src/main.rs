@@ -16,7 +16,7 @@ fn main() -> ExitCode {
     match cli::execute(cli) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("banshare: {}", e.message);
+            eprintln!("banshare: {}", banshare::cli::terminal_safe(&e.message));
             ExitCode::from(e.code)
         }
     }

@@ -43,9 +43,11 @@ impl From<ClientError> for CliError {
                 ErrorCode::BadRequest | ErrorCode::InvalidTarget | ErrorCode::TooLarge => exit::BAD_INPUT,
                 ErrorCode::Refused => exit::REFUSED,
                 ErrorCode::NotFound => exit::NO,
-                ErrorCode::UnsupportedVersion | ErrorCode::Internal | ErrorCode::Upstream | ErrorCode::Firewall => {
-                    exit::FAILURE
-                }
+                ErrorCode::UnsupportedVersion
+                | ErrorCode::Internal
+                | ErrorCode::Upstream
+                | ErrorCode::Firewall
+                | ErrorCode::Busy => exit::FAILURE,
             },
             _ => exit::FAILURE,
         };
@@ -201,15 +203,42 @@ fn import(
     .map_err(|e| CliError::new(exit::BAD_INPUT, format!("{}: cannot read: {e}", file.display())))?;
     let (targets, invalid) = parse_import(&String::from_utf8_lossy(&bytes));
     for line in invalid.iter().take(20) {
-        eprintln!("banshare: {}: {line}", file.display());
+        eprintln!("banshare: {}: {}", file.display(), super::output::terminal_safe(line));
     }
     if invalid.len() > 20 {
         eprintln!("banshare: {}: ... and {} more invalid lines", file.display(), invalid.len() - 20);
     }
     let mut client = connect_with(config, socket, IMPORT_TIMEOUT)?;
-    let data: ImportData = client.call_as(&Request::Import { targets, for_secs, permanent, reason })?;
+    let mut data = ImportData::default();
+    for chunk in import_chunks(targets) {
+        let request = Request::Import { targets: chunk, for_secs, permanent, reason: reason.clone() };
+        let part: ImportData = client.call_as(&request)?;
+        data.created += part.created;
+        data.extended += part.extended;
+        data.unchanged += part.unchanged;
+        data.refused.extend(part.refused);
+        data.invalid.extend(part.invalid);
+    }
     print(json, &data, || output::import(&data, invalid.len()));
     Ok(if invalid.is_empty() { exit::OK } else { exit::BAD_INPUT })
+}
+
+/// The targets in requests that stay well under the socket's line limit (half of it, so
+/// the envelope and JSON escaping always fit): each one batch in the store and the kernel.
+pub fn import_chunks(targets: Vec<String>) -> Vec<Vec<String>> {
+    let budget = crate::control::protocol::MAX_LINE / 2;
+    let mut chunks = vec![Vec::new()];
+    let mut size = 0;
+    for t in targets {
+        let cost = t.len() + 3; // quotes and comma
+        if size + cost > budget && !chunks.last().is_some_and(Vec::is_empty) {
+            chunks.push(Vec::new());
+            size = 0;
+        }
+        size += cost;
+        chunks.last_mut().expect("one chunk at least").push(t);
+    }
+    chunks
 }
 
 /// Reads an import file: the JSON of `banshare list --json` (or an array of targets), or
@@ -292,7 +321,7 @@ fn scan(
         };
         scan_parallel(&mut scanner, reader, |line, outcome| {
             if (show_matches && outcome == Outcome::Matched) || (show_missed && outcome == Outcome::Missed) {
-                println!("{}", String::from_utf8_lossy(line));
+                emit_line(&super::output::terminal_safe(&String::from_utf8_lossy(line)));
             }
         })
         .map_err(|e| CliError::new(exit::FAILURE, format!("{}: read error: {e}", file.display())))?;
@@ -434,10 +463,10 @@ fn firewall_show(config_path: Option<&Path>, json: bool) -> Result<u8, CliError>
 fn firewall_teardown() -> Result<u8, CliError> {
     let removed = crate::enforce::teardown().map_err(|e| CliError::new(exit::FAILURE, e.to_string()))?;
     if removed.is_empty() {
-        println!("nothing of banshare's was in the kernel");
+        emit_line("nothing of banshare's was in the kernel");
     }
     for backend in removed {
-        println!("removed banshare's {backend} rules and sets");
+        emit_line(&format!("removed banshare's {backend} rules and sets"));
     }
     Ok(exit::OK)
 }
@@ -461,7 +490,31 @@ fn run(config_path: Option<&Path>, new_state: bool) -> Result<u8, CliError> {
 
 fn config_check(config_path: Option<&Path>) -> Result<u8, CliError> {
     let config = load_config(config_path)?;
-    println!("{}: OK", config.origin());
+    // What `run` refuses beyond the file itself: key files others can read or that are
+    // empty (a key file that does not exist, or that this user may not read, is for the
+    // daemon to find).
+    let mut keys: Vec<(&str, &Path, bool)> = Vec::new();
+    if config.feed.report || config.feed.pull {
+        keys.push(("feed.api_key_file", &config.feed.api_key_file, true)); // BANSHARE_API_KEY may stand in
+    }
+    for p in &config.check.providers {
+        if let Some(path) = &p.key_file {
+            keys.push(("check.providers.*.key_file", path, false));
+        }
+    }
+    for (key, path, env) in keys {
+        let read = if env { crate::feed::api::load_key(path) } else { crate::feed::api::read_key_file(path) };
+        match read {
+            Err(e @ (crate::feed::api::KeyError::Exposed { .. } | crate::feed::api::KeyError::Empty { .. })) => {
+                return Err(CliError::new(exit::BAD_INPUT, format!("{}: key `{key}`: {e}", config.origin())));
+            }
+            Ok(_) | Err(crate::feed::api::KeyError::Read { .. }) => {}
+        }
+    }
+    for warning in config.warnings() {
+        eprintln!("banshare: warning: {warning}");
+    }
+    emit_line(&format!("{}: OK", config.origin()));
     Ok(exit::OK)
 }
 
@@ -486,13 +539,32 @@ fn connect_with(
     Ok(Client::connect(&socket, timeout)?)
 }
 
-/// Prints `data` as JSON or as the text `human` renders.
+/// Prints `data` as JSON (the exact text, escaped as JSON) or as the text `human`
+/// renders, with control characters from outside (log lines, reasons, jail names)
+/// escaped so that none reaches the terminal.
 pub(super) fn print<T: Serialize>(json: bool, data: &T, human: impl FnOnce() -> String) {
     if json {
-        println!("{}", serde_json::to_string_pretty(data).unwrap_or_default());
+        emit(&format!("{}\n", serde_json::to_string_pretty(data).unwrap_or_default()));
     } else {
-        print!("{}", human());
+        emit(&super::output::terminal_safe(&human()));
     }
+}
+
+/// Writes `text` to stdout. A closed pipe (`banshare scan ... | head`) ends the command
+/// quietly with exit 0: the reader has what it wanted.
+pub(super) fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush())
+        && e.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        std::process::exit(exit::OK.into());
+    }
+}
+
+/// [`emit`] with a newline.
+pub(super) fn emit_line(text: &str) {
+    emit(&format!("{text}\n"));
 }
 
 #[cfg(test)]

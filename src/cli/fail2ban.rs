@@ -6,7 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::commands::{CliError, load_config};
+use super::commands::{CliError, emit_line, load_config};
+use super::output::terminal_safe;
 use super::{ReportArgs, exit};
 use crate::clock::Timestamp;
 use crate::config::Config;
@@ -57,13 +58,21 @@ pub fn report(config_path: &Option<PathBuf>, socket: &Option<PathBuf>, args: Rep
         std::process::exit(exit::FAILURE.into());
     });
     let event = event_from(args)?;
-    let config = load_config(config_path.as_deref())?;
+    // A broken config (an edit in progress) must not lose fail2ban's bans: record with
+    // what can be salvaged, and say so.
+    let config = load_config(config_path.as_deref()).unwrap_or_else(|error| {
+        eprintln!(
+            "banshare: the config does not load ({}); recording this event with its state_dir and socket, or the defaults",
+            terminal_safe(&error.message)
+        );
+        crate::config::salvage(config_path.as_deref())
+    });
     let socket = socket.clone().unwrap_or_else(|| config.socket.clone());
     let sent = Client::connect(&socket, DAEMON_TIMEOUT)
         .and_then(|mut c| c.call_as::<Fail2banData>(&Request::Fail2ban { event: event.clone() }));
     match sent {
         Ok(data) => {
-            println!("{}", describe(&event, &data));
+            emit_line(&terminal_safe(&describe(&event, &data)));
             Ok(exit::OK)
         }
         Err(e @ ClientError::Daemon(_)) => Err(e.into()),
@@ -71,7 +80,7 @@ pub fn report(config_path: &Option<PathBuf>, socket: &Option<PathBuf>, args: Rep
             // Not running, or not answering: the store takes it; the daemon applies it
             // (and sends the report) when it starts.
             let line = record_offline(&config, &event)?;
-            println!("{line} (daemon not reachable: {e}; saved for its next start)");
+            emit_line(&terminal_safe(&format!("{line} (daemon not reachable: {e}; saved for its next start)")));
             Ok(exit::OK)
         }
     }
@@ -97,8 +106,8 @@ fn describe(event: &Event, data: &Fail2banData) -> String {
 /// as everywhere.
 fn record_offline(config: &Config, event: &Event) -> Result<String, CliError> {
     let fail = |e: String| CliError::new(exit::FAILURE, e);
-    std::fs::create_dir_all(&config.state_dir)
-        .map_err(|e| fail(format!("{}: cannot create the state directory: {e}", config.state_dir.display())))?;
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    crate::store::secure_state_dir(&config.state_dir).map_err(|e| fail(e.to_string()))?;
     let store =
         Store::open_checked(&config.state_db(), crate::store::Empty::Refuse).map_err(|e| fail(e.to_string()))?;
     let host = crate::hostaddr::host_addresses().unwrap_or_default();
@@ -128,7 +137,7 @@ pub fn report_dry_run(config_path: Option<&Path>, args: ReportArgs) -> Result<u8
     let config = load_config(config_path)?;
     let event = event_from(args)?;
     if event.kind == Kind::Unban {
-        println!("an unban sends nothing");
+        emit_line("an unban sends nothing");
         return Ok(exit::OK);
     }
     let host = crate::hostaddr::host_addresses().unwrap_or_default();
@@ -141,7 +150,7 @@ pub fn report_dry_run(config_path: Option<&Path>, args: ReportArgs) -> Result<u8
         return Err(CliError::new(exit::REFUSED, format!("{}: nothing would be sent: {why}", event.ip)));
     };
     let body: serde_json::Value = serde_json::from_str(&report.payload).unwrap_or_default();
-    println!("POST {}{}", config.feed.base_url, crate::feed::reporter::REPORT_PATH);
-    println!("{}", serde_json::to_string_pretty(&body).unwrap_or_default());
+    emit_line(&format!("POST {}{}", config.feed.base_url, crate::feed::reporter::REPORT_PATH));
+    emit_line(&serde_json::to_string_pretty(&body).unwrap_or_default());
     Ok(exit::OK)
 }

@@ -12,6 +12,8 @@ mod fail2ban;
 mod feed;
 mod output;
 
+pub use output::terminal_safe;
+
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};

@@ -8,6 +8,21 @@ use crate::decision::{Decision, show_target};
 use crate::detect::scan::ScanReport;
 use crate::enforce::SetStats;
 
+/// `text` with every control character but newline and tab escaped (`\u{1b}`): ESC, BEL,
+/// CR and the C1 controls from a log line or a fail2ban `<matches>` never reach the
+/// operator's terminal as commands (window title, clear screen, an overwritten line).
+pub fn terminal_safe(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() && c != '\n' && c != '\t' {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// `until 2026-11-24T13:00:00Z (in 23h 59m)`, or `permanently`.
 pub fn until(expires: Option<Timestamp>, now: Timestamp) -> String {
     match expires {

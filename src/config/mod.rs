@@ -213,7 +213,39 @@ pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
     Config::from_toml(&text, &path)
 }
 
+/// What a process that must not lose an event (the fail2ban hook) can still take from a
+/// config that does not load: the built-in defaults with the file's own `state_dir` and
+/// `socket` when those two keys still read as absolute paths (`None` when the file is
+/// not even TOML, or names neither).
+pub fn salvage(explicit: Option<&Path>) -> Config {
+    let mut config = Config::default();
+    let path = explicit.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(DEFAULT_PATH));
+    let Ok(text) = std::fs::read_to_string(&path) else { return config };
+    let Ok(table) = text.parse::<toml::Table>() else { return config };
+    let absolute = |key: &str| table.get(key).and_then(|v| v.as_str()).map(PathBuf::from).filter(|p| p.is_absolute());
+    if let Some(dir) = absolute("state_dir") {
+        config.state_dir = dir;
+    }
+    if let Some(socket) = absolute("socket") {
+        config.socket = socket;
+    }
+    config
+}
+
 impl Config {
+    /// What is valid but probably not meant: a check service that answers beyond this host.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(crate::config::Listen::Tcp(addr)) = &self.check.listen
+            && !addr.ip().is_loopback()
+        {
+            out.push(format!(
+                "check.listen = \"{addr}\" answers beyond this host: anyone who reaches it learns what is blocked and spends your provider quota; listen on 127.0.0.1 or a Unix socket behind your proxy"
+            ));
+        }
+        out
+    }
+
     /// Parses and validates `text` as the contents of `path`.
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let raw = raw::parse(text).map_err(|(location, message)| ConfigError::Parse {

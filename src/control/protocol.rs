@@ -13,9 +13,16 @@ use crate::store::Upsert;
 /// [`ErrorCode::UnsupportedVersion`]; lower versions are answered as far as they go.
 pub const VERSION: u32 = 1;
 
-/// Longest request line the server reads; a longer one is discarded and answered with
-/// [`ErrorCode::TooLarge`]. Sized for `import` of a million addresses.
-pub const MAX_LINE: usize = 64 << 20;
+/// The longest request line (1 MiB): a client cannot make the daemon buffer more. An
+/// import larger than this is sent in several requests (the CLI does it).
+pub const MAX_LINE: usize = 1 << 20;
+/// The longest `reason` of a ban (characters).
+pub const MAX_REASON: usize = 1000;
+/// The longest jail name and category (characters).
+pub const MAX_NAME: usize = 128;
+/// Connections the control socket serves at once; one more is answered with an error
+/// and closed.
+pub const MAX_CONNECTIONS: usize = 256;
 
 /// A request, tagged by `cmd`. The envelope's `v` is checked before this is parsed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,6 +160,8 @@ pub enum ErrorCode {
     Internal,
     /// Recorded, but the kernel refused it or the firewall failed: not blocked.
     Firewall,
+    /// The daemon serves as many connections as it takes; try again.
+    Busy,
     /// The community feed's API failed, refused, or is not configured (no key).
     Upstream,
 }

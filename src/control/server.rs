@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
 
-use super::protocol::{ErrorBody, ErrorCode, MAX_LINE, Reply, Request, Response, VERSION};
+use super::protocol::{ErrorBody, ErrorCode, MAX_CONNECTIONS, MAX_LINE, Reply, Request, Response, VERSION};
 
 /// What serves requests: the daemon's engine. Called on a blocking thread.
 pub trait Handler: Send + Sync + 'static {
@@ -60,10 +60,17 @@ pub async fn serve(listener: UnixListener, handler: Arc<dyn Handler>, mut shutdo
     // yields None and every request in flight has been answered.
     let (done_tx, mut done_rx) = mpsc::channel::<()>(1);
     let for_connections = shutdown.clone();
+    // At most MAX_CONNECTIONS at once: a local user holding thousands of connections
+    // would otherwise take the descriptors the firewall tools need.
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                        tokio::spawn(refuse(stream));
+                        continue;
+                    };
                     let handler = Arc::clone(&handler);
                     let shutdown = for_connections.clone();
                     let done = done_tx.clone();
@@ -71,6 +78,7 @@ pub async fn serve(listener: UnixListener, handler: Arc<dyn Handler>, mut shutdo
                         if let Err(error) = connection(stream, handler, shutdown).await {
                             tracing::debug!(%error, "control connection ended with an error");
                         }
+                        drop(slot);
                         drop(done);
                     });
                 }
@@ -87,6 +95,18 @@ pub async fn serve(listener: UnixListener, handler: Arc<dyn Handler>, mut shutdo
     // stopping: what it had not committed is rolled back, nothing acknowledged is lost.
     if tokio::time::timeout(DRAIN_TIMEOUT, done_rx.recv()).await.is_err() {
         tracing::warn!("requests still in flight after {DRAIN_TIMEOUT:?}; stopping without them");
+    }
+}
+
+/// Answers a connection past the cap with one error line and closes it.
+async fn refuse(mut stream: UnixStream) {
+    let reply = Reply::err(ErrorBody::new(
+        ErrorCode::Busy,
+        format!("the daemon already serves {MAX_CONNECTIONS} connections; try again"),
+    ));
+    if let Ok(mut line) = serde_json::to_vec(&reply) {
+        line.push(b'\n');
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), stream.write_all(&line)).await;
     }
 }
 

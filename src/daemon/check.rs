@@ -50,6 +50,9 @@ const PERSIST_EVERY: Duration = Duration::from_secs(2);
 const MAX_CACHED: usize = 250_000;
 /// A connection that has not sent its request headers within this is closed.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; more are closed on arrival. With the control socket's 256
+/// and the unit's `LimitNOFILE=16384`, the firewall tools always find descriptors.
+pub const MAX_CONNECTIONS: usize = 4096;
 
 /// The providers of one config, built when the config changes.
 struct Clients {
@@ -375,6 +378,7 @@ async fn serve(service: Arc<CheckService>, bound: Bound, mut shutdown: watch::Re
             return;
         }
     };
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (io, peer): (Box<dyn IoStream>, Option<IpAddr>) = tokio::select! {
             accepted = async {
@@ -382,7 +386,15 @@ async fn serve(service: Arc<CheckService>, bound: Bound, mut shutdown: watch::Re
                     Listener::Tcp(l) => l.accept().await.map(|(s, a)| (Box::new(s) as Box<dyn IoStream>, Some(a.ip()))),
                     Listener::Unix(l) => l.accept().await.map(|(s, _)| (Box::new(s) as Box<dyn IoStream>, None)),
                 }
-            } => match accepted { Ok(a) => a, Err(_) => continue },
+            } => match accepted {
+                Ok(a) => a,
+                Err(error) => {
+                    // Out of descriptors (EMFILE) and the like: wait instead of spinning.
+                    tracing::debug!(%error, "check service accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
             _ = super::stopped(&mut shutdown) => {
                 // Leave no socket file behind (as the control socket does).
                 if let Listener::Unix(l) = &listener
@@ -393,8 +405,16 @@ async fn serve(service: Arc<CheckService>, bound: Bound, mut shutdown: watch::Re
                 return;
             }
         };
+        // Past the cap the connection is closed at once: the service stays up for the
+        // others, and the daemon keeps descriptors for the firewall tools.
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::debug!("check service at its connection cap; a connection was closed");
+            drop(io);
+            continue;
+        };
         let service = Arc::clone(&service);
         tokio::spawn(async move {
+            let _slot = slot;
             let svc = hyper::service::service_fn(move |req| {
                 let service = Arc::clone(&service);
                 async move { Ok::<_, Infallible>(route(&service, req, peer).await) }
@@ -429,8 +449,10 @@ async fn route(service: &CheckService, req: Request<Incoming>, peer: Option<IpAd
     if req.method() != hyper::Method::GET {
         return reply(StatusCode::METHOD_NOT_ALLOWED, json!({"error": "only GET"}));
     }
-    if let Some(ip) = path.strip_prefix("/v1/check/") {
-        return match parse_target(ip).ok().filter(|n| n.prefix_len() == n.max_prefix_len()) {
+    if let Some(raw) = path.strip_prefix("/v1/check/") {
+        // Clients percent-encode the colons of IPv6 addresses (`%3a%3a1`).
+        let ip = percent_decoded(raw).unwrap_or_else(|| raw.to_string());
+        return match parse_target(&ip).ok().filter(|n| n.prefix_len() == n.max_prefix_len()) {
             Some(net) => {
                 let config = service.engine.config();
                 let (v, body) = service.check(net.addr(), &config, config.check.fail_open).await;
@@ -488,4 +510,22 @@ fn reply(status: StatusCode, body: Value) -> Response<Full<Bytes>> {
     *r.status_mut() = status;
     r.headers_mut().insert("content-type", "application/json".parse().expect("valid header"));
     r
+}
+/// `text` with `%XX` escapes decoded; `None` when an escape is malformed or the result is
+/// not UTF-8 (an address never is).
+fn percent_decoded(text: &str) -> Option<String> {
+    let b = text.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }

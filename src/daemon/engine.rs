@@ -39,6 +39,8 @@ pub struct Engine {
     pub(super) sources: Mutex<std::collections::BTreeMap<String, SourceStatus>>,
     /// The community feed: API client, reporter and pull state.
     pub(super) feed: FeedRuntime,
+    /// The last reading of the kernel's set counters, and when (see `kernel_stats`).
+    pub(super) kernel_stats: Mutex<Option<(Instant, Option<Vec<crate::enforce::SetStats>>)>>,
 }
 
 /// The config in force and how it got there.
@@ -60,6 +62,7 @@ impl Engine {
             expiry_wake: Notify::new(),
             sources: Mutex::new(std::collections::BTreeMap::new()),
             feed,
+            kernel_stats: Mutex::new(None),
         }
     }
 

@@ -3,7 +3,7 @@
 
 use super::engine::Engine;
 use crate::clock::Timestamp;
-use crate::control::protocol::{ErrorBody, ErrorCode, Fail2banData};
+use crate::control::protocol::{ErrorBody, ErrorCode, Fail2banData, MAX_NAME};
 use crate::decision::{Source, ban_target};
 use crate::fail2ban::{Event, Kind, plan_ban};
 use crate::feed::report_draft;
@@ -14,6 +14,13 @@ impl Engine {
     /// Applies one fail2ban event.
     pub fn fail2ban(&self, event: Event) -> Result<Fail2banData, ErrorBody> {
         let internal = |e: crate::store::StoreError| ErrorBody::new(ErrorCode::Internal, e.to_string());
+        let jail_ok = !event.jail.trim().is_empty() && event.jail.chars().count() <= MAX_NAME;
+        if !jail_ok || event.jail.chars().any(char::is_control) {
+            return Err(ErrorBody::new(
+                ErrorCode::BadRequest,
+                format!("jail: expected a name of 1 to {MAX_NAME} characters"),
+            ));
+        }
         let now = Timestamp::now();
         let target = ban_target(event.ip, Source::Fail2ban, 128);
         if event.kind == Kind::Unban {

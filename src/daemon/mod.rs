@@ -143,8 +143,16 @@ pub async fn start(config: Config) -> Result<DaemonHandle, DaemonError> {
 /// treated (`banshare run --new-state` accepts it).
 pub async fn start_with(config: Config, empty: Empty) -> Result<DaemonHandle, DaemonError> {
     let state_dir = config.state_dir.clone();
-    std::fs::create_dir_all(&state_dir).map_err(|source| DaemonError::StateDir { path: state_dir.clone(), source })?;
+    // Everything the daemon creates is private unless it says otherwise (the sockets set
+    // their own modes), whatever umask it was started with.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    for path in crate::store::secure_state_dir(&state_dir)? {
+        tracing::warn!(path = %path.display(), "made private (it was readable by others)");
+    }
     let lock = lock::acquire(&state_dir)?;
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
     let store = Store::open_checked(&config.state_db(), empty)?;
     store.defer_checkpoints()?;
     let host = hostaddr::host_addresses().unwrap_or_else(|error| {

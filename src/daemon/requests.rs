@@ -11,8 +11,8 @@ use super::engine::{Engine, worker_problem};
 use crate::clock::Timestamp;
 use crate::config::FeedConfig;
 use crate::control::protocol::{
-    BanData, ErrorBody, ErrorCode, FirewallStatus, ImportData, ListData, QueryData, Request, Response, StatusData,
-    UnbanData,
+    BanData, ErrorBody, ErrorCode, FirewallStatus, ImportData, ListData, MAX_REASON, QueryData, Request, Response,
+    StatusData, UnbanData,
 };
 use crate::control::server::Handler;
 use crate::decision::{Decision, NewDecision, Source, parse_target, show_target};
@@ -21,10 +21,31 @@ use crate::feed::sanitize::Sanitizer;
 use crate::feed::wire::ReportInput;
 use crate::store::{LiftReason, Store, StoreError, Upsert};
 
+/// How long a reading of the kernel's counters is reused.
+const STATS_FRESH: Duration = Duration::from_secs(1);
+
 /// How many past decisions `query` shows.
 const QUERY_HISTORY: usize = 5;
 
 impl Engine {
+    /// What the kernel holds per set, read at most once per [`STATS_FRESH`]: one read in
+    /// flight, the callers meanwhile wait for it and share it (a `/metrics` flood runs
+    /// one `nft` at a time, not one per request).
+    fn kernel_stats(&self, backend: &str) -> Option<Vec<crate::enforce::SetStats>> {
+        let mut slot = self.kernel_stats.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, stats)) = &*slot
+            && at.elapsed() < STATS_FRESH
+        {
+            return stats.clone();
+        }
+        let stats = crate::enforce::stats(backend).unwrap_or_else(|error| {
+            tracing::warn!(%error, "cannot read firewall counters");
+            None
+        });
+        *slot = Some((std::time::Instant::now(), stats.clone()));
+        stats
+    }
+
     fn ban(
         &self,
         target: &str,
@@ -34,7 +55,7 @@ impl Engine {
     ) -> Result<Response, ErrorBody> {
         let target = parse_target(target).map_err(|m| ErrorBody::new(ErrorCode::InvalidTarget, m))?;
         let duration = self.ban_length(length.0, length.1)?;
-        let reason = reason.filter(|r| !r.trim().is_empty()).unwrap_or_else(|| "manual ban".into());
+        let reason = checked_reason(reason)?.unwrap_or_else(|| "manual ban".into());
         let config = self.config();
         let report = match report {
             Some(category) if target.prefix_len() == target.max_prefix_len() => {
@@ -102,7 +123,7 @@ impl Engine {
         reason: Option<String>,
     ) -> Result<Response, ErrorBody> {
         let duration = self.ban_length(for_secs, permanent)?;
-        let reason = reason.filter(|r| !r.trim().is_empty()).unwrap_or_else(|| "imported".into());
+        let reason = checked_reason(reason)?.unwrap_or_else(|| "imported".into());
         let mut data = ImportData::default();
         let mut proposals = Vec::with_capacity(targets.len());
         for text in &targets {
@@ -236,10 +257,7 @@ impl Engine {
         let elements = firewall.element_count();
         let backend = firewall.backend_name();
         let last_error = firewall.last_error();
-        let sets = crate::enforce::stats(backend).unwrap_or_else(|error| {
-            tracing::warn!(%error, "cannot read firewall counters");
-            None
-        });
+        let sets = self.kernel_stats(backend);
         Ok(StatusData {
             version: env!("CARGO_PKG_VERSION").into(),
             pid: std::process::id(),
@@ -298,6 +316,18 @@ impl Handler for Engine {
             | Request::Verify { .. }
             | Request::Delist { .. }) => self.feed_request(request),
         }
+    }
+}
+
+/// A ban's reason: blank is none; longer than [`MAX_REASON`] characters is refused.
+fn checked_reason(reason: Option<String>) -> Result<Option<String>, ErrorBody> {
+    match reason {
+        Some(r) if r.chars().count() > MAX_REASON => Err(ErrorBody::new(
+            ErrorCode::BadRequest,
+            format!("a reason is at most {MAX_REASON} characters (this one has {})", r.chars().count()),
+        )),
+        Some(r) if r.trim().is_empty() => Ok(None),
+        other => Ok(other),
     }
 }
 

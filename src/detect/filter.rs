@@ -156,7 +156,11 @@ impl Filter {
         let caps;
         let (host, session, helper) = match (&self.anchored, &self.combined) {
             (Some(a), _) => {
-                caps = a.word.find_iter(line).find_map(|at| {
+                // At most MAX_ANCHOR_TRIES occurrences of the word are tried: each try can
+                // run to the end of the line, so a line repeating the word thousands of
+                // times would otherwise cost quadratic time. Real lines name the daemon
+                // once or twice, near the start.
+                caps = a.word.find_iter(line).take(MAX_ANCHOR_TRIES).find_map(|at| {
                     let boundary = at == 0 || !is_word(line[at - 1]);
                     if boundary { a.re.captures(&line[at..]) } else { None }
                 })?;
@@ -234,6 +238,9 @@ impl FilterSet {
         self.filters.iter().enumerate().filter_map(|(i, f)| f.test(line).map(|hit| (i, hit))).collect()
     }
 }
+
+/// How many occurrences of an anchored filter's leading word one line may cost.
+const MAX_ANCHOR_TRIES: usize = 16;
 
 /// An ASCII word character, as `(?-u:\b)` sees it.
 fn is_word(b: u8) -> bool {

@@ -26,23 +26,23 @@ impl TimeParser {
             return self.rfc3339(b);
         }
         if b.len() >= 19 && b[4] == b'/' && b[7] == b'/' && b[10] == b' ' {
-            let (y, mo, d) = (num(&b[0..4])?, num(&b[5..7])?, num(&b[8..10])?);
-            return self.local(y, mo, d, hms(&b[11..19])?, 0);
+            let (y, mo, d) = (num(at(b, 0, 4)?)?, num(at(b, 5, 7)?)?, num(at(b, 8, 10)?)?);
+            return self.local(y, mo, d, hms(at(b, 11, 19)?)?, 0);
         }
-        if b.len() >= 15 && month(&b[0..3]).is_some() && b[3] == b' ' {
+        if b.len() >= 15 && month(at(b, 0, 3)?).is_some() && b[3] == b' ' {
             return self.syslog(b, now);
         }
-        if b.first() == Some(&b'[') && b.len() > 26 && month(&b[5..8]).is_some() {
+        if b.first() == Some(&b'[') && b.len() > 26 && month(at(b, 5, 8)?).is_some() {
             return self.apache_error(b);
         }
         let open = b.windows(2).position(|w| w == b" [")? + 2;
-        self.access(&b[open..])
+        self.access(b.get(open..)?)
     }
 
     /// `2026-11-23T10:00:01.123456+01:00`, `...Z`, or without a zone (local).
     fn rfc3339(&mut self, b: &[u8]) -> Option<Timestamp> {
-        let (y, mo, d) = (num(&b[0..4])?, num(&b[5..7])?, num(&b[8..10])?);
-        let secs = hms(&b[11..19])?;
+        let (y, mo, d) = (num(at(b, 0, 4)?)?, num(at(b, 5, 7)?)?, num(at(b, 8, 10)?)?);
+        let secs = hms(at(b, 11, 19)?)?;
         let mut i = 19;
         let mut ms = 0;
         if b.get(i) == Some(&b'.') {
@@ -51,13 +51,14 @@ impl TimeParser {
             while b.get(i).is_some_and(u8::is_ascii_digit) {
                 i += 1;
             }
-            let frac = &b[start..i.min(start + 3)];
+            let frac = at(b, start, i.min(start + 3))?;
             ms = num(frac)? * 10i64.pow(3 - frac.len() as u32);
         }
         match b.get(i) {
             Some(b'Z') => utc(y, mo, d, secs, ms, 0),
             Some(sign @ (b'+' | b'-')) if b.len() >= i + 6 => {
-                let (hh, mm) = (num(&b[i + 1..i + 3])?, num(&b[i + 4..i + 6]).or_else(|| num(&b[i + 3..i + 5]))?);
+                let hh = num(at(b, i + 1, i + 3)?)?;
+                let mm = num(at(b, i + 4, i + 6)?).or_else(|| num(at(b, i + 3, i + 5)?))?;
                 let off = (hh * 3600 + mm * 60) * if *sign == b'-' { -1 } else { 1 };
                 utc(y, mo, d, secs, ms, off)
             }
@@ -68,9 +69,9 @@ impl TimeParser {
     /// `Nov 23 10:00:01` (day may be space-padded); the year is the one that puts the
     /// line at most a day in the future of `now`.
     fn syslog(&mut self, b: &[u8], now: Timestamp) -> Option<Timestamp> {
-        let mo = month(&b[0..3])?;
-        let d = num(trim(&b[4..6]))?;
-        let secs = hms(&b[7..15])?;
+        let mo = month(at(b, 0, 3)?)?;
+        let d = num(trim(at(b, 4, 6)?))?;
+        let secs = hms(at(b, 7, 15)?)?;
         let year = year_of(now);
         let t = self.local(year, mo, d, secs, 0)?;
         if t > now.plus(Duration::from_secs(86_400)) { self.local(year - 1, mo, d, secs, 0) } else { Some(t) }
@@ -78,11 +79,11 @@ impl TimeParser {
 
     /// `[Mon Nov 23 10:00:01.123456 2026]`
     fn apache_error(&mut self, b: &[u8]) -> Option<Timestamp> {
-        let mo = month(&b[5..8])?;
-        let d = num(trim(&b[9..11]))?;
-        let secs = hms(&b[12..20])?;
+        let mo = month(at(b, 5, 8)?)?;
+        let d = num(trim(at(b, 9, 11)?))?;
+        let secs = hms(at(b, 12, 20)?)?;
         let close = b.iter().position(|c| *c == b']')?;
-        let y = num(&b[close - 4..close])?;
+        let y = num(at(b, close.checked_sub(4)?, close)?)?;
         self.local(y, mo, d, secs, 0)
     }
 
@@ -91,10 +92,10 @@ impl TimeParser {
         if b.len() < 26 || b[2] != b'/' || b[6] != b'/' || b[11] != b':' || b[20] != b' ' {
             return None;
         }
-        let (d, mo, y) = (num(&b[0..2])?, month(&b[3..6])?, num(&b[7..11])?);
-        let secs = hms(&b[12..20])?;
+        let (d, mo, y) = (num(at(b, 0, 2)?)?, month(at(b, 3, 6)?)?, num(at(b, 7, 11)?)?);
+        let secs = hms(at(b, 12, 20)?)?;
         let sign = if b[21] == b'-' { -1 } else { 1 };
-        let off = sign * (num(&b[22..24])? * 3600 + num(&b[24..26])? * 60);
+        let off = sign * (num(at(b, 22, 24)?)? * 3600 + num(at(b, 24, 26)?)? * 60);
         utc(y, mo, d, secs, 0, off)
     }
 
@@ -164,6 +165,11 @@ fn year_of(t: Timestamp) -> i64 {
     yoe + era * 400 + i64::from(m <= 2)
 }
 
+/// `b[start..end]`, or `None` where the line is shorter: no index here can panic.
+fn at(b: &[u8], start: usize, end: usize) -> Option<&[u8]> {
+    b.get(start..end)
+}
+
 fn month(b: &[u8]) -> Option<i64> {
     MONTHS.iter().position(|m| m[..] == *b).map(|i| i as i64 + 1)
 }
@@ -228,5 +234,73 @@ mod tests {
             "2026-11-23T10:00:01Z"
         );
         assert_eq!(year_of(utc_now()), 2026);
+    }
+
+    /// Lines built from the pieces every timestamp form uses, cut at every length: the
+    /// parser and every built-in filter must answer (or not) without a panic. Seeded, so
+    /// a failure replays (`BANSHARE_FUZZ_SEED`).
+    #[test]
+    fn no_line_panics_the_timestamp_parser_or_a_filter() {
+        use crate::detect::builtin::{NAMES, spec};
+        use crate::detect::{Filter, FilterSet};
+        let seed: u64 = std::env::var("BANSHARE_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed);
+        let mut x = seed | 1;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let pieces: [&[u8]; 24] = [
+            b"[",
+            b"]",
+            b" [",
+            b"/",
+            b"-",
+            b":",
+            b" ",
+            b".",
+            b"+",
+            b"T",
+            b"Z",
+            b"Nov",
+            b"Mon",
+            b"2026",
+            b"23",
+            b"10:00:01",
+            b"123456",
+            b"\xff",
+            b"\0",
+            b"sshd[12]: ",
+            b"Failed password for ",
+            b"from 203.0.113.7 port 22",
+            b"[client ",
+            b"::1",
+        ];
+        let mut filters = Vec::new();
+        for name in NAMES {
+            for aggressive in [false, true] {
+                filters.push(Filter::compile(spec(name, aggressive).unwrap()).unwrap());
+            }
+        }
+        let set = FilterSet::new(filters);
+        let mut parser = TimeParser::default();
+        let now = Timestamp(1_795_000_000_000);
+        // The reported line first: `]` at position 2 once underflowed the apache reader.
+        let reported: &[u8] = b"[]ue Dec 01 07:31:00.123456 2026] [auth_basic:error] [pid 12:tid 34] [client 45.4.4.4:5555] AH01617: user bob: authentication failure for \"/\": Password Mismatch";
+        for cut in 0..=reported.len() {
+            let _ = parser.parse(&reported[..cut], now);
+            let _ = set.test(&reported[..cut]);
+        }
+        for _ in 0..20_000 {
+            let mut line = Vec::new();
+            for _ in 0..(next() % 12) {
+                line.extend_from_slice(pieces[(next() % pieces.len() as u64) as usize]);
+            }
+            for cut in [line.len(), line.len() / 2, (next() as usize) % (line.len() + 1)] {
+                let _ = parser.parse(&line[..cut], now);
+                let _ = set.test(&line[..cut]);
+            }
+        }
     }
 }

@@ -72,6 +72,7 @@ pub enum StoreError {
          (or set BANSHARE_NEW_STATE=1)"
     )]
     Lost { path: PathBuf, marker: PathBuf, created: String },
+    /// A file of the state directory could not be read, written or made private.
     #[error("{path}: {source}")]
     Marker {
         path: PathBuf,
@@ -142,6 +143,33 @@ pub struct Store {
 /// Beside `state.db`: written when a state directory first gets its database, so that a
 /// database that later turns up empty is known to have lost its contents.
 pub const MARKER: &str = "state.created";
+
+/// Makes `dir` private, whatever the umask: created 0700 if missing, tightened to 0700
+/// if looser, and every regular file in it (the database, its WAL, the lock, the
+/// marker, the dry-run log) tightened to 0600. The evidence in the database holds
+/// attempted usernames that the system's own logs protect. Returns what it tightened.
+pub fn secure_state_dir(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let err = |path: &Path, source| StoreError::Marker { path: path.to_path_buf(), source };
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| err(dir, e))?;
+    let mut tightened = Vec::new();
+    let mut tighten = |path: &Path, mode: u32| -> Result<(), StoreError> {
+        let meta = std::fs::symlink_metadata(path).map_err(|e| err(path, e))?;
+        if meta.permissions().mode() & 0o777 & !mode != 0 {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| err(path, e))?;
+            tightened.push(path.to_path_buf());
+        }
+        Ok(())
+    };
+    tighten(dir, 0o700)?;
+    for entry in std::fs::read_dir(dir).map_err(|e| err(dir, e))? {
+        let entry = entry.map_err(|e| err(dir, e))?;
+        if entry.file_type().map_err(|e| err(&entry.path(), e))?.is_file() {
+            tighten(&entry.path(), 0o600)?;
+        }
+    }
+    Ok(tightened)
+}
 
 /// How [`Store::open_checked`] treats a state directory whose database is empty.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -97,6 +97,13 @@ fn every_band_and_a_local_block() {
     assert_eq!(vpn["providers"]["wayscloud"]["cached"], true, "the second check is served from the cache");
     let (status, _, _) = rt.block_on(get(&format!("{url}/v1/check/not-an-ip"), &[]));
     assert_eq!(status, 400);
+    // Clients percent-encode IPv6 colons; a bad escape is still a 400.
+    env.cli(&["ban", "2a01:4f8::7", "--for", "1h"]).expect_code(0);
+    let (status, _, encoded) = rt.block_on(get(&format!("{url}/v1/check/2a01%3a4f8%3A%3a7"), &[]));
+    assert_eq!(status, 200, "{encoded}");
+    assert_eq!(encoded["blocked"]["source"], "manual", "{encoded}");
+    let (status, _, _) = rt.block_on(get(&format!("{url}/v1/check/2a01%3g4f8::7"), &[]));
+    assert_eq!(status, 400);
     // Private addresses never leave the host.
     let (_, _, private) = rt.block_on(get(&format!("{url}/v1/check/10.1.2.3"), &[]));
     assert_eq!(private["verdict"], "allow");

@@ -19,5 +19,6 @@ mod fail2ban;
 mod feed;
 mod feed_reporter;
 mod firewall;
+mod hostile;
 mod layout;
 mod scan;
