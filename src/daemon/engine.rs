@@ -108,6 +108,10 @@ impl Engine {
             let mut out = Vec::with_capacity(bans.len());
             for (ban, spec) in bans {
                 let target = detection_target(st.guard, ban.addr, config.decisions.ipv6_prefix);
+                if st.store.detected_since(&target, ban.at)? {
+                    tracing::debug!(ip = %target, "lines read again after a restart; already banned for them");
+                    continue;
+                }
                 let earlier = st.store.earlier_detections(&target)?;
                 let reason =
                     format!("{}: {} failures within {}", spec.name, ban.failures, human_duration(spec.findtime));

@@ -152,3 +152,36 @@ fn journal_entries_become_detect_decisions_and_the_cursor_survives_a_restart() {
         env.cli(&["status", "--json"]).json()["sources"][0]["failures"] == 3
     });
 }
+
+#[test]
+fn lines_read_again_after_a_crash_are_not_counted_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("auth.log");
+    append(&log, &[]);
+    let env = Env::new(&format!(
+        "[[source]]\npath = {log:?}\nfilters = [\"sshd\"]\n[filter.sshd]\nmaxretry = 3\nbantime = \"1h\"\n"
+    ));
+    let daemon = env.spawn_daemon();
+    append(&log, &failures("203.0.113.77", 3, 100));
+    wait_for("the ban", Duration::from_secs(10), || env.listed() == ["203.0.113.77/32"]);
+    assert_eq!(daemon.stop(), Some(0));
+    // A crash between the ban's commit and the checkpoint: the lines are read again.
+    let conn = rusqlite::Connection::open(env.state_dir.join("state.db")).unwrap();
+    conn.execute("DELETE FROM checkpoints", []).unwrap();
+    drop(conn);
+    let daemon = env.spawn_daemon();
+    std::thread::sleep(Duration::from_millis(1500)); // a few reading rounds
+    let q = env.cli(&["query", "203.0.113.77", "--json"]).json();
+    let active = q["active"].as_array().unwrap();
+    assert_eq!(active.len(), 1, "{q}");
+    let seconds = |key: &str| {
+        humantime::parse_rfc3339(active[0][key].as_str().unwrap())
+            .unwrap()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let length = seconds("expires") - seconds("created");
+    assert!((3590..=3610).contains(&length), "still one 1 h ban, not escalated: {length} s: {q}");
+    assert_eq!(daemon.stop(), Some(0));
+}
