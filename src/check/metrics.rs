@@ -83,6 +83,20 @@ pub fn render(status: &StatusData, check: &CheckCounters) -> String {
         ("banshare_source_lines_total", "counter", "Log lines read, per source."),
         sources.iter().map(|s| (labels(&[("source", &s.source)]), s.lines)),
     );
+    family(
+        &mut out,
+        (
+            "banshare_source_crashed_lines_total",
+            "counter",
+            "Lines skipped because reading them failed inside banshare (a bug), per source.",
+        ),
+        sources.iter().map(|s| (labels(&[("source", &s.source)]), s.crashed)),
+    );
+    family(
+        &mut out,
+        ("banshare_follower_restarts_total", "counter", "Log follower threads that died and were started again."),
+        std::iter::once((String::new(), status.follower_restarts)),
+    );
     let per_filter =
         |counts: fn(&crate::control::protocol::SourceStatus) -> &std::collections::BTreeMap<String, u64>| {
             sources

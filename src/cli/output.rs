@@ -165,14 +165,19 @@ pub fn status(s: &StatusData) -> String {
     for src in &s.sources {
         let _ = writeln!(
             out,
-            "source:    {} ({}): {} lines, {} failures, {} bans, {} rotations, {} unparseable",
+            "source:    {} ({}): {} lines, {} failures, {} bans, {} rotations, {} unparseable{}",
             src.source,
             src.filters.join(", "),
             src.lines,
             src.failures,
             src.bans,
             src.rotations,
-            src.no_timestamp + src.not_an_address + src.too_long
+            src.no_timestamp + src.not_an_address + src.too_long,
+            if src.crashed > 0 {
+                format!(", {} CRASHED (skipped; a bug, please report)", src.crashed)
+            } else {
+                String::new()
+            }
         );
         if let Some(w) = &src.warning {
             let _ = writeln!(out, "           WARNING: {w}");

@@ -209,6 +209,9 @@ pub struct StatusData {
     /// The followed logs and what detection made of them.
     #[serde(default)]
     pub sources: Vec<SourceStatus>,
+    /// Times a log follower thread died (a bug) and was started again.
+    #[serde(default)]
+    pub follower_restarts: u64,
     pub feed: FeedStatus,
     /// The check service: where it listens and which providers it asks (`None`: off).
     #[serde(default)]
@@ -233,6 +236,10 @@ pub struct SourceStatus {
     pub not_an_address: u64,
     pub too_long: u64,
     pub rotations: u64,
+    /// Lines whose reading panicked inside banshare (a bug): skipped, counted, and the
+    /// source goes on.
+    #[serde(default)]
+    pub crashed: u64,
     /// Lines read since a filter last matched one.
     pub lines_since_match: u64,
     /// Set while the source reads lines that no filter matches for a long time.

@@ -39,6 +39,8 @@ pub struct Engine {
     pub(super) sources: Mutex<std::collections::BTreeMap<String, SourceStatus>>,
     /// The community feed: API client, reporter and pull state.
     pub(super) feed: FeedRuntime,
+    /// Follower threads that died and were started again (see `follow::supervise`).
+    pub(super) follower_restarts: std::sync::atomic::AtomicU64,
     /// The last reading of the kernel's set counters, and when (see `kernel_stats`).
     pub(super) kernel_stats: Mutex<Option<(Instant, Option<Vec<crate::enforce::SetStats>>)>>,
 }
@@ -63,6 +65,7 @@ impl Engine {
             sources: Mutex::new(std::collections::BTreeMap::new()),
             feed,
             kernel_stats: Mutex::new(None),
+            follower_restarts: Default::default(),
         }
     }
 

@@ -80,7 +80,21 @@ impl Source {
     }
 
     /// Runs one line through the filters and windows; bans go to `found`.
+    /// Reads one line. A panic inside (a bug in a filter or the timestamp reader) is
+    /// contained here: the line is skipped and counted, and the source goes on with the
+    /// next one instead of the follower thread dying on it at every start.
     fn line(&mut self, times: &mut TimeParser, line: &[u8], now: Timestamp, found: &mut Found) {
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.read_line(times, line, now, found)));
+        if read.is_err() {
+            self.status.crashed += 1;
+            tracing::error!(
+                source = %self.status.source,
+                "a line made banshare fail while reading it; skipped (please report it with the line)"
+            );
+        }
+    }
+
+    fn read_line(&mut self, times: &mut TimeParser, line: &[u8], now: Timestamp, found: &mut Found) {
         self.status.lines += 1;
         if let Some(window) = self.fail2ban_log {
             self.fail2ban_line(line, now, window, found);
@@ -178,27 +192,27 @@ impl Followers {
         let mut threads = Vec::new();
         for src in configured {
             match src.kind {
-                SourceKind::File(pattern) => {
-                    files.push((Tailer::new(&pattern), Source::new(pattern, &src.filters, config)));
-                }
+                SourceKind::File(pattern) => files.push((pattern, src.filters.clone())),
                 SourceKind::Journal(spec) => {
-                    let source = Source::new(format!("journal {}", spec.matches), &src.filters, config);
-                    let (engine, stop, pids) = (Arc::clone(&engine), Arc::clone(&stop), Arc::clone(&journal_pids));
-                    let thread = std::thread::Builder::new()
-                        .name("banshare-journal".into())
-                        .spawn(move || follow_journal(engine, spec, source, stop, pids))
-                        .expect("spawn a journal thread");
-                    threads.push(thread);
+                    let (e, st, pids, cfg) =
+                        (Arc::clone(&engine), Arc::clone(&stop), Arc::clone(&journal_pids), config.clone());
+                    let filters = src.filters.clone();
+                    threads.push(supervise("banshare-journal", Arc::clone(&engine), Arc::clone(&stop), move || {
+                        let source = Source::new(format!("journal {}", spec.matches), &filters, &cfg);
+                        follow_journal(Arc::clone(&e), spec.clone(), source, Arc::clone(&st), Arc::clone(&pids))
+                    }));
                 }
             }
         }
         if !files.is_empty() {
-            let (engine, stop) = (Arc::clone(&engine), Arc::clone(&stop));
-            let thread = std::thread::Builder::new()
-                .name("banshare-tail".into())
-                .spawn(move || follow_files(engine, files, stop))
-                .expect("spawn the file thread");
-            threads.push(thread);
+            let (e, st, cfg) = (Arc::clone(&engine), Arc::clone(&stop), config.clone());
+            threads.push(supervise("banshare-tail", Arc::clone(&engine), Arc::clone(&stop), move || {
+                let sources = files
+                    .iter()
+                    .map(|(pattern, filters)| (Tailer::new(pattern), Source::new(pattern.clone(), filters, &cfg)))
+                    .collect();
+                follow_files(Arc::clone(&e), sources, Arc::clone(&st))
+            }));
         }
         Followers { stop, journal_pids, threads }
     }
@@ -219,6 +233,34 @@ impl Followers {
             let _ = t.join();
         }
     }
+}
+
+/// Runs `follow` on its own thread until it returns (at stop); when it panics (a bug),
+/// counts it, logs it and starts it again after a second: the followed logs resume from
+/// their checkpoints, the other threads never noticed.
+fn supervise(
+    name: &str,
+    engine: Arc<Engine>,
+    stop: Arc<AtomicBool>,
+    mut follow: impl FnMut() + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    let thread_name = name.to_string();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            loop {
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(&mut follow)).is_ok() {
+                    return;
+                }
+                engine.follower_restarts.fetch_add(1, Ordering::Relaxed);
+                if stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                tracing::error!(thread = %thread_name, "a log follower died (a bug, please report it); starting it again in 1 s");
+                sleep_unless(&stop, Duration::from_secs(1));
+            }
+        })
+        .expect("spawn a follower thread")
 }
 
 fn follow_files(engine: Arc<Engine>, mut sources: Vec<(Tailer, Source)>, stop: Arc<AtomicBool>) {

@@ -282,6 +282,7 @@ impl Engine {
             allowlist_entries: config.allowlist.len(),
             host_addresses,
             sources: self.sources.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect(),
+            follower_restarts: self.follower_restarts.load(std::sync::atomic::Ordering::Relaxed),
             feed: self.feed_status(),
             check: config.check.listen.as_ref().map(|listen| crate::control::protocol::CheckStatus {
                 listen: match listen {
