@@ -19,6 +19,7 @@ mod fail2ban;
 mod feed;
 mod feed_reporter;
 mod firewall;
+mod fuzz;
 mod hostile;
 mod layout;
 mod scan;

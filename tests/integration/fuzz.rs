@@ -1,0 +1,239 @@
+//! Fuzzing on the stable toolchain: a seeded mutation fuzzer (no coverage guidance) for
+//! every parser that takes outside input: log lines (the timestamp reader and every
+//! built-in filter, both modes), control-socket requests, the config, the feed's JSON and
+//! fail2ban's log lines. Seeds come from fail2ban's own sample logs (read from the
+//! installed package, never copied here), our fixtures, the shipped config and valid
+//! requests; mutations flip, insert, delete, repeat and splice bytes.
+//!
+//! Each target runs for `BANSHARE_FUZZ_SECS` seconds (default 60; CI runs the default).
+//! A panic fails the test, names the seed to replay (`BANSHARE_FUZZ_SEED`) and leaves the
+//! input in `target/fuzz-crashes/`; each crash found becomes a regression test beside the
+//! parser's own tests.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use banshare::detect::builtin::{NAMES, spec};
+use banshare::detect::time::TimeParser;
+use banshare::detect::{Filter, FilterSet};
+
+const SAMPLES: &str = "/usr/lib/python3/dist-packages/fail2ban/tests/files/logs";
+
+/// xorshift64*: the same seed makes the same inputs.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// Bytes that parsers treat specially.
+const TOKENS: &[&[u8]] = &[
+    b"[",
+    b"]",
+    b"{",
+    b"}",
+    b"\"",
+    b"\\",
+    b":",
+    b"/",
+    b"%",
+    b"\n",
+    b"\r",
+    b"\0",
+    b"\xff",
+    b"\xc3",
+    b"::",
+    b"1e999",
+    b"-1",
+    b"18446744073709551616",
+    b"9999-12-31T23:59:59Z",
+    b"<HOST>",
+    b"(?P<host>",
+    b"=",
+    b"#",
+    b"'''",
+    b"nan",
+];
+
+fn mutate(rng: &mut Rng, seeds: &[Vec<u8>]) -> Vec<u8> {
+    let mut input = seeds[rng.below(seeds.len())].clone();
+    for _ in 0..1 + rng.below(6) {
+        let at = rng.below(input.len() + 1);
+        match rng.below(7) {
+            0 if !input.is_empty() => {
+                let i = rng.below(input.len());
+                input[i] ^= 1 << rng.below(8);
+            }
+            1 => {
+                let token = TOKENS[rng.below(TOKENS.len())];
+                input.splice(at..at, token.iter().copied());
+            }
+            2 if !input.is_empty() => {
+                let end = (at + rng.below(32)).min(input.len());
+                input.drain(at.min(end)..end);
+            }
+            3 if !input.is_empty() => {
+                // Repeat a piece many times: long lines, deep nesting.
+                let end = (at + 1 + rng.below(16)).min(input.len());
+                let piece = input[at.min(end - 1)..end].to_vec();
+                for _ in 0..rng.below(2000) {
+                    input.splice(at..at, piece.iter().copied());
+                }
+            }
+            4 => {
+                let other = &seeds[rng.below(seeds.len())];
+                let from = rng.below(other.len() + 1);
+                input.splice(at..at, other[from..].iter().copied());
+            }
+            5 => input.truncate(at),
+            _ => input.insert(at, rng.next() as u8),
+        }
+    }
+    input.truncate(64 * 1024);
+    input
+}
+
+/// Runs `target` on mutated seeds for the configured time; a panic fails with the input.
+fn fuzz(name: &str, seeds: Vec<Vec<u8>>, target: impl Fn(&[u8])) {
+    assert!(!seeds.is_empty(), "{name}: no seeds");
+    let secs = std::env::var("BANSHARE_FUZZ_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
+    let seed = std::env::var("BANSHARE_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
+    });
+    let mut rng = Rng(seed);
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut runs = 0u64;
+    for s in &seeds {
+        run_one(name, seed, s, &target);
+    }
+    while Instant::now() < deadline {
+        let input = mutate(&mut rng, &seeds);
+        run_one(name, seed, &input, &target);
+        runs += 1;
+    }
+    eprintln!("fuzz {name}: {runs} inputs from {} seeds in {secs} s (BANSHARE_FUZZ_SEED={seed})", seeds.len());
+}
+
+fn run_one(name: &str, seed: u64, input: &[u8], target: &impl Fn(&[u8])) {
+    if catch_unwind(AssertUnwindSafe(|| target(input))).is_err() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fuzz-crashes");
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join(format!("{name}-{seed}"));
+        std::fs::write(&file, input).unwrap();
+        panic!("fuzz {name}: a panic on the input saved in {} (BANSHARE_FUZZ_SEED={seed})", file.display());
+    }
+}
+
+/// Lines of fail2ban's sample logs (skipping its `#` annotations) and our own fixtures.
+fn log_seeds() -> Vec<Vec<u8>> {
+    let mut seeds = Vec::new();
+    let dirs = [Path::new(SAMPLES).to_path_buf(), Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/filters")];
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let Ok(text) = std::fs::read(entry.path()) else { continue };
+            seeds.extend(text.split(|b| *b == b'\n').filter(|l| !l.is_empty() && l[0] != b'#').map(<[u8]>::to_vec));
+        }
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        assert!(seeds.len() > 1000, "fail2ban's sample logs are installed ({SAMPLES}): {} seeds", seeds.len());
+    }
+    seeds
+}
+
+#[test]
+fn fuzz_log_lines_through_the_timestamp_reader_and_every_built_in_filter() {
+    let mut filters = Vec::new();
+    for name in NAMES {
+        for aggressive in [false, true] {
+            filters.push(Filter::compile(spec(name, aggressive).unwrap()).unwrap());
+        }
+    }
+    let set = FilterSet::new(filters);
+    let now = banshare::clock::Timestamp::now();
+    fuzz("log-line", log_seeds(), |line| {
+        let _ = TimeParser::default().parse(line, now);
+        let _ = set.test(line);
+    });
+}
+
+#[test]
+fn fuzz_control_requests() {
+    let seeds: Vec<Vec<u8>> = [
+        r#"{"v":1,"cmd":"ping"}"#,
+        r#"{"v":1,"cmd":"ban","target":"203.0.113.7","for_secs":3600,"reason":"x"}"#,
+        r#"{"v":1,"cmd":"import","targets":["203.0.113.7","2001:db8::/48"],"for_secs":60}"#,
+        r#"{"v":1,"cmd":"list","source":"manual"}"#,
+        r#"{"v":1,"cmd":"fail2ban","event":{"kind":"ban","mode":"block","ip":"203.0.113.9","jail":"sshd","category":null,"failures":5,"time":1795000000.5,"bantime":600,"restored":false,"matches":["a","b"]}}"#,
+        r#"{"v":1,"cmd":"delist","ip":"203.0.113.7","reason":"r","hostname":"h"}"#,
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect();
+    fuzz("control", seeds, |line| {
+        let _ = banshare::control::server::parse_request(line);
+    });
+}
+
+#[test]
+fn fuzz_the_config() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut seeds = vec![std::fs::read(root.join("packaging/banshare.toml")).unwrap()];
+    for entry in std::fs::read_dir(root.join("examples")).into_iter().flatten().flatten() {
+        if entry.path().extension().is_some_and(|e| e == "toml") {
+            seeds.push(std::fs::read(entry.path()).unwrap());
+        }
+    }
+    seeds.push(
+        b"state_dir = \"/tmp/x\"\nallowlist = [\"192.0.2.0/24\"]\n[filter.myapp]\nfailregex = [\"from <HOST>\"]\nbantime = \"1h\"\n[feed]\nttl = 3600\n[check]\nlisten = \"127.0.0.1:8098\"\n[fail2ban.categories]\n\"web*\" = \"web_attack\"\n"
+            .to_vec(),
+    );
+    let path = root.join("banshare.toml");
+    fuzz("config", seeds, |text| {
+        let _ = banshare::config::Config::from_toml(&String::from_utf8_lossy(text), &path);
+    });
+}
+
+#[test]
+fn fuzz_the_feeds_json() {
+    let seeds: Vec<Vec<u8>> = [
+        r#"{"threats":[{"ip_address":"45.155.205.1","threat_score":92,"categories":["ssh_bruteforce"]},{"ip_address":"185.220.101.0/24","threat_score":"95"}],"count":2,"total":2}"#,
+        r#"{"data":[{"ip_address":"2a01:4f8:1:2::7","threat":{"score":99}}]}"#,
+        r#"[{"ip_address":42,"threat_score":99},{"ip":"1.2.3.4"}]"#,
+        r#"{"ip":"45.155.205.1","score":70,"categories":["scanner"],"flags":{"vpn":true},"country":"DE","asn":{"number":24940}}"#,
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect();
+    fuzz("feed-json", seeds, |body| {
+        let _ = banshare::feed::wire::parse_live(body);
+        let _ = banshare::feed::wire::parse_lookup(body);
+    });
+}
+
+#[test]
+fn fuzz_fail2ban_log_lines() {
+    let mut seeds: Vec<Vec<u8>> = [
+        "2026-11-23 10:00:01,123 fail2ban.actions        [1234]: NOTICE  [sshd] Ban 203.0.113.7",
+        "2026-11-23 10:00:01,123 fail2ban.actions        [1234]: NOTICE  [recidive] Restore Ban 2001:db8::1",
+        "2026-11-23 10:00:01 fail2ban.actions [1]: NOTICE [nginx-http-auth] Unban 198.51.100.1",
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect();
+    if let Ok(text) = std::fs::read(Path::new(SAMPLES).join("fail2ban")) {
+        seeds.extend(text.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec));
+    }
+    fuzz("fail2ban-log", seeds, |line| {
+        let _ = banshare::fail2ban::parse_log_line(&String::from_utf8_lossy(line));
+    });
+}
