@@ -9,6 +9,11 @@ pub mod providers;
 
 pub use client::ProviderConfig;
 
+/// Connections the check service serves at once; more are closed on arrival. With the
+/// control socket's 256 and the unit's `LimitNOFILE=16384`, the firewall tools always
+/// find descriptors.
+pub const MAX_CONNECTIONS: usize = 4096;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};

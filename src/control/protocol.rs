@@ -341,6 +341,10 @@ pub struct FirewallStatus {
     pub kernel_elements: Option<usize>,
     /// Batches of changes applied since start (each one kernel transaction).
     pub batches: u64,
+    /// Times the kernel's set counters were read since start (at most once a second,
+    /// however many `status` and `/metrics` requests come).
+    #[serde(default)]
+    pub kernel_reads: u64,
     /// What the kernel holds per set, with drop counters (`None`: dry-run, or unreadable).
     pub sets: Option<Vec<crate::enforce::SetStats>>,
     /// The last firewall failure, cleared by the next success.

@@ -50,9 +50,7 @@ const PERSIST_EVERY: Duration = Duration::from_secs(2);
 const MAX_CACHED: usize = 250_000;
 /// A connection that has not sent its request headers within this is closed.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
-/// Connections served at once; more are closed on arrival. With the control socket's 256
-/// and the unit's `LimitNOFILE=16384`, the firewall tools always find descriptors.
-pub const MAX_CONNECTIONS: usize = 4096;
+use crate::check::MAX_CONNECTIONS;
 
 /// The providers of one config, built when the config changes.
 struct Clients {

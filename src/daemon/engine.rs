@@ -43,6 +43,8 @@ pub struct Engine {
     pub(super) follower_restarts: std::sync::atomic::AtomicU64,
     /// The last reading of the kernel's set counters, and when (see `kernel_stats`).
     pub(super) kernel_stats: Mutex<Option<(Instant, Option<Vec<crate::enforce::SetStats>>)>>,
+    /// How many times the kernel's counters were read (`status` shows it).
+    pub(super) kernel_reads: std::sync::atomic::AtomicU64,
 }
 
 /// The config in force and how it got there.
@@ -65,6 +67,7 @@ impl Engine {
             sources: Mutex::new(std::collections::BTreeMap::new()),
             feed,
             kernel_stats: Mutex::new(None),
+            kernel_reads: Default::default(),
             follower_restarts: Default::default(),
         }
     }

@@ -42,6 +42,7 @@ impl Engine {
             tracing::warn!(%error, "cannot read firewall counters");
             None
         });
+        self.kernel_reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         *slot = Some((std::time::Instant::now(), stats.clone()));
         stats
     }
@@ -273,6 +274,7 @@ impl Engine {
                 kernel_elements: sets.as_ref().map(|sets| sets.iter().map(|s| s.elements).sum()),
                 elements,
                 batches: firewall.batches(),
+                kernel_reads: self.kernel_reads.load(std::sync::atomic::Ordering::Relaxed),
                 sets,
                 last_error,
                 refused: firewall.refused(),

@@ -478,3 +478,65 @@ fn a_reload_changes_the_providers_but_not_the_listener() {
     let status = env.cli(&["status"]).stdout;
     assert!(status.contains(&format!("check:     listening on {}", &url[7..])), "{status}");
 }
+
+#[test]
+fn a_metrics_flood_reads_the_kernel_at_most_once_a_second() {
+    let emu = Emulator::start();
+    let (env, url) = check_env(&emu, "");
+    let _daemon = env.start_in_process();
+    let before = env.cli(&["status", "--json"]).json()["firewall"]["kernel_reads"].as_u64().unwrap();
+    let rt = runtime();
+    let started = std::time::Instant::now();
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..64)
+            .map(|_| {
+                let u = format!("{url}/metrics");
+                tokio::spawn(async move { reqwest::get(u).await.unwrap().status().as_u16() })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), 200);
+        }
+    });
+    let elapsed = started.elapsed().as_secs() + 1;
+    let after = env.cli(&["status", "--json"]).json()["firewall"]["kernel_reads"].as_u64().unwrap();
+    // 64 requests, plus the status call: one read per second at most (and the boundary's).
+    assert!(after - before <= elapsed + 2, "{} kernel reads for 64 requests in {elapsed} s", after - before);
+}
+
+#[test]
+fn a_connection_flood_on_the_check_service_leaves_the_daemon_working() {
+    // Descriptors for the flood in this process (the daemon runs in it too).
+    let limit = libc::rlimit { rlim_cur: 16_384, rlim_max: 16_384 };
+    // SAFETY: setrlimit with a valid struct; raising the limit for this test process.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) }, 0, "raise RLIMIT_NOFILE (root)");
+    let emu = Emulator::start();
+    let (env, url) = check_env(&emu, "");
+    let _daemon = env.start_in_process();
+    let addr = url.trim_start_matches("http://").to_string();
+    let cap = banshare::check::MAX_CONNECTIONS;
+    let mut held = Vec::new();
+    for i in 0..cap {
+        held.push(std::net::TcpStream::connect(&addr).unwrap());
+        if i % 128 == 127 {
+            // Let the service accept them: an overflowing accept queue would keep some
+            // of them in the kernel, not in the service.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // Past the cap: accepted by the kernel, then closed by the service without an answer.
+    let mut extra = std::net::TcpStream::connect(&addr).unwrap();
+    extra.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    std::io::Write::write_all(&mut extra, b"GET /v1/check/45.155.205.1 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap_or(());
+    let mut buf = [0u8; 64];
+    let read = std::io::Read::read(&mut extra, &mut buf).unwrap_or(0);
+    assert_eq!(read, 0, "the connection past the cap is closed: {:?}", String::from_utf8_lossy(&buf[..read]));
+    // Meanwhile the control socket and the firewall work.
+    env.cli(&["ban", "203.0.113.90", "--for", "1h"]).expect_code(0);
+    drop(held);
+    let rt = runtime();
+    crate::support::wait_for("the check service answers again", Duration::from_secs(10), || {
+        rt.block_on(async { reqwest::get(format!("{url}/v1/check/45.155.205.1")).await.is_ok() })
+    });
+}
