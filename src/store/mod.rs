@@ -522,14 +522,15 @@ impl Store {
         Ok(n as u32)
     }
 
-    /// Whether local detection banned exactly `target` at or after `since`: a ban decided
-    /// from lines logged before it is a replay of lines already acted on (read again after
-    /// a crash, from before the last checkpoint).
+    /// Whether a live detect ban of exactly `target` was made at or after `since`: a ban
+    /// decided from lines logged before it is a replay of lines already acted on (read
+    /// again after a crash, from before the last checkpoint). A lifted ban never counts,
+    /// so an address unbanned and caught again is banned again at once.
     pub fn detected_since(&self, target: &IpNet, since: Timestamp) -> Result<bool> {
         let (start, end) = range_keys(target);
         Ok(self.conn.query_row(
             "SELECT EXISTS (SELECT 1 FROM decisions WHERE range_start = ?1 AND range_end = ?2
-               AND source = 'detect' AND created_ms >= ?3)",
+               AND source = 'detect' AND lifted_ms IS NULL AND created_ms >= ?3)",
             params![&start[..], &end[..], since.0],
             |r| r.get(0),
         )?)

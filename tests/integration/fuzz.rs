@@ -102,9 +102,18 @@ fn mutate(rng: &mut Rng, seeds: &[Vec<u8>]) -> Vec<u8> {
     input
 }
 
+/// One target at a time, at the lowest CPU priority: the fuzzers must not starve the
+/// timing-sensitive tests running beside them in this binary.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Runs `target` on mutated seeds for the configured time; a panic fails with the input.
 fn fuzz(name: &str, seeds: Vec<Vec<u8>>, target: impl Fn(&[u8])) {
     assert!(!seeds.is_empty(), "{name}: no seeds");
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // SAFETY: gettid and setpriority on this thread only (Linux keeps nice per thread).
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
+    }
     let secs = std::env::var("BANSHARE_FUZZ_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(60);
     let seed = std::env::var("BANSHARE_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
