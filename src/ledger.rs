@@ -199,14 +199,7 @@ impl Ledger {
         }
         let ticket = self.queue(|f| f.add(&changed));
         drop(st);
-        let kernel = match ticket {
-            Some(ticket) => ticket.wait(),
-            None if changed.iter().any(|d| d.enforced) => Err(EnforceError::Deferred),
-            None => Ok(()),
-        };
-        if let Some(error) = kernel.as_ref().err().filter(|e| **e != EnforceError::Deferred) {
-            tracing::error!(%error, "decisions recorded but not all in the kernel");
-        }
+        let kernel = kernel_outcome(ticket, &changed, "decisions recorded but not all in the kernel");
         if bulk {
             tracing::info!(
                 count = changed.len(),
@@ -229,14 +222,7 @@ impl Ledger {
         let decisions = lift(&mut st.store)?;
         let ticket = self.queue(|f| f.remove(&decisions));
         drop(st);
-        let kernel = match ticket {
-            Some(ticket) => ticket.wait(),
-            None if decisions.iter().any(|d| d.enforced) => Err(EnforceError::Deferred),
-            None => Ok(()),
-        };
-        if let Some(error) = kernel.as_ref().err().filter(|e| **e != EnforceError::Deferred) {
-            tracing::error!(%error, "decisions lifted but the kernel may still hold them");
-        }
+        let kernel = kernel_outcome(ticket, &decisions, "decisions lifted but the kernel may still hold them");
         Ok(Lifted { decisions, kernel })
     }
 
@@ -264,6 +250,20 @@ impl Ledger {
         st.guard = guard;
         lift_guarded(&mut st, self.firewall.as_ref(), now)
     }
+}
+
+/// Waits for `ticket` (offline: `Deferred` when any of `decisions` is enforced) and logs a
+/// kernel failure with `what`.
+fn kernel_outcome(ticket: Option<Ticket>, decisions: &[Decision], what: &str) -> Result<(), EnforceError> {
+    let kernel = match ticket {
+        Some(ticket) => ticket.wait(),
+        None if decisions.iter().any(|d| d.enforced) => Err(EnforceError::Deferred),
+        None => Ok(()),
+    };
+    if let Some(error) = kernel.as_ref().err().filter(|e| **e != EnforceError::Deferred) {
+        tracing::error!(%error, "{what}");
+    }
+    kernel
 }
 
 /// Lifts live decisions that the guard refuses (an allowlist entry added, a new host

@@ -10,18 +10,10 @@ use ipnet::IpNet;
 use nix::sys::signal::Signal;
 
 use crate::support::emulator::{Emulator, FeedSource};
-use crate::support::netns::{Netns, privileged, veth_pair};
-use crate::support::{DaemonProcess, Env, wait_for};
+use crate::support::netns::{BACKENDS, LISTENER, Netns, privileged, tools, veth_pair};
+use crate::support::{DaemonProcess, Env, Rng, wait_for};
 
-const BACKENDS: [&str; 2] = ["nftables", "ipset"];
 const DAY: u64 = 86_400;
-
-fn tools(backend: &str) -> &'static [&'static str] {
-    match backend {
-        "nftables" => &["nft"],
-        _ => &["ipset", "iptables", "ip6tables"],
-    }
-}
 
 /// The longest kernel timeout each backend gets (seconds): banshare's nft cap, ipset's limit.
 fn backend_max(backend: &str) -> u64 {
@@ -190,24 +182,6 @@ fn converge(backend: &str, ns: &Netns, env: &Env, step: &str) {
             }
             Err(_) => std::thread::sleep(Duration::from_millis(200)),
         }
-    }
-}
-
-/// A small seeded generator (xorshift64*): the same seed replays the same sequence.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
     }
 }
 
@@ -545,15 +519,6 @@ fn run_briefly(env: &Env) -> crate::support::Run {
     }
     crate::support::Run::from(child.wait_with_output().unwrap())
 }
-
-/// A TCP server on port 8080 (both families) inside `ns`.
-const LISTENER: &str = "import socket\n\
-s = socket.socket(socket.AF_INET6)\n\
-s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)\n\
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-s.bind(('::', 8080))\n\
-s.listen(512)\n\
-while True:\n    c, _ = s.accept()\n    c.close()\n";
 
 /// Tries TCP connections from the client for `secs` seconds; prints how many got through.
 const ATTACKER: &str = r#"

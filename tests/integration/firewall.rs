@@ -7,26 +7,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::support::netns::{Netns, privileged, veth_pair};
+use crate::support::netns::{BACKENDS, LISTENER, Netns, privileged, tools, veth_pair};
 use crate::support::{Env, wait_for};
-
-const BACKENDS: [&str; 2] = ["nftables", "ipset"];
-
-fn tools(backend: &str) -> &'static [&'static str] {
-    match backend {
-        "nftables" => &["nft"],
-        _ => &["ipset", "iptables", "ip6tables"],
-    }
-}
-
-/// A TCP server on port 8080 (both families) inside `ns`.
-const LISTENER: &str = "import socket\n\
-s = socket.socket(socket.AF_INET6)\n\
-s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)\n\
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-s.bind(('::', 8080))\n\
-s.listen(64)\n\
-while True:\n    c, _ = s.accept()\n    c.close()\n";
 
 /// Whether a TCP connection from `ns` to `addr`:8080 succeeds within a second.
 fn connects(ns: &Netns, addr: &str) -> bool {

@@ -18,22 +18,9 @@ use banshare::detect::builtin::{NAMES, spec};
 use banshare::detect::time::TimeParser;
 use banshare::detect::{Filter, FilterSet};
 
+use crate::support::Rng;
+
 const SAMPLES: &str = "/usr/lib/python3/dist-packages/fail2ban/tests/files/logs";
-
-/// xorshift64*: the same seed makes the same inputs.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 /// Bytes that parsers treat specially.
 const TOKENS: &[&[u8]] = &[
@@ -65,33 +52,33 @@ const TOKENS: &[&[u8]] = &[
 ];
 
 fn mutate(rng: &mut Rng, seeds: &[Vec<u8>]) -> Vec<u8> {
-    let mut input = seeds[rng.below(seeds.len())].clone();
-    for _ in 0..1 + rng.below(6) {
-        let at = rng.below(input.len() + 1);
-        match rng.below(7) {
+    let mut input = seeds[rng.index(seeds.len())].clone();
+    for _ in 0..1 + rng.index(6) {
+        let at = rng.index(input.len() + 1);
+        match rng.index(7) {
             0 if !input.is_empty() => {
-                let i = rng.below(input.len());
-                input[i] ^= 1 << rng.below(8);
+                let i = rng.index(input.len());
+                input[i] ^= 1 << rng.index(8);
             }
             1 => {
-                let token = TOKENS[rng.below(TOKENS.len())];
+                let token = TOKENS[rng.index(TOKENS.len())];
                 input.splice(at..at, token.iter().copied());
             }
             2 if !input.is_empty() => {
-                let end = (at + rng.below(32)).min(input.len());
+                let end = (at + rng.index(32)).min(input.len());
                 input.drain(at.min(end)..end);
             }
             3 if !input.is_empty() => {
                 // Repeat a piece many times: long lines, deep nesting.
-                let end = (at + 1 + rng.below(16)).min(input.len());
+                let end = (at + 1 + rng.index(16)).min(input.len());
                 let piece = input[at.min(end - 1)..end].to_vec();
-                for _ in 0..rng.below(2000) {
+                for _ in 0..rng.index(2000) {
                     input.splice(at..at, piece.iter().copied());
                 }
             }
             4 => {
-                let other = &seeds[rng.below(seeds.len())];
-                let from = rng.below(other.len() + 1);
+                let other = &seeds[rng.index(seeds.len())];
+                let from = rng.index(other.len() + 1);
                 input.splice(at..at, other[from..].iter().copied());
             }
             5 => input.truncate(at),

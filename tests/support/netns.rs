@@ -111,3 +111,23 @@ pub fn veth_pair() -> (Netns, Netns) {
     }
     (server, client)
 }
+
+/// The firewall backends every kernel test runs on.
+pub const BACKENDS: [&str; 2] = ["nftables", "ipset"];
+
+/// The tools `backend` needs.
+pub fn tools(backend: &str) -> &'static [&'static str] {
+    match backend {
+        "nftables" => &["nft"],
+        _ => &["ipset", "iptables", "ip6tables"],
+    }
+}
+
+/// A TCP server on port 8080 (both families) inside `ns`.
+pub const LISTENER: &str = "import socket\n\
+s = socket.socket(socket.AF_INET6)\n\
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)\n\
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+s.bind(('::', 8080))\n\
+s.listen(64)\n\
+while True:\n    c, _ = s.accept()\n    c.close()\n";
