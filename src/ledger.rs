@@ -189,17 +189,19 @@ impl Ledger {
                 tracing::warn!("not blocked: {refusal}");
             }
         }
-        for d in &changed {
-            let until = d.expires.map_or("never".to_string(), |t| t.to_string());
-            if bulk {
-                tracing::debug!(ip = %d.target, source = %d.source, %until, reason = %d.reason, "blocked");
-            } else {
-                tracing::info!(ip = %d.target, source = %d.source, %until, reason = %d.reason, "blocked");
-            }
-        }
         let ticket = self.queue(|f| f.add(&changed));
         drop(st);
         let kernel = kernel_outcome(ticket, &changed, "decisions recorded but not all in the kernel");
+        // "blocked" only once the kernel took them.
+        let what = if kernel.is_ok() { "blocked" } else { "recorded" };
+        for d in &changed {
+            let until = d.expires.map_or("never".to_string(), |t| t.to_string());
+            if bulk {
+                tracing::debug!(ip = %d.target, source = %d.source, %until, reason = %d.reason, "{what}");
+            } else {
+                tracing::info!(ip = %d.target, source = %d.source, %until, reason = %d.reason, "{what}");
+            }
+        }
         if bulk {
             tracing::info!(
                 count = changed.len(),

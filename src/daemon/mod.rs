@@ -70,12 +70,6 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{}: cannot create the state directory: {source}", path.display())]
-    StateDir {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("{0}")]
     Runtime(String),
 }

@@ -110,9 +110,6 @@ pub enum FirewallError {
     /// A command was refused; keeps its stderr.
     #[error("`{command}` failed: {stderr}")]
     Command { command: String, stderr: String },
-    /// One element was refused even on its own.
-    #[error("{op} {target} ({from}) refused: {message}")]
-    Element { op: &'static str, target: String, from: Source, message: String },
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -10,6 +10,7 @@
 //! force, and learns when it is not: the kernel's refusal of its own elements, or the
 //! batch's failure, or a worker that died or stopped answering ([`WorkerHealth`]).
 
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, RwLock};
@@ -261,16 +262,19 @@ struct Shared {
 }
 
 impl Shared {
-    /// Records an outcome for `status`. Returns whether the kernel is now suspect (a
-    /// failed batch or load: the next health check rebuilds it from the store).
-    fn record(&self, result: &Result<Vec<Refused>, FirewallError>, full_load: bool) -> bool {
+    /// Records an outcome for `status`: of a batch of `changes`, or of a full load
+    /// (`None`). An element added since it was refused is no longer listed as refused.
+    /// Returns whether the kernel is now suspect (a failed batch or load: the next health
+    /// check rebuilds it from the store).
+    fn record(&self, result: &Result<Vec<Refused>, FirewallError>, changes: Option<&[Change]>) -> bool {
         let mut slot = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
         match result {
             Ok(refused) => {
                 *slot = None;
                 let mut kept = self.refused.lock().unwrap_or_else(|e| e.into_inner());
-                if full_load {
-                    kept.clear();
+                match changes {
+                    None => kept.clear(),
+                    Some(changes) => kept.retain(|r| !changes.iter().any(|c| adds(c, r.source, r.target))),
                 }
                 kept.extend(refused.iter().cloned());
                 let excess = kept.len().saturating_sub(REFUSED_KEPT);
@@ -286,25 +290,22 @@ impl Shared {
     }
 }
 
-/// What one waiter of a batch learns: its own refused elements, or the batch's failure.
-fn outcome_for(keys: &[(Source, IpNet)], result: &Result<Vec<Refused>, FirewallError>) -> Result<(), EnforceError> {
+/// What one waiter of a batch learns from its own `changes`: the elements of them the
+/// kernel refused, or the batch's failure.
+fn outcome_for(changes: &[Change], result: &Result<Vec<Refused>, FirewallError>) -> Result<(), EnforceError> {
     match result {
         Ok(refused) => {
-            let mine: Vec<Refused> = refused.iter().filter(|r| keys.contains(&(r.source, r.target))).cloned().collect();
+            let mine: Vec<Refused> =
+                refused.iter().filter(|r| changes.iter().any(|c| adds(c, r.source, r.target))).cloned().collect();
             if mine.is_empty() { Ok(()) } else { Err(EnforceError::Refused(mine)) }
         }
         Err(error) => Err(EnforceError::Failed(error.to_string())),
     }
 }
 
-fn keys_of(changes: &[Change]) -> Vec<(Source, IpNet)> {
-    changes
-        .iter()
-        .filter_map(|c| match c {
-            Change::Add(e) => Some((e.source, e.target)),
-            Change::Remove(_) => None,
-        })
-        .collect()
+/// Whether `change` adds exactly (`source`, `target`).
+fn adds(change: &Change, source: Source, target: IpNet) -> bool {
+    matches!(change, Change::Add(e) if e.source == source && e.target == target)
 }
 
 fn work(mut enforcer: Enforcer, rx: Receiver<Job>, shared: Shared) {
@@ -323,12 +324,13 @@ fn work(mut enforcer: Enforcer, rx: Receiver<Job>, shared: Shared) {
         shared.busy_since.store(Timestamp::now().as_millis().max(1), Ordering::SeqCst);
         match job {
             Job::Apply { mut changes, done } => {
-                let mut waiters: Vec<(Done, Vec<(Source, IpNet)>)> =
-                    done.into_iter().map(|d| (d, keys_of(&changes))).collect();
+                // Each waiter's own changes are a range of the merged batch.
+                let mut waiters: Vec<(Done, Range<usize>)> = done.into_iter().map(|d| (d, 0..changes.len())).collect();
                 while changes.len() < MAX_BATCH {
                     match rx.recv_timeout(COALESCE) {
                         Ok(Job::Apply { changes: more, done }) => {
-                            waiters.extend(done.map(|d| (d, keys_of(&more))));
+                            let mine = changes.len()..changes.len() + more.len();
+                            waiters.extend(done.map(|d| (d, mine)));
                             changes.extend(more);
                         }
                         Ok(other) => {
@@ -339,16 +341,16 @@ fn work(mut enforcer: Enforcer, rx: Receiver<Job>, shared: Shared) {
                     }
                 }
                 let result = enforcer.apply(&changes, Timestamp::now());
-                dirty |= shared.record(&result, false);
+                dirty |= shared.record(&result, Some(&changes));
                 shared.batches.fetch_add(1, Ordering::Relaxed);
-                for (w, keys) in waiters {
-                    let _ = w.send(outcome_for(&keys, &result));
+                for (w, mine) in waiters {
+                    let _ = w.send(outcome_for(&changes[mine], &result));
                 }
             }
             Job::Reconcile { active, done } => {
                 let result = enforcer.reconcile(&active, Timestamp::now());
                 let _ = done.send(result.as_ref().map(Vec::clone).map_err(|e| e.to_string()));
-                dirty = shared.record(&result, true);
+                dirty = shared.record(&result, None);
             }
             Job::Intact { done } => {
                 let _ = done.send(if dirty { Ok(false) } else { enforcer.intact() });

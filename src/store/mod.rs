@@ -74,7 +74,7 @@ pub enum StoreError {
     Lost { path: PathBuf, marker: PathBuf, created: String },
     /// A file of the state directory could not be read, written or made private.
     #[error("{path}: {source}")]
-    Marker {
+    StateFile {
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -140,6 +140,14 @@ pub struct Store {
     conn: Connection,
 }
 
+/// A connection to `path` with the busy timeout every writer needs.
+fn connect(path: &Path) -> Result<Connection> {
+    let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
+    let conn = Connection::open(path).map_err(open_err)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+    Ok(conn)
+}
+
 /// Beside `state.db`: written when a state directory first gets its database, so that a
 /// database that later turns up empty is known to have lost its contents.
 pub const MARKER: &str = "state.created";
@@ -150,7 +158,7 @@ pub const MARKER: &str = "state.created";
 /// attempted usernames that the system's own logs protect. Returns what it tightened.
 pub fn secure_state_dir(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let err = |path: &Path, source| StoreError::Marker { path: path.to_path_buf(), source };
+    let err = |path: &Path, source| StoreError::StateFile { path: path.to_path_buf(), source };
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| err(dir, e))?;
     let mut tightened = Vec::new();
     let mut tighten = |path: &Path, mode: u32| -> Result<(), StoreError> {
@@ -186,34 +194,36 @@ impl Store {
     /// refuses an empty database in a state directory that held one, then brings the
     /// schema up to date and marks the directory.
     pub fn open_checked(path: &Path, empty: Empty) -> Result<Store> {
-        let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
-        let conn = Connection::open(path).map_err(open_err)?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
+        let conn = connect(path)?;
         let detail: String =
             conn.query_row("PRAGMA quick_check(5)", [], |r| r.get(0)).unwrap_or_else(|e| e.to_string());
         if detail != "ok" {
             return Err(StoreError::Damaged { path: path.to_path_buf(), detail: detail.replace('\n', "; ") });
         }
-        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(open_err)?;
-        drop(conn);
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(|source| StoreError::Open { path: path.to_path_buf(), source })?;
         let marker = path.with_file_name(MARKER);
         if version == 0 && empty == Empty::Refuse && marker.exists() {
             let created = std::fs::read_to_string(&marker).unwrap_or_default().trim().to_string();
             return Err(StoreError::Lost { path: path.to_path_buf(), marker, created });
         }
-        let store = Store::open(path)?;
+        let store = Store::prepare(conn, path)?;
         if version == 0 || !marker.exists() {
             let text = format!("{}\n", Timestamp::now());
-            std::fs::write(&marker, text).map_err(|source| StoreError::Marker { path: marker.clone(), source })?;
+            std::fs::write(&marker, text).map_err(|source| StoreError::StateFile { path: marker.clone(), source })?;
         }
         Ok(store)
     }
 
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Store> {
+        Store::prepare(connect(path)?, path)
+    }
+
+    /// The store over `conn`: WAL, durability settings, the schema brought up to date.
+    fn prepare(conn: Connection, path: &Path) -> Result<Store> {
         let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
-        let conn = Connection::open(path).map_err(open_err)?;
-        conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
         // WAL: readers never block the writer. synchronous=NORMAL in WAL mode keeps every
         // committed transaction across a process crash (kill -9); only a power loss can
         // take the last few, and never corrupts the file.
