@@ -24,6 +24,9 @@ use crate::store::{LiftReason, Store};
 const DEADLINE: Duration = Duration::from_secs(20);
 /// How long to wait for the daemon before writing to the store instead.
 const DAEMON_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often, and how far apart, a `busy` daemon is asked again (5 s in all).
+const BUSY_RETRIES: usize = 25;
+const BUSY_PAUSE: Duration = Duration::from_millis(200);
 
 /// The event the arguments describe; a bad address is exit 2 with one line.
 fn event_from(args: ReportArgs) -> Result<Event, CliError> {
@@ -68,14 +71,28 @@ pub fn report(config_path: &Option<PathBuf>, socket: &Option<PathBuf>, args: Rep
         crate::config::salvage(config_path.as_deref())
     });
     let socket = socket.clone().unwrap_or_else(|| config.socket.clone());
-    let sent = Client::connect(&socket, DAEMON_TIMEOUT)
-        .and_then(|mut c| c.call_as::<Fail2banData>(&Request::Fail2ban { event: event.clone() }));
+    let send = || {
+        Client::connect(&socket, DAEMON_TIMEOUT)
+            .and_then(|mut c| c.call_as::<Fail2banData>(&Request::Fail2ban { event: event.clone() }))
+    };
+    // A daemon at its connection cap says `busy`: try again for a while (well within the
+    // deadline) rather than lose the ban; then the store takes it like a stopped daemon.
+    let mut sent = send();
+    for _ in 0..BUSY_RETRIES {
+        if !matches!(&sent, Err(ClientError::Daemon(e)) if e.code == crate::control::protocol::ErrorCode::Busy) {
+            break;
+        }
+        std::thread::sleep(BUSY_PAUSE);
+        sent = send();
+    }
     match sent {
         Ok(data) => {
             emit_line(&terminal_safe(&describe(&event, &data)));
             Ok(exit::OK)
         }
-        Err(e @ ClientError::Daemon(_)) => Err(e.into()),
+        Err(ClientError::Daemon(e)) if e.code != crate::control::protocol::ErrorCode::Busy => {
+            Err(ClientError::Daemon(e).into())
+        }
         Err(e) => {
             // Not running, or not answering: the store takes it; the daemon applies it
             // (and sends the report) when it starts.

@@ -109,7 +109,11 @@ fn the_control_socket_enforces_its_bounds_and_still_serves() {
     let mut answer = String::new();
     let _ = extra.read_to_string(&mut answer);
     assert!(answer.contains("\"busy\"") && answer.contains("connections"), "{answer}");
+    // fail2ban's hook meanwhile: asks again while busy, then the store takes the ban.
+    let hook = env.cli(&["report", "--ip", "203.0.113.14", "--jail", "sshd"]);
+    assert_eq!(hook.code, 0, "{}{}", hook.stdout, hook.stderr);
     drop(held);
+    assert!(env.listed().contains(&"203.0.113.14/32".to_string()), "the busy daemon's ban was kept");
     wait_for("a free connection", Duration::from_secs(5), || {
         banshare::control::client::Client::connect(&env.socket, Duration::from_secs(2))
             .is_ok_and(|mut c| c.call(&Request::Ping).is_ok())
