@@ -13,6 +13,7 @@
 mod outbox;
 mod reputations;
 mod schema;
+mod upsert;
 
 pub use outbox::{Outbox, OutboxEntry, OutboxStats};
 pub use reputations::StoredReputation;
@@ -282,16 +283,12 @@ impl Store {
     /// same source is extended (the later expiry wins; permanent beats any expiry), so a
     /// repeated ban never shortens a block.
     pub fn upsert_decisions(&mut self, news: &[NewDecision], now: Timestamp) -> Result<Vec<(Decision, Upsert)>> {
-        // Work in address order (the index order), answer in the caller's order.
-        let mut order: Vec<usize> = (0..news.len()).collect();
-        order.sort_by_cached_key(|&i| range_keys(&news[i].target));
-        let tx = self.conn.transaction()?;
-        let mut out: Vec<Option<(Decision, Upsert)>> = vec![None; news.len()];
-        for i in order {
-            out[i] = Some(upsert_in(&tx, &news[i], now)?);
-        }
+        // IMMEDIATE: the batch reads what it then writes (the fail2ban hook's offline
+        // path may write from another process).
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let out = upsert::upsert_all(&tx, news, now)?;
         tx.commit()?;
-        Ok(out.into_iter().map(|o| o.expect("every proposal was upserted")).collect())
+        Ok(out)
     }
 
     /// Decisions in force at `now`, optionally of one source, oldest first.
@@ -561,106 +558,6 @@ impl Store {
     }
 }
 
-fn upsert_in(tx: &Transaction, new: &NewDecision, now: Timestamp) -> Result<(Decision, Upsert)> {
-    // Every door refuses longer bans; the cap here keeps any expiry writable anyway.
-    let expires = new.duration.map(|d| now.plus(d.min(crate::decision::MAX_BAN)));
-    let (start, end) = range_keys(&new.target);
-    let decision = |id| Decision {
-        id,
-        target: new.target,
-        source: new.source,
-        reason: new.reason.clone(),
-        category: new.category.clone(),
-        score: new.score,
-        created: now,
-        expires,
-        lifted: None,
-        evidence: new.evidence.clone(),
-        enforced: new.enforce,
-    };
-    // The common case (a target without a live decision from this source) is one
-    // statement; a conflict falls through to extending the existing decision.
-    let inserted: Option<i64> = tx
-        .prepare_cached(
-            "INSERT INTO decisions (target, range_start, range_end, source, reason, category, score, created_ms, expires_ms, evidence, enforced)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-             ON CONFLICT (range_start, range_end, source) WHERE lifted_ms IS NULL DO NOTHING
-             RETURNING id",
-        )?
-        .query_row(
-            params![
-                new.target.to_string(),
-                &start[..],
-                &end[..],
-                new.source.as_str(),
-                new.reason,
-                new.category,
-                new.score,
-                now.0,
-                expires.map(|t| t.0),
-                evidence_json(&new.evidence),
-                new.enforce
-            ],
-            |r| r.get(0),
-        )
-        .optional()?;
-    if let Some(id) = inserted {
-        if let Some(report) = &new.report {
-            outbox::enqueue_in(tx, id, report, now)?;
-        }
-        return Ok((decision(id), Upsert::Created));
-    }
-
-    let old = tx
-        .prepare_cached(&format!(
-            "SELECT {DECISION_COLUMNS} FROM decisions
-             WHERE range_start = ?1 AND range_end = ?2 AND source = ?3 AND lifted_ms IS NULL"
-        ))?
-        .query_row(params![&start[..], &end[..], new.source.as_str()], read_decision)??;
-    if !old.is_active(now) {
-        // Expired but not yet lifted by the daemon: close it and start the new one.
-        lift_in(tx, vec![old], LiftReason::Expired, now)?;
-        return upsert_in(tx, new, now);
-    }
-    let later = match (old.expires, expires) {
-        (None, _) | (_, None) => None,
-        (Some(a), Some(b)) => Some(a.max(b)),
-    };
-    // A report is queued even when the block stays as it was: another filter or jail
-    // saw another kind of attack (the cooldown keeps repeats out).
-    if let Some(report) = &new.report {
-        outbox::enqueue_in(tx, old.id, report, now)?;
-    }
-    // Enforcement only ever switches on: a block-mode ban over a recorded one.
-    let enforced = old.enforced || new.enforce;
-    if later == old.expires && enforced == old.enforced {
-        return Ok((old, Upsert::Unchanged));
-    }
-    tx.prepare_cached(
-        "UPDATE decisions SET expires_ms = ?2, reason = ?3, category = COALESCE(?4, category),
-         score = COALESCE(?5, score), evidence = COALESCE(?6, evidence), enforced = ?7 WHERE id = ?1",
-    )?
-    .execute(params![
-        old.id,
-        later.map(|t| t.0),
-        new.reason,
-        new.category,
-        new.score,
-        evidence_json(&new.evidence),
-        enforced
-    ])?;
-    let updated = Decision {
-        expires: later,
-        reason: new.reason.clone(),
-        category: new.category.clone().or(old.category),
-        score: new.score.or(old.score),
-        evidence: if new.evidence.is_empty() { old.evidence } else { new.evidence.clone() },
-        enforced,
-        ..old
-    };
-    Ok((updated, Upsert::Extended))
-}
-
 fn lift_in(tx: &Transaction, decisions: Vec<Decision>, reason: LiftReason, now: Timestamp) -> Result<Vec<Decision>> {
     let mut stmt =
         tx.prepare_cached("UPDATE decisions SET lifted_ms = ?2, lift_reason = ?3 WHERE id = ?1 AND lifted_ms IS NULL")?;
@@ -755,6 +652,66 @@ mod tests {
             evidence: Vec::new(),
             report: None,
             enforce: true,
+        }
+    }
+
+    /// One batch gives what the same proposals give one at a time in address order:
+    /// the same answers (ids included), decisions and reports, for a batch read by
+    /// lookups and one read by a scan, over decisions live, expired and extended, with
+    /// targets repeated within the batch and across sources.
+    #[test]
+    fn a_batch_equals_its_proposals_one_at_a_time() {
+        for (size, seed) in [(300, 1u64), (9_000, 2), (9_000, 3)] {
+            let mut x = seed;
+            let mut next = move |n: u64| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x % n
+            };
+            let proposal = |next: &mut dyn FnMut(u64) -> u64| {
+                let target = format!("198.18.{}.{}", next(8), next(250));
+                let source = [Source::Manual, Source::Feed][next(2) as usize];
+                let secs = [None, Some(1 + next(100))][(next(4) > 0) as usize];
+                let mut b = ban(&target, source, secs);
+                b.enforce = next(3) > 0;
+                if next(5) == 0 {
+                    b.report = Some(crate::decision::ReportDraft {
+                        ip: b.target.addr(),
+                        category: "ssh".into(),
+                        payload: "{}".into(),
+                        cooldown: Duration::from_secs(30),
+                    });
+                }
+                b
+            };
+            let before: Vec<NewDecision> = (0..size / 3).map(|_| proposal(&mut next)).collect();
+            let batch: Vec<NewDecision> = (0..size).map(|_| proposal(&mut next)).collect();
+            let (t0, t1) = (Timestamp(1_000_000), Timestamp(1_050_000));
+            let (_d1, mut one) = open();
+            let (_d2, mut all) = open();
+            for store in [&mut one, &mut all] {
+                store.upsert_decisions(&before, t0).unwrap();
+            }
+            let mut sorted: Vec<&NewDecision> = batch.iter().collect();
+            sorted.sort_by_key(|n| range_keys(&n.target));
+            let mut expected: Vec<(Decision, Upsert)> = Vec::new();
+            for n in &sorted {
+                expected.push(one.upsert_decision(n, t1).unwrap());
+            }
+            let got = all.upsert_decisions(&batch, t1).unwrap();
+            let mut got_sorted: Vec<(usize, &(Decision, Upsert))> = got.iter().enumerate().collect();
+            got_sorted.sort_by_key(|(i, _)| (range_keys(&batch[*i].target), *i));
+            let got_sorted: Vec<(Decision, Upsert)> = got_sorted.into_iter().map(|(_, o)| o.clone()).collect();
+            assert_eq!(got_sorted, expected, "size {size}, seed {seed}");
+            assert_eq!(all.active(None, t1).unwrap(), one.active(None, t1).unwrap());
+            let outbox = |s: &Store| -> Vec<(i64, String)> {
+                let mut stmt = s.conn.prepare("SELECT decision_id, ip FROM outbox ORDER BY id").unwrap();
+                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(|r| r.unwrap()).collect()
+            };
+            let (a, b) = (outbox(&all), outbox(&one));
+            assert_eq!(a.len(), b.len(), "size {size}, seed {seed}");
+            assert_eq!(a.iter().collect::<std::collections::BTreeSet<_>>(), b.iter().collect());
         }
     }
 

@@ -1,0 +1,76 @@
+//! Store bulk-write benchmark: `cargo bench --bench store_bulk`.
+//!
+//! 100,000 manual decisions (fixed-seed IPv4 addresses, 1 h) committed in one
+//! `Store::upsert_decisions` call into a fresh database (median of 5), then the same
+//! 100,000 again (every one an unchanged decision), and the daemon's start-up read of
+//! the 100,000 active decisions.
+
+use std::time::{Duration, Instant};
+
+use banshare::clock::Timestamp;
+use banshare::decision::{NewDecision, Source};
+use banshare::store::Store;
+
+const N: usize = 100_000;
+
+fn main() {
+    let proposals = proposals(N, 0x5eed);
+    let mut fresh = Vec::new();
+    let mut again = Vec::new();
+    let mut read = Vec::new();
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("state.db")).unwrap();
+        let now = Timestamp::now();
+        let t = Instant::now();
+        store.upsert_decisions(&proposals, now).unwrap();
+        fresh.push(t.elapsed());
+        let t = Instant::now();
+        store.upsert_decisions(&proposals, now).unwrap();
+        again.push(t.elapsed());
+        let t = Instant::now();
+        let active = store.active(None, now).unwrap();
+        read.push(t.elapsed());
+        assert_eq!(active.len(), N);
+    }
+    println!("store: {N} new decisions in one transaction: median {}", ms(median(&fresh)));
+    println!("store: the same {N} again (unchanged): median {}", ms(median(&again)));
+    println!("store: reading the {N} active decisions: median {}", ms(median(&read)));
+}
+
+fn proposals(n: usize, seed: u64) -> Vec<NewDecision> {
+    let mut x = seed;
+    let mut seen = std::collections::HashSet::with_capacity(n);
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let a = std::net::Ipv4Addr::from((x >> 16) as u32);
+        if !seen.insert(a) {
+            continue;
+        }
+        out.push(NewDecision {
+            target: ipnet::IpNet::from(std::net::IpAddr::V4(a)),
+            source: Source::Manual,
+            reason: "imported".into(),
+            category: None,
+            score: None,
+            duration: Some(Duration::from_secs(3600)),
+            evidence: Vec::new(),
+            report: None,
+            enforce: true,
+        });
+    }
+    out
+}
+
+fn median(runs: &[Duration]) -> Duration {
+    let mut v = runs.to_vec();
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
