@@ -27,10 +27,12 @@ const ROWS_PER_INSERT: usize = 128;
 /// Columns each row binds.
 const COLUMNS: usize = 12;
 
+/// A target's first and last address, as the index keys them.
+type RangeKeys = ([u8; 16], [u8; 16]);
+
 /// Records `news` in `tx`, in address order (the index order); answers in their order.
 pub(super) fn upsert_all(tx: &Transaction, news: &[NewDecision], now: Timestamp) -> Result<Vec<(Decision, Upsert)>> {
-    let mut order: Vec<(([u8; 16], [u8; 16]), usize)> =
-        news.iter().enumerate().map(|(i, n)| (range_keys(&n.target), i)).collect();
+    let mut order: Vec<(RangeKeys, usize)> = news.iter().enumerate().map(|(i, n)| (range_keys(&n.target), i)).collect();
     order.sort_unstable();
     let live = Live::for_batch(tx, news)?;
     let mut pending = Pending::new(tx)?;
@@ -217,7 +219,7 @@ impl Pending {
 }
 
 fn insert_sql(rows: usize) -> String {
-    let one = format!("({})", vec!["?"; COLUMNS].join(","));
+    let one = format!("({})", ["?"; COLUMNS].join(","));
     format!(
         "INSERT INTO decisions (id, target, range_start, range_end, source, reason, category, score, created_ms,
          expires_ms, evidence, enforced) VALUES {}",
