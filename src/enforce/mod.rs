@@ -14,6 +14,7 @@ mod command;
 mod dryrun;
 pub mod in_force;
 pub mod ipset;
+pub mod netlink;
 pub mod nftables;
 pub mod timeout;
 mod worker;

@@ -29,6 +29,7 @@ use ipnet::IpNet;
 use serde_json::Value;
 
 use super::command::run;
+use super::netlink::{self, Batch, SetElement};
 use super::timeout::{KernelTimeout, NFT_MAX};
 use super::{
     Change, Element, Firewall, FirewallError, FirewallOptions, Refused, RuleAction, SetStats, find_refused, without,
@@ -289,11 +290,16 @@ pub fn setup_script(opts: &FirewallOptions) -> String {
     s
 }
 
-/// The whole table from the mirror, in one transaction: setup, then every set flushed and
-/// refilled. The old elements stay in force until the transaction commits.
+/// The whole table from the mirror as one nft script (setup, then every set flushed and
+/// refilled): what `nft -c` checks when the kernel refuses a load.
 pub fn full_script(opts: &FirewallOptions, mirror: &Mirror, now: Timestamp) -> String {
+    full_script_of(opts, mirror, now, |_| true)
+}
+
+/// The setup and the sets `which` picks, flushed and refilled from the mirror.
+fn full_script_of(opts: &FirewallOptions, mirror: &Mirror, now: Timestamp, which: impl Fn(SetId) -> bool) -> String {
     let mut s = setup_script(opts);
-    for id in SetId::all() {
+    for id in SetId::all().filter(|id| which(*id)) {
         let _ = writeln!(s, "flush set inet {TABLE} {}", id.name());
         if let Some(set) = mirror.sets.get(&id) {
             let items = kernel_items(mirror, id, set.kernel.iter(), now);
@@ -303,10 +309,14 @@ pub fn full_script(opts: &FirewallOptions, mirror: &Mirror, now: Timestamp) -> S
     s
 }
 
-/// The incremental transaction for `plan`.
+/// The incremental transaction for `plan` as one nft script.
 pub fn apply_script(plan: &Plan, mirror: &Mirror, now: Timestamp) -> String {
+    apply_script_of(plan, mirror, now, |_| true)
+}
+
+fn apply_script_of(plan: &Plan, mirror: &Mirror, now: Timestamp, which: impl Fn(SetId) -> bool) -> String {
     let mut s = String::new();
-    for (id, ops) in plan {
+    for (id, ops) in plan.iter().filter(|(id, _)| which(**id)) {
         let name = id.name();
         if ops.rebuild {
             let _ = writeln!(s, "flush set inet {TABLE} {name}");
@@ -322,6 +332,76 @@ pub fn apply_script(plan: &Plan, mirror: &Mirror, now: Timestamp) -> String {
         element_block(&mut s, "add", &name, &kernel_items(mirror, *id, ops.add.iter(), now));
     }
     s
+}
+
+/// One change of the table, split by carrier: an nft script for the table, chains,
+/// rules and network sets, then a netlink batch for the address sets (see
+/// [`super::netlink`]). Each is one transaction, and each set is changed in one of them
+/// only, so every set goes from its old content to its new one at once.
+#[derive(Debug)]
+pub struct Load {
+    pub script: String,
+    pub batch: Batch,
+}
+
+impl Load {
+    /// The whole table from the mirror: setup, then every set flushed and refilled. The
+    /// old elements stay in force until the transaction that refills their set commits.
+    pub fn full(opts: &FirewallOptions, mirror: &Mirror, now: Timestamp) -> Load {
+        let script = full_script_of(opts, mirror, now, |id| id.net);
+        let mut batch = Batch::new(TABLE);
+        for id in SetId::all().filter(|id| !id.net) {
+            batch.flush(&id.name());
+            if let Some(set) = mirror.sets.get(&id) {
+                batch.add(&id.name(), &kernel_elements(mirror, id, set.kernel.iter(), now));
+            }
+        }
+        Load { script, batch }
+    }
+
+    /// The incremental change for `plan`.
+    pub fn apply(plan: &Plan, mirror: &Mirror, now: Timestamp) -> Load {
+        let script = apply_script_of(plan, mirror, now, |id| id.net);
+        let mut batch = Batch::new(TABLE);
+        for (id, ops) in plan.iter().filter(|(id, _)| !id.net) {
+            let name = id.name();
+            // Touched with a 1 s timeout first, so a delete never fails on an element the
+            // kernel already expired.
+            let gone: Vec<SetElement> = ops.remove.iter().map(|t| SetElement::new(t.addr(), Some(1000))).collect();
+            batch.add(&name, &gone);
+            batch.delete(&name, &gone);
+            batch.add(&name, &kernel_elements(mirror, *id, ops.add.iter(), now));
+        }
+        Load { script, batch }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.script.is_empty() && self.batch.is_empty()
+    }
+
+    /// Runs the script, then commits the batch.
+    fn run(&self) -> Result<(), FirewallError> {
+        if !self.script.is_empty() {
+            Nftables::nft(&self.script)?;
+        }
+        netlink::commit(&self.batch)
+    }
+}
+
+/// The address-set elements for `targets`, with their remaining timeouts (expired ones
+/// left out).
+fn kernel_elements<'a>(
+    mirror: &Mirror,
+    id: SetId,
+    targets: impl Iterator<Item = &'a IpNet>,
+    now: Timestamp,
+) -> Vec<SetElement> {
+    targets
+        .filter_map(|t| {
+            let expires = mirror.expiry(id, t)?;
+            KernelTimeout::of(expires, now, NFT_MAX).millis().map(|ms| SetElement::new(t.addr(), ms))
+        })
+        .collect()
 }
 
 fn kernel_items<'a>(
@@ -366,7 +446,7 @@ impl Nftables {
     /// a load commits.
     fn load(&mut self, elements: &[Element], now: Timestamp) -> Result<Vec<Refused>, FirewallError> {
         let mirror = Mirror::from_elements(elements);
-        let error = match Self::nft(&full_script(&self.opts, &mirror, now)) {
+        let error = match Load::full(&self.opts, &mirror, now).run() {
             Ok(()) => {
                 self.mirror = mirror;
                 return Ok(Vec::new());
@@ -382,7 +462,7 @@ impl Nftables {
         })?;
         let good = without(elements, &refused);
         let mirror = Mirror::from_elements(&good);
-        Self::nft(&full_script(&self.opts, &mirror, now))?;
+        Load::full(&self.opts, &mirror, now).run()?;
         self.mirror = mirror;
         Ok(refused)
     }
@@ -402,11 +482,11 @@ impl Firewall for Nftables {
     /// transaction, so nothing already in force is ever taken out by the failure.
     fn apply(&mut self, changes: &[Change], now: Timestamp) -> Result<Vec<Refused>, FirewallError> {
         let plan = self.mirror.plan(changes);
-        let script = apply_script(&plan, &self.mirror, now);
-        if script.is_empty() {
+        let load = Load::apply(&plan, &self.mirror, now);
+        if load.is_empty() {
             return Ok(Vec::new());
         }
-        match Self::nft(&script) {
+        match load.run() {
             Ok(()) => Ok(Vec::new()),
             Err(e @ FirewallError::Unavailable(_)) => Err(e),
             Err(error) => {

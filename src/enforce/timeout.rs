@@ -57,6 +57,16 @@ impl KernelTimeout {
         }
     }
 
+    /// The timeout in milliseconds for a netlink element (`Some(None)`: permanent, no
+    /// timeout attribute), at least 1; `None` when expired.
+    pub fn millis(self) -> Option<Option<u64>> {
+        match self {
+            KernelTimeout::Permanent => Some(None),
+            KernelTimeout::For(d) => Some(Some((d.as_millis() as u64).max(1))),
+            KernelTimeout::Expired => None,
+        }
+    }
+
     /// `timeout N` for ipset in whole seconds, rounded up (never 0, which ipset reads as
     /// permanent) and capped; `timeout 0` for a permanent element; `None` when expired.
     pub fn ipset(self) -> Option<String> {
