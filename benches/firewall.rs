@@ -6,11 +6,15 @@
 //! 1. 100,000 addresses through `banshare import` end to end (CLI, socket, SQLite commit,
 //!    one nftables transaction), on a fresh state each time: median of 3 runs. Also with
 //!    the ipset backend.
-//! 2. The nftables backend alone reloading the same 100,000 (one `nft -f -`): median of 3.
+//! 2. The nftables backend alone reloading the same 100,000 (the table by `nft`, the
+//!    elements in one netlink batch): median of 3.
 //! 3. An incremental batch of 1,000 additions and 1,000 removals on top of 100,000:
 //!    median of 5.
 //! 4. The way fail2ban's nftables action works: one `nft add element` process per
 //!    address, 2,000 addresses on top of the loaded table, extrapolated to 100,000.
+//! 5. The peers' bulk loads of the same 100,000: one `nft -f` file, and one bare
+//!    `ipset restore` into a fresh set (median of 3 each), and the ratios of
+//!    `banshare import` to them.
 
 // Tests drive real programs (ip, nft, the banshare binary) directly.
 #![allow(clippy::disallowed_types)]
@@ -43,13 +47,29 @@ fn main() {
     println!("banshare firewall benchmark: {N} addresses, in a private network namespace");
 
     let mut import_nft = Duration::ZERO;
+    let mut import_ipset = Duration::ZERO;
     for backend in ["nftables", "ipset"] {
-        let runs: Vec<Duration> = (0..3).map(|_| import_run(backend, base)).collect();
+        let runs: Vec<Duration> = (0..5).map(|_| import_run(backend, base)).collect();
         println!("import 100k via `banshare import` ({backend}): median {} (runs {})", ms(median(&runs)), list(&runs));
         if backend == "nftables" {
             import_nft = median(&runs);
+        } else {
+            import_ipset = median(&runs);
         }
     }
+    let bare_nft: Vec<Duration> = (0..3).map(|_| bare_nft_load(base)).collect();
+    println!("bare `nft -f` of the 100k into a fresh set: median {} (runs {})", ms(median(&bare_nft)), list(&bare_nft));
+    let bare_ipset: Vec<Duration> = (0..3).map(|_| bare_ipset_restore(base)).collect();
+    println!(
+        "bare `ipset restore` of the 100k into a fresh set: median {} (runs {})",
+        ms(median(&bare_ipset)),
+        list(&bare_ipset)
+    );
+    println!(
+        "banshare import vs the bare loads: nftables {:.2}x `nft -f`, ipset {:.2}x `ipset restore`",
+        import_nft.as_secs_f64() / median(&bare_nft).as_secs_f64(),
+        import_ipset.as_secs_f64() / median(&bare_ipset).as_secs_f64()
+    );
 
     let opts = FirewallOptions { forward: true, action: RuleAction::Drop };
     let mut nft = Nftables::probe(opts).expect("nft works");
@@ -62,7 +82,11 @@ fn main() {
             t.elapsed()
         })
         .collect();
-    println!("nftables backend reload of 100k (one nft -f): median {} (runs {})", ms(median(&runs)), list(&runs));
+    println!(
+        "nftables backend reload of 100k (setup by nft, elements by netlink): median {} (runs {})",
+        ms(median(&runs)),
+        list(&runs)
+    );
 
     let mut inc = Vec::new();
     for round in 0..5 {
@@ -146,6 +170,39 @@ fn import_run(backend: &str, addrs: &[Ipv4Addr]) -> Duration {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with(&format!("imported {} new", addrs.len())));
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
     daemon.wait().unwrap();
+    took
+}
+
+/// One `nft -f` file adding `addrs` (1 h timeouts) to a fresh set of a scratch table.
+fn bare_nft_load(addrs: &[Ipv4Addr]) -> Duration {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("load.nft");
+    let items: Vec<String> = addrs.iter().map(|a| format!("{a} timeout 3600s")).collect();
+    let text = format!(
+        "add table inet peer\nadd set inet peer s {{ type ipv4_addr; flags timeout; }}\nadd element inet peer s {{ {} }}\n",
+        items.join(", ")
+    );
+    std::fs::write(&file, text).unwrap();
+    let t = Instant::now();
+    sh("nft", &["-f", file.to_str().unwrap()]);
+    let took = t.elapsed();
+    sh("nft", &["delete", "table", "inet", "peer"]);
+    took
+}
+
+/// One `ipset restore` of `addrs` (1 h timeouts) into a fresh `hash:net` set.
+fn bare_ipset_restore(addrs: &[Ipv4Addr]) -> Duration {
+    let mut text = String::from("create peer hash:net family inet maxelem 262144 timeout 0\n");
+    for a in addrs {
+        text.push_str(&format!("add peer {a} timeout 3600\n"));
+    }
+    let t = Instant::now();
+    let mut child = Command::new("ipset").arg("restore").stdin(Stdio::piped()).spawn().expect("ipset");
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success(), "ipset restore failed");
+    let took = t.elapsed();
+    sh("ipset", &["destroy", "peer"]);
     took
 }
 

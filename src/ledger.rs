@@ -161,23 +161,40 @@ impl Ledger {
                 Err(refusal) => Some(refusal),
             })
             .collect();
-        let mut committed = st.store.upsert_decisions(&accepted, now)?.into_iter();
-
+        // Unchanged decisions need no kernel work, unless the kernel refused them lately.
+        let refused: HashSet<(Source, IpNet)> =
+            self.firewall.iter().flat_map(FirewallHandle::refused).map(|r| (r.source, r.target)).collect();
+        let mut changed: Vec<Decision> = Vec::new();
+        let mut ticket = None;
+        // The kernel's work starts as soon as the answers are known and runs beside the
+        // store's writes; the lock is held until both are queued, so the kernel's order
+        // stays the commit order. Should the commit fail, the kernel is rebuilt from the
+        // store, which then holds what it held before.
+        let written = st.store.upsert_decisions_then(&accepted, now, |answers| {
+            changed = answers
+                .iter()
+                .filter(|(d, u)| *u != Upsert::Unchanged || refused.contains(&(d.source, d.target)))
+                .map(|(d, _)| d.clone())
+                .collect();
+            ticket = self.queue(|f| f.add(&changed));
+        });
+        let mut committed = match written {
+            Ok(answers) => answers.into_iter(),
+            Err(error) => {
+                if ticket.is_some() {
+                    drop(st);
+                    tracing::error!(%error, "the store refused a batch; rebuilding the firewall from the store");
+                    self.rebuild_firewall(now)?;
+                }
+                return Err(error);
+            }
+        };
         let outcomes: Vec<Outcome> = refusals
             .into_iter()
             .map(|r| match r {
                 None => Ok(committed.next().expect("one commit per accepted proposal")),
                 Some(refusal) => Err(refusal),
             })
-            .collect();
-        // Unchanged decisions need no kernel work, unless the kernel refused them lately.
-        let refused: HashSet<(Source, IpNet)> =
-            self.firewall.iter().flat_map(FirewallHandle::refused).map(|r| (r.source, r.target)).collect();
-        let changed: Vec<Decision> = outcomes
-            .iter()
-            .filter_map(|o| o.as_ref().ok())
-            .filter(|(d, u)| *u != Upsert::Unchanged || refused.contains(&(d.source, d.target)))
-            .map(|(d, _)| d.clone())
             .collect();
         let committed_at = started.elapsed();
         let bulk = changed.len() > BULK_LOG;
@@ -189,12 +206,12 @@ impl Ledger {
                 tracing::warn!("not blocked: {refusal}");
             }
         }
-        let ticket = self.queue(|f| f.add(&changed));
         drop(st);
         let kernel = kernel_outcome(ticket, &changed, "decisions recorded but not all in the kernel");
         // "blocked" only once the kernel took them.
         let what = if kernel.is_ok() { "blocked" } else { "recorded" };
-        for d in &changed {
+        let per_address = !bulk || tracing::enabled!(tracing::Level::DEBUG);
+        for d in changed.iter().filter(|_| per_address) {
             let until = d.expires.map_or("never".to_string(), |t| t.to_string());
             if bulk {
                 tracing::debug!(ip = %d.target, source = %d.source, %until, reason = %d.reason, "{what}");

@@ -210,9 +210,15 @@ fn import(
     }
     let mut client = connect_with(config, socket, IMPORT_TIMEOUT)?;
     let mut data = ImportData::default();
-    for chunk in import_chunks(targets) {
-        let request = Request::Import { targets: chunk, for_secs, permanent, reason: reason.clone() };
-        let part: ImportData = client.call_as(&request)?;
+    for chunk in targets.chunks(crate::control::protocol::MAX_IMPORT) {
+        let request = Request::Import {
+            targets: Vec::new(),
+            lines: Some(chunk.len()),
+            for_secs,
+            permanent,
+            reason: reason.clone(),
+        };
+        let part: ImportData = client.call_as_with_lines(&request, chunk)?;
         data.created += part.created;
         data.extended += part.extended;
         data.unchanged += part.unchanged;
@@ -221,24 +227,6 @@ fn import(
     }
     print(json, &data, || output::import(&data, invalid.len()));
     Ok(if invalid.is_empty() { exit::OK } else { exit::BAD_INPUT })
-}
-
-/// The targets in requests that stay well under the socket's line limit (half of it, so
-/// the envelope and JSON escaping always fit): each one batch in the store and the kernel.
-pub fn import_chunks(targets: Vec<String>) -> Vec<Vec<String>> {
-    let budget = crate::control::protocol::MAX_LINE / 2;
-    let mut chunks = vec![Vec::new()];
-    let mut size = 0;
-    for t in targets {
-        let cost = t.len() + 3; // quotes and comma
-        if size + cost > budget && !chunks.last().is_some_and(Vec::is_empty) {
-            chunks.push(Vec::new());
-            size = 0;
-        }
-        size += cost;
-        chunks.last_mut().expect("one chunk at least").push(t);
-    }
-    chunks
 }
 
 /// Reads an import file: the JSON of `banshare list --json` (or an array of targets), or

@@ -56,12 +56,22 @@ impl Client {
 
     /// Sends one request and waits for its reply.
     pub fn call(&mut self, request: &Request) -> Result<serde_json::Value, ClientError> {
+        self.call_with_lines(request, &[])
+    }
+
+    /// Sends one request followed by `lines` (a streamed import's targets, one per line)
+    /// and returns the reply's data.
+    pub fn call_with_lines(&mut self, request: &Request, lines: &[String]) -> Result<serde_json::Value, ClientError> {
         let mut value = serde_json::to_value(request).map_err(|e| ClientError::Protocol(e.to_string()))?;
         if let serde_json::Value::Object(map) = &mut value {
             map.insert("v".into(), VERSION.into());
         }
         let mut line = value.to_string();
         line.push('\n');
+        for l in lines {
+            line.push_str(l);
+            line.push('\n');
+        }
         let reply = self.round_trip(line.as_bytes())?;
         match (reply.ok, reply.data, reply.error) {
             (true, data, _) => Ok(data.unwrap_or(serde_json::Value::Null)),
@@ -73,6 +83,16 @@ impl Client {
     /// Sends one request and decodes the reply's data as `T`.
     pub fn call_as<T: DeserializeOwned>(&mut self, request: &Request) -> Result<T, ClientError> {
         let data = self.call(request)?;
+        serde_json::from_value(data).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// [`Client::call_with_lines`], the reply's data decoded as `T`.
+    pub fn call_as_with_lines<T: DeserializeOwned>(
+        &mut self,
+        request: &Request,
+        lines: &[String],
+    ) -> Result<T, ClientError> {
+        let data = self.call_with_lines(request, lines)?;
         serde_json::from_value(data).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 

@@ -20,6 +20,10 @@ pub const MAX_LINE: usize = 1 << 20;
 pub const MAX_REASON: usize = 1000;
 /// The longest jail name and category (characters).
 pub const MAX_NAME: usize = 128;
+/// The most targets one streamed import carries.
+pub const MAX_IMPORT: usize = 1_000_000;
+/// The longest line of a streamed import (an IPv6 CIDR is at most 43 bytes).
+pub const MAX_TARGET: usize = 128;
 /// Connections the control socket serves at once; one more is answered with an error
 /// and closed.
 pub const MAX_CONNECTIONS: usize = 256;
@@ -58,9 +62,15 @@ pub enum Request {
     Unban {
         target: String,
     },
-    /// Many manual bans in one store transaction and one firewall batch.
+    /// Many manual bans in one store transaction and one firewall batch. The targets
+    /// come in the request (`targets`) or, for large lists, as `lines` lines of one
+    /// target each right after the request line (at most [`MAX_IMPORT`], each at most
+    /// [`MAX_TARGET`] bytes), which spares both sides a JSON array of a million strings.
     Import {
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
         targets: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lines: Option<usize>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         for_secs: Option<u64>,
         #[serde(default)]

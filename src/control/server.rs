@@ -11,7 +11,9 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch};
 
-use super::protocol::{ErrorBody, ErrorCode, MAX_CONNECTIONS, MAX_LINE, Reply, Request, Response, VERSION};
+use super::protocol::{
+    ErrorBody, ErrorCode, MAX_CONNECTIONS, MAX_IMPORT, MAX_LINE, MAX_TARGET, Reply, Request, Response, VERSION,
+};
 
 /// What serves requests: the daemon's engine. Called on a blocking thread.
 pub trait Handler: Send + Sync + 'static {
@@ -63,6 +65,8 @@ pub async fn serve(listener: UnixListener, handler: Arc<dyn Handler>, mut shutdo
     // At most MAX_CONNECTIONS at once: a local user holding thousands of connections
     // would otherwise take the descriptors the firewall tools need.
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    // One streamed import read at a time: each may hold a million targets in memory.
+    let imports = Arc::new(tokio::sync::Semaphore::new(1));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -74,8 +78,9 @@ pub async fn serve(listener: UnixListener, handler: Arc<dyn Handler>, mut shutdo
                     let handler = Arc::clone(&handler);
                     let shutdown = for_connections.clone();
                     let done = done_tx.clone();
+                    let imports = Arc::clone(&imports);
                     tokio::spawn(async move {
-                        if let Err(error) = connection(stream, handler, shutdown).await {
+                        if let Err(error) = connection(stream, handler, imports, shutdown).await {
                             tracing::debug!(%error, "control connection ended with an error");
                         }
                         drop(slot);
@@ -116,12 +121,14 @@ const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 async fn connection(
     stream: UnixStream,
     handler: Arc<dyn Handler>,
+    imports: Arc<tokio::sync::Semaphore>,
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut line = Vec::new();
     loop {
+        let mut permit = None;
         let read = tokio::select! {
             read = read_line(&mut reader, &mut line, MAX_LINE) => read?,
             _ = stopped(&mut shutdown) => return Ok(()),
@@ -134,7 +141,23 @@ async fn connection(
             )),
             Line::Complete if line.iter().all(u8::is_ascii_whitespace) => continue,
             Line::Complete => match parse_request(&line) {
-                Ok(request) => {
+                Ok(Request::Import { lines: Some(n), .. }) if n > MAX_IMPORT => {
+                    // The lines that follow cannot be skipped safely: end the connection.
+                    let reply = Reply::err(ErrorBody::new(
+                        ErrorCode::TooLarge,
+                        format!("an import carries at most {MAX_IMPORT} targets, not {n}; split the list"),
+                    ));
+                    return write_reply(&mut write, &reply).await;
+                }
+                Ok(mut request) => {
+                    if let Request::Import { lines: Some(n), targets, .. } = &mut request {
+                        // Held until the import is answered.
+                        permit = Some(imports.acquire().await);
+                        match read_targets(&mut reader, &mut line, *n).await? {
+                            Some(read) => *targets = read,
+                            None => return Ok(()), // the client went away mid-list
+                        }
+                    }
                     let handler = Arc::clone(&handler);
                     let result = tokio::task::spawn_blocking(move || handler.handle(request)).await;
                     match result {
@@ -148,10 +171,33 @@ async fn connection(
                 Err(e) => Reply::err(e),
             },
         };
-        let mut out = serde_json::to_vec(&reply).unwrap_or_else(|_| b"{\"v\":1,\"ok\":false}".to_vec());
-        out.push(b'\n');
-        write.write_all(&out).await?;
+        write_reply(&mut write, &reply).await?;
+        drop(permit);
     }
+}
+
+async fn write_reply(write: &mut (impl AsyncWriteExt + Unpin), reply: &Reply) -> io::Result<()> {
+    let mut out = serde_json::to_vec(reply).unwrap_or_else(|_| b"{\"v\":1,\"ok\":false}".to_vec());
+    out.push(b'\n');
+    write.write_all(&out).await
+}
+
+/// The `n` target lines of a streamed import. A line longer than [`MAX_TARGET`] is kept
+/// as a marker the import reports as invalid. `None` when the stream ends before `n`.
+async fn read_targets(
+    reader: &mut (impl AsyncBufRead + Unpin),
+    buf: &mut Vec<u8>,
+    n: usize,
+) -> io::Result<Option<Vec<String>>> {
+    let mut targets = Vec::with_capacity(n);
+    while targets.len() < n {
+        match read_line(reader, buf, MAX_TARGET).await? {
+            Line::Eof => return Ok(None),
+            Line::TooLong => targets.push(format!("(a line longer than {MAX_TARGET} bytes)")),
+            Line::Complete => targets.push(String::from_utf8_lossy(buf).trim().to_string()),
+        }
+    }
+    Ok(Some(targets))
 }
 
 /// Parses one request line: JSON object, supported `v`, known `cmd`, valid fields.

@@ -310,7 +310,7 @@ impl Handler for Engine {
                 self.ban(&target, (for_secs, permanent), reason, report)
             }
             Request::Unban { target } => self.unban(&target),
-            Request::Import { targets, for_secs, permanent, reason } => {
+            Request::Import { targets, for_secs, permanent, reason, .. } => {
                 self.import(targets, for_secs, permanent, reason)
             }
             request @ (Request::Sync

@@ -114,9 +114,9 @@ fn timeout(expires: Option<Timestamp>, now: Timestamp) -> Option<String> {
     KernelTimeout::of(expires, now, IPSET_MAX).ipset()
 }
 
-fn add_lines(
+fn add_lines<'a>(
     out: &mut String,
-    set: impl Fn(&IpNet) -> String,
+    set: impl Fn(&IpNet) -> &'a str,
     targets: impl Iterator<Item = IpNet>,
     mirror: &Mirror,
     now: Timestamp,
@@ -135,7 +135,7 @@ pub fn apply_script(plan: &Plan, mirror: &Mirror, now: Timestamp) -> String {
     for t in &plan.delete {
         let _ = writeln!(s, "del {} {t}", set_of(t));
     }
-    add_lines(&mut s, |t| set_of(t).to_string(), plan.add.iter().copied(), mirror, now);
+    add_lines(&mut s, set_of, plan.add.iter().copied(), mirror, now);
     s
 }
 
@@ -157,7 +157,7 @@ pub fn full_script(mirror: &Mirror, now: Timestamp) -> String {
         let tmp = format!("{live}-new");
         s.push_str(&create_line(&tmp, v6, maxelem(mirror.count(v6))));
         let targets = mirror.desired.keys().filter(|t| matches!(t, IpNet::V6(_)) == v6).copied();
-        add_lines(&mut s, |_| tmp.clone(), targets, mirror, now);
+        add_lines(&mut s, |_| tmp.as_str(), targets, mirror, now);
         let _ = writeln!(s, "swap {tmp} {live}");
         let _ = writeln!(s, "destroy {tmp}");
     }
@@ -300,7 +300,7 @@ fn check_script(mirror: &Mirror, now: Timestamp) -> String {
     for (name, v6) in [(CHECK_V4, false), (CHECK_V6, true)] {
         s.push_str(&create_line(name, v6, maxelem(mirror.count(v6))));
         let targets = mirror.desired.keys().filter(|t| matches!(t, IpNet::V6(_)) == v6).copied();
-        add_lines(&mut s, |_| name.to_string(), targets, mirror, now);
+        add_lines(&mut s, |_| name, targets, mirror, now);
     }
     s
 }
@@ -332,8 +332,15 @@ impl Firewall for Ipset {
             }
         }
         self.ensure_sets()?;
-        let wanted = self.mirror.elements();
-        self.load(&wanted, now)
+        // The mirror already holds the batch: fill fresh sets from it as it is.
+        match self.reload(self.mirror.clone(), now) {
+            Ok(()) => Ok(Vec::new()),
+            Err(e @ (FirewallError::Unavailable(_) | FirewallError::Io { .. })) => Err(e),
+            Err(_) => {
+                let wanted = self.mirror.elements();
+                self.load(&wanted, now)
+            }
+        }
     }
 
     fn element_count(&mut self) -> Result<usize, FirewallError> {

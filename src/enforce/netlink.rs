@@ -374,10 +374,7 @@ mod tests {
         // 28 bytes per element with a timeout: about 2,100 per message.
         assert_eq!(msgs.len(), 2 + 1 + 5, "{msgs:?}");
         assert!(msgs.iter().all(|(_, len)| *len < 65_536));
-        let total: usize = b.messages[1..]
-            .iter()
-            .map(|m| m.split(' ').nth(1).unwrap().parse::<usize>().unwrap())
-            .sum();
+        let total: usize = b.messages[1..].iter().map(|m| m.split(' ').nth(1).unwrap().parse::<usize>().unwrap()).sum();
         assert_eq!(total, 10_000);
     }
 }

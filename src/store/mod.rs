@@ -124,6 +124,30 @@ impl LiftReason {
 const DECISION_COLUMNS: &str =
     "id, target, source, reason, category, score, created_ms, expires_ms, lifted_ms, evidence, enforced";
 
+// Lookups by address: one arm per partial index (`decisions_live`, `decisions_past`).
+
+fn covering_sql() -> String {
+    format!(
+        "SELECT {DECISION_COLUMNS} FROM decisions
+         WHERE range_start <= ?1 AND range_end >= ?1 AND lifted_ms IS NULL
+         UNION ALL
+         SELECT {DECISION_COLUMNS} FROM decisions
+         WHERE range_start <= ?1 AND range_end >= ?1 AND lifted_ms IS NOT NULL
+         ORDER BY created_ms DESC, id DESC"
+    )
+}
+
+const LAST_CATEGORY_SQL: &str = "SELECT category, created_ms, id FROM decisions
+     WHERE range_start = ?1 AND range_end = ?2 AND lifted_ms IS NULL AND category IS NOT NULL AND category != 'other'
+     UNION ALL
+     SELECT category, created_ms, id FROM decisions
+     WHERE range_start = ?1 AND range_end = ?2 AND lifted_ms IS NOT NULL AND category IS NOT NULL AND category != 'other'
+     ORDER BY created_ms DESC, id DESC LIMIT 1";
+
+const EARLIER_DETECTIONS_SQL: &str = "SELECT
+     (SELECT COUNT(*) FROM decisions WHERE range_start = ?1 AND range_end = ?2 AND source = 'detect' AND lifted_ms IS NULL)
+   + (SELECT COUNT(*) FROM decisions WHERE range_start = ?1 AND range_end = ?2 AND source = 'detect' AND lifted_ms IS NOT NULL)";
+
 /// Lends the report outbox for a moment (the daemon's ledger under its lock or, in
 /// tests, a plain mutex): the one part of the store the reporter may use.
 pub trait OutboxAccess: Send + Sync + 'static {
@@ -285,8 +309,21 @@ impl Store {
     pub fn upsert_decisions(&mut self, news: &[NewDecision], now: Timestamp) -> Result<Vec<(Decision, Upsert)>> {
         // IMMEDIATE: the batch reads what it then writes (the fail2ban hook's offline
         // path may write from another process).
+        self.upsert_decisions_then(news, now, |_| {})
+    }
+
+    /// [`Store::upsert_decisions`], calling `before_write` with the answers once they are
+    /// known and before anything is written: a caller can start work that depends on
+    /// them (the kernel's) while the writes and the commit run. Nothing is committed when
+    /// this returns an error.
+    pub fn upsert_decisions_then(
+        &mut self,
+        news: &[NewDecision],
+        now: Timestamp,
+        before_write: impl FnOnce(&[(Decision, Upsert)]),
+    ) -> Result<Vec<(Decision, Upsert)>> {
         let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let out = upsert::upsert_all(&tx, news, now)?;
+        let out = upsert::upsert_all(&tx, news, now, before_write)?;
         tx.commit()?;
         Ok(out)
     }
@@ -308,12 +345,7 @@ impl Store {
     /// or expired ones, most recent first.
     pub fn covering(&self, ip: IpAddr, now: Timestamp, history: usize) -> Result<(Vec<Decision>, Vec<Decision>)> {
         let key = range_key(ip).to_vec();
-        let sql = format!(
-            "SELECT {DECISION_COLUMNS} FROM decisions
-             WHERE range_start <= ?1 AND range_end >= ?1
-             ORDER BY created_ms DESC, id DESC"
-        );
-        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let mut stmt = self.conn.prepare_cached(&covering_sql())?;
         let all = collect(stmt.query_map(params![key], read_decision)?)?;
         // The keys put IPv4 in the IPv4-mapped range: an IPv6 network around that range
         // (`::fffe:0:0/95`) matches the key but never an IPv4 packet.
@@ -365,10 +397,7 @@ impl Store {
         let (start, end) = range_keys(target);
         Ok(self
             .conn
-            .prepare_cached(
-                "SELECT category FROM decisions WHERE range_start = ?1 AND range_end = ?2
-                 AND category IS NOT NULL AND category != 'other' ORDER BY created_ms DESC, id DESC LIMIT 1",
-            )?
+            .prepare_cached(LAST_CATEGORY_SQL)?
             .query_row(params![&start[..], &end[..]], |r| r.get(0))
             .optional()?)
     }
@@ -521,11 +550,7 @@ impl Store {
     /// How many times local detection banned exactly `target` before (for escalation).
     pub fn earlier_detections(&self, target: &IpNet) -> Result<u32> {
         let (start, end) = range_keys(target);
-        let n: i64 = self.conn.query_row(
-            "SELECT COUNT(*) FROM decisions WHERE range_start = ?1 AND range_end = ?2 AND source = 'detect'",
-            params![&start[..], &end[..]],
-            |r| r.get(0),
-        )?;
+        let n: i64 = self.conn.query_row(EARLIER_DETECTIONS_SQL, params![&start[..], &end[..]], |r| r.get(0))?;
         Ok(n as u32)
     }
 
@@ -712,6 +737,41 @@ mod tests {
             let (a, b) = (outbox(&all), outbox(&one));
             assert_eq!(a.len(), b.len(), "size {size}, seed {seed}");
             assert_eq!(a.iter().collect::<std::collections::BTreeSet<_>>(), b.iter().collect());
+        }
+    }
+
+    /// Every lookup by address goes through an index, never a scan of the decisions.
+    #[test]
+    fn lookups_by_address_use_an_index() {
+        let (_dir, mut store) = open();
+        let now = Timestamp(1_000_000);
+        let news: Vec<NewDecision> = (0..200).map(|i| ban(&format!("198.18.0.{i}"), Source::Detect, Some(9))).collect();
+        let made = store.upsert_decisions(&news, now).unwrap();
+        let half: Vec<Decision> = made.into_iter().step_by(2).map(|(d, _)| d).collect();
+        store.lift(half, LiftReason::Unban, now).unwrap();
+        let key = range_key("198.18.0.7".parse().unwrap()).to_vec();
+        // Without statistics (as on a host) and with them.
+        for (analyze, (sql, text, params)) in [false, true].into_iter().flat_map(|a| {
+            let key = key.clone();
+            [
+                ("covering", covering_sql(), vec![key.clone()]),
+                ("last_category", LAST_CATEGORY_SQL.to_string(), vec![key.clone(), key.clone()]),
+                ("earlier_detections", EARLIER_DETECTIONS_SQL.to_string(), vec![key.clone(), key]),
+            ]
+            .map(move |q| (a, q))
+        }) {
+            if analyze {
+                store.conn.execute_batch("ANALYZE").unwrap();
+            }
+            let mut stmt = store.conn.prepare(&format!("EXPLAIN QUERY PLAN {text}")).unwrap();
+            let plan: Vec<String> = stmt
+                .query_map(rusqlite::params_from_iter(params.iter()), |r| r.get::<_, String>(3))
+                .unwrap()
+                .map(|r| r.unwrap())
+                .collect();
+            assert!(plan.iter().all(|p| !p.starts_with("SCAN decisions")), "{sql}: {plan:?}");
+            assert!(plan.iter().any(|p| p.contains("decisions_live")), "{sql}: {plan:?}");
+            assert!(plan.iter().any(|p| p.contains("decisions_past")), "{sql} (analyze: {analyze}): {plan:?}");
         }
     }
 

@@ -99,4 +99,11 @@ pub const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     CREATE INDEX reputations_fetched ON reputations (fetched_ms);
     "#,
+    // 6: live decisions are found through decisions_live; the range index keeps only the
+    // lifted ones, so recording a ban writes one index fewer (100,000 new decisions:
+    // 0.44 s -> 0.40 s, `cargo bench --bench store_bulk`).
+    r#"
+    DROP INDEX decisions_range;
+    CREATE INDEX decisions_past ON decisions (range_start, range_end) WHERE lifted_ms IS NOT NULL;
+    "#,
 ];

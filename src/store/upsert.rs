@@ -31,11 +31,18 @@ const COLUMNS: usize = 12;
 type RangeKeys = ([u8; 16], [u8; 16]);
 
 /// Records `news` in `tx`, in address order (the index order); answers in their order.
-pub(super) fn upsert_all(tx: &Transaction, news: &[NewDecision], now: Timestamp) -> Result<Vec<(Decision, Upsert)>> {
+/// `before_write` sees the answers after they are known and before anything is written
+/// (the ledger starts the kernel's work there, so it runs beside the writes).
+pub(super) fn upsert_all(
+    tx: &Transaction,
+    news: &[NewDecision],
+    now: Timestamp,
+    before_write: impl FnOnce(&[(Decision, Upsert)]),
+) -> Result<Vec<(Decision, Upsert)>> {
     let mut order: Vec<(RangeKeys, usize)> = news.iter().enumerate().map(|(i, n)| (range_keys(&n.target), i)).collect();
     order.sort_unstable();
     let live = Live::for_batch(tx, news)?;
-    let mut pending = Pending::new(tx)?;
+    let mut writes = Writes::new(tx)?;
     let mut out: Vec<Option<(Decision, Upsert)>> = vec![None; news.len()];
     // The batch's own decisions for the target at hand (the same target may come more
     // than once, from one source or several); address order keeps them together.
@@ -49,48 +56,50 @@ pub(super) fn upsert_all(tx: &Transaction, news: &[NewDecision], now: Timestamp)
         let new = &news[i];
         let earlier = run.iter().copied().find(|&j| news[j].source == new.source);
         let old = match earlier.and_then(|j| out[j].as_ref()) {
-            Some((d, _)) => {
-                let d = d.clone();
-                if pending.holds(&d) {
-                    pending.flush(tx, &out)?; // it is about to be extended
-                }
-                Some(d)
-            }
+            Some((d, _)) => Some(d.clone()),
             None => live.get(tx, &new.target, new.source)?,
         };
-        out[i] = Some(upsert_one(tx, &mut pending, old, new, i, now)?);
+        out[i] = Some(decide_one(&mut writes, old, new, i, now));
         run.retain(|&j| news[j].source != new.source);
         run.push(i);
     }
-    pending.flush(tx, &out)?;
+    let out: Vec<(Decision, Upsert)> = out.into_iter().map(|o| o.expect("every proposal was decided")).collect();
+    before_write(&out);
+    writes.apply(tx, &out, now)?;
     // Reports after their decisions (the outbox refers to them), in the batch's order.
-    for (i, new) in news.iter().enumerate() {
-        if let (Some(report), Some((d, _))) = (&new.report, &out[i]) {
+    for (new, (d, _)) in news.iter().zip(&out) {
+        if let Some(report) = &new.report {
             outbox::enqueue_in(tx, d.id, report, now)?;
         }
     }
-    Ok(out.into_iter().map(|o| o.expect("every proposal was upserted")).collect())
+    Ok(out)
 }
 
-/// One proposal over the live decision it meets, if any.
-fn upsert_one(
-    tx: &Transaction,
-    pending: &mut Pending,
+/// One proposal over the live decision it meets, if any; what to write is noted in
+/// `writes`.
+fn decide_one(
+    writes: &mut Writes,
     old: Option<Decision>,
     new: &NewDecision,
     index: usize,
     now: Timestamp,
-) -> Result<(Decision, Upsert)> {
+) -> (Decision, Upsert) {
     // Every door refuses longer bans; the cap here keeps any expiry writable anyway.
     let expires = new.duration.map(|d| now.plus(d.min(crate::decision::MAX_BAN)));
     match old {
-        Some(old) if old.is_active(now) => extend(tx, old, new, expires),
+        Some(old) if old.is_active(now) => {
+            let (d, upsert) = extend(old, new, expires);
+            if upsert == Upsert::Extended {
+                writes.update(d.id, index);
+            }
+            (d, upsert)
+        }
         expired => {
             if let Some(old) = expired {
                 // Expired but not yet lifted by the daemon: close it, start the new one.
-                lift_in(tx, vec![old], LiftReason::Expired, now)?;
+                writes.expired.push(old);
             }
-            Ok((pending.create(new, index, expires, now), Upsert::Created))
+            (writes.create(new, index, expires, now), Upsert::Created)
         }
     }
 }
@@ -151,32 +160,32 @@ impl Live {
     }
 }
 
-/// New decisions waiting to be written (as indexes into the batch's answers), with the
-/// ids they get: assigned here, the transaction being IMMEDIATE (no other writer runs).
-struct Pending {
+/// What a batch writes once every answer is known: each decision it touches written
+/// once, in its final state (the answer of the last proposal that touched it).
+struct Writes {
+    /// The id the next new decision gets: assigned here, the transaction being
+    /// IMMEDIATE (no other writer runs).
     next_id: i64,
-    rows: Vec<usize>,
-    /// The id of the first decision still waiting: ids are given in order, so every
-    /// decision with a smaller id is written.
     first_id: i64,
+    /// For each new decision (by id from `first_id`), the answer holding its final state.
+    inserts: Vec<usize>,
+    /// For each extended decision that was already stored, the same.
+    updates: std::collections::BTreeMap<i64, usize>,
+    /// Stored decisions found expired but not lifted: lifted before the inserts.
+    expired: Vec<Decision>,
 }
 
-impl Pending {
-    fn new(tx: &Transaction) -> Result<Pending> {
+impl Writes {
+    fn new(tx: &Transaction) -> Result<Writes> {
         let max: Option<i64> = tx.query_row("SELECT max(id) FROM decisions", [], |r| r.get(0))?;
         let next_id = max.unwrap_or(0) + 1;
-        Ok(Pending { next_id, rows: Vec::new(), first_id: next_id })
-    }
-
-    /// Whether `d` is not yet written.
-    fn holds(&self, d: &Decision) -> bool {
-        d.id >= self.first_id
+        Ok(Writes { next_id, first_id: next_id, inserts: Vec::new(), updates: Default::default(), expired: Vec::new() })
     }
 
     fn create(&mut self, new: &NewDecision, index: usize, expires: Option<Timestamp>, now: Timestamp) -> Decision {
         let id = self.next_id;
         self.next_id += 1;
-        self.rows.push(index);
+        self.inserts.push(index);
         Decision {
             id,
             target: new.target,
@@ -192,9 +201,19 @@ impl Pending {
         }
     }
 
-    /// Writes what waits.
-    fn flush(&mut self, tx: &Transaction, out: &[Option<(Decision, Upsert)>]) -> Result<()> {
-        for chunk in self.rows.chunks(ROWS_PER_INSERT) {
+    /// Decision `id` now stands as the answer at `index`.
+    fn update(&mut self, id: i64, index: usize) {
+        match usize::try_from(id - self.first_id).ok().and_then(|at| self.inserts.get_mut(at)) {
+            Some(insert) => *insert = index, // created in this batch: inserted as extended
+            None => {
+                self.updates.insert(id, index);
+            }
+        }
+    }
+
+    fn apply(self, tx: &Transaction, out: &[(Decision, Upsert)], now: Timestamp) -> Result<()> {
+        lift_in(tx, self.expired, LiftReason::Expired, now)?;
+        for chunk in self.inserts.chunks(ROWS_PER_INSERT) {
             // Full chunks share one cached statement; the last, shorter one is prepared once.
             let sql = insert_sql(chunk.len());
             let mut cached;
@@ -207,13 +226,26 @@ impl Pending {
                 &mut once
             };
             for (row, &i) in chunk.iter().enumerate() {
-                let (d, _) = out[i].as_ref().expect("a pending decision has its answer");
-                bind_row(stmt, row * COLUMNS, d)?;
+                bind_row(stmt, row * COLUMNS, &out[i].0)?;
             }
             stmt.raw_execute()?;
         }
-        self.rows.clear();
-        self.first_id = self.next_id;
+        let mut update = tx.prepare_cached(
+            "UPDATE decisions SET expires_ms = ?2, reason = ?3, category = ?4, score = ?5, evidence = ?6,
+             enforced = ?7 WHERE id = ?1",
+        )?;
+        for &i in self.updates.values() {
+            let d = &out[i].0;
+            update.execute(params![
+                d.id,
+                d.expires.map(|t| t.0),
+                d.reason,
+                d.category,
+                d.score,
+                evidence_json(&d.evidence),
+                d.enforced
+            ])?;
+        }
         Ok(())
     }
 }
@@ -248,33 +280,15 @@ fn bind_row(stmt: &mut Statement, at: usize, d: &Decision) -> Result<()> {
 /// enforcement only ever switches on. (A report is queued even when the block stays as
 /// it was: another filter or jail saw another kind of attack; the cooldown keeps
 /// repeats out.)
-fn extend(
-    tx: &Transaction,
-    old: Decision,
-    new: &NewDecision,
-    expires: Option<Timestamp>,
-) -> Result<(Decision, Upsert)> {
+fn extend(old: Decision, new: &NewDecision, expires: Option<Timestamp>) -> (Decision, Upsert) {
     let later = match (old.expires, expires) {
         (None, _) | (_, None) => None,
         (Some(a), Some(b)) => Some(a.max(b)),
     };
     let enforced = old.enforced || new.enforce;
     if later == old.expires && enforced == old.enforced {
-        return Ok((old, Upsert::Unchanged));
+        return (old, Upsert::Unchanged);
     }
-    tx.prepare_cached(
-        "UPDATE decisions SET expires_ms = ?2, reason = ?3, category = COALESCE(?4, category),
-         score = COALESCE(?5, score), evidence = COALESCE(?6, evidence), enforced = ?7 WHERE id = ?1",
-    )?
-    .execute(params![
-        old.id,
-        later.map(|t| t.0),
-        new.reason,
-        new.category,
-        new.score,
-        evidence_json(&new.evidence),
-        enforced
-    ])?;
     let updated = Decision {
         expires: later,
         reason: new.reason.clone(),
@@ -284,5 +298,5 @@ fn extend(
         enforced,
         ..old
     };
-    Ok((updated, Upsert::Extended))
+    (updated, Upsert::Extended)
 }
