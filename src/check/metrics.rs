@@ -138,10 +138,22 @@ pub fn render(status: &StatusData, check: &CheckCounters) -> String {
     );
     family(
         &mut out,
-        ("banshare_feed_entries", "gauge", "Entries of the last applied pull: received, added, refreshed, skipped."),
+        (
+            "banshare_feed_entries",
+            "gauge",
+            "Entries of the last applied pull: received, added, renewed, unchanged, skipped, missing, delisted.",
+        ),
         f.last_pull.iter().flat_map(|p| {
-            [("received", p.received), ("added", p.added), ("refreshed", p.refreshed), ("skipped", p.skipped.total())]
-                .map(|(kind, n)| (labels(&[("kind", kind)]), n))
+            [
+                ("received", p.received),
+                ("added", p.added),
+                ("renewed", p.renewed),
+                ("unchanged", p.unchanged),
+                ("skipped", p.skipped.total()),
+                ("missing", p.missing),
+                ("delisted", p.delisted),
+            ]
+            .map(|(kind, n)| (labels(&[("kind", kind)]), n))
         }),
     );
     let load = |a: &AtomicU64| a.load(Ordering::Relaxed);

@@ -72,6 +72,7 @@ pub(super) fn feed_config(
         page_size: int("page_size", raw.page_size, d.page_size.into(), 1, 1_000_000)? as u32,
         max_entries: int("max_entries", raw.max_entries, d.max_entries as i64, 1, 10_000_000)? as usize,
         ttl: dur("ttl", raw.ttl, d.ttl, "24h")?,
+        lift_after_pulls: int("lift_after_pulls", raw.lift_after_pulls, d.lift_after_pulls.into(), 1, 10_000)? as u32,
         unban_grace: dur("unban_grace", raw.unban_grace, d.unban_grace, "7d")?,
         widest_ipv4: int("widest_ipv4", raw.widest_ipv4, d.widest_ipv4.into(), 0, 32)? as u8,
         widest_ipv6: int("widest_ipv6", raw.widest_ipv6, d.widest_ipv6.into(), 0, 128)? as u8,

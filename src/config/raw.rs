@@ -76,6 +76,7 @@ pub struct RawFeed {
     pub max_entries: Option<i64>,
     pub ttl: Option<RawDuration>,
     pub unban_grace: Option<RawDuration>,
+    pub lift_after_pulls: Option<i64>,
     pub widest_ipv4: Option<i64>,
     pub widest_ipv6: Option<i64>,
     pub lookup_cache: Option<RawDuration>,

@@ -3,9 +3,11 @@
 //! `check`, `register`, `verify`, `delist`). The rules themselves live in
 //! [`crate::feed`]; this module wires them to the engine.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use ipnet::IpNet;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, watch};
 
@@ -15,12 +17,12 @@ use crate::config::FeedConfig;
 use crate::control::protocol::{
     CheckData, DelistData, ErrorBody, ErrorCode, FeedStatus, QueryData, RegisterData, Response, VerifyData,
 };
-use crate::decision::{is_public, parse_target};
+use crate::decision::{Decision, Source, is_public, parse_target};
 use crate::feed::api::{Api, Call, KEY_ENV, load_key};
 use crate::feed::pull::{self, Fetched, PullReport};
 use crate::feed::reporter::{Next, Reporter, ReporterStatus};
 use crate::feed::wire;
-use crate::store::{Outbox, OutboxAccess};
+use crate::store::{LiftReason, Outbox, OutboxAccess};
 
 /// How long an idle reporter sleeps before looking at the outbox anyway.
 const IDLE_RECHECK: Duration = Duration::from_secs(60);
@@ -54,6 +56,8 @@ struct PullState {
     last: Option<PullReport>,
     last_error: Option<(Timestamp, String)>,
     next: Option<Timestamp>,
+    /// Feed decisions in force that the last pulls did not list: how many in a row.
+    misses: HashMap<IpNet, u32>,
 }
 
 impl FeedRuntime {
@@ -142,23 +146,38 @@ impl Engine {
         let cfg = self.config();
         let (received, pages) = (fetched.received, fetched.pages);
         let grace_start = Timestamp(now.0 - cfg.feed.unban_grace.as_millis() as i64);
-        let (unbanned, before) = self
+        let (unbanned, current) = self
             .ledger()
-            .records(|s| Ok::<_, crate::store::StoreError>((s.unbanned_since(grace_start)?, s.counts(now)?)))
+            .records(|s| {
+                Ok::<_, crate::store::StoreError>((s.unbanned_since(grace_start)?, s.active(Some(Source::Feed), now)?))
+            })
             .map_err(|e| e.to_string())?;
-        let (proposals, mut skipped) = pull::plan(fetched, &cfg.feed, &unbanned);
-        let decided = self.decide(proposals, now).map_err(|e| e.to_string())?;
-        let mut report = PullReport { at: now, pages, received, ..PullReport::default() };
+        let expiries: HashMap<IpNet, Option<Timestamp>> = current.iter().map(|d| (d.target, d.expires)).collect();
+        let (planned, mut skipped) = pull::plan(fetched, &cfg.feed, &unbanned);
+        let diff = pull::diff(planned, &expiries, &cfg.feed, now);
+        let decided = self.decide(diff.propose, now).map_err(|e| e.to_string())?;
+        let mut report = PullReport { at: now, pages, received, unchanged: diff.unchanged, ..PullReport::default() };
         for outcome in decided.outcomes {
             match outcome {
                 Ok((_, crate::store::Upsert::Created)) => report.added += 1,
-                Ok(_) => report.refreshed += 1,
+                Ok(_) => report.renewed += 1,
                 Err(_) => skipped.protected += 1,
             }
         }
         report.skipped = skipped;
-        let feed_before = before.get(&crate::decision::Source::Feed).copied().unwrap_or(0) as usize;
-        report.left = feed_before.saturating_sub(report.refreshed);
+        let gone = {
+            let mut st = self.feed.pull.lock().unwrap_or_else(|e| e.into_inner());
+            let gone = pull::missed(&mut st.misses, &expiries, &diff.listed, cfg.feed.lift_after_pulls);
+            report.missing = st.misses.len();
+            gone
+        };
+        if !gone.is_empty() {
+            let gone: HashSet<IpNet> = gone.into_iter().collect();
+            let delisted: Vec<Decision> = current.into_iter().filter(|d| gone.contains(&d.target)).collect();
+            let lifted =
+                self.lift(|store| store.lift(delisted, LiftReason::Delisted, now)).map_err(|e| e.to_string())?;
+            report.delisted = lifted.decisions.len();
+        }
         report.millis = started.elapsed().as_millis() as u64;
         tracing::info!(pages, "feed pulled: {}", pull::summary(&report));
         let mut st = self.feed.pull.lock().unwrap_or_else(|e| e.into_inner());

@@ -33,8 +33,13 @@ pub struct FeedConfig {
     pub page_size: u32,
     /// At most this many feed entries are blocked; the highest scores win.
     pub max_entries: usize,
-    /// How long a feed entry stays blocked after the last pull that listed it.
+    /// How long a feed entry stays blocked after the pull that last renewed it: the
+    /// safety net when pulls fail (a listed entry is renewed once less than half of it,
+    /// or less than two pull intervals, is left).
     pub ttl: Duration,
+    /// An entry the feed no longer lists is lifted after this many successful pulls in a
+    /// row without it.
+    pub lift_after_pulls: u32,
     /// An address the operator unbanned is not re-added by the feed for this long.
     pub unban_grace: Duration,
     /// Feed networks wider than these prefixes are skipped.
@@ -68,6 +73,7 @@ impl Default for FeedConfig {
             page_size: 1000,
             max_entries: 50_000,
             ttl: Duration::from_secs(24 * 3600),
+            lift_after_pulls: 3,
             unban_grace: Duration::from_secs(7 * 24 * 3600),
             widest_ipv4: 16,
             widest_ipv6: 32,

@@ -1,8 +1,14 @@
 //! The live-feed pull: fetch `GET /v1/ip/threats/live` page by page, then plan which
 //! entries become `feed` decisions. Fetching is the only I/O; [`plan`] is a pure function
-//! of the items, the config and the addresses the operator unbanned lately.
+//! of the items, the config and the addresses the operator unbanned lately, and
+//! [`diff`] and [`missed`] of the plan and the feed decisions in force.
+//!
+//! A pull is applied as a difference: an entry already blocked is left alone (no store
+//! write, no kernel work) until its expiry comes within [`renew_under`]; an entry no
+//! longer listed is lifted after `lift_after_pulls` successful pulls in a row without it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -58,11 +64,16 @@ pub struct PullReport {
     pub received: usize,
     /// New `feed` decisions.
     pub added: usize,
-    /// Entries already blocked whose TTL was renewed.
-    pub refreshed: usize,
+    /// Entries already blocked whose expiry was renewed (it came within
+    /// [`renew_under`]).
+    pub renewed: usize,
+    /// Entries already blocked and left as they are.
+    pub unchanged: usize,
     pub skipped: Skipped,
-    /// Feed decisions not in this pull: they expire at their TTL.
-    pub left: usize,
+    /// Feed decisions not in this pull, kept for now (lifted after `lift_after_pulls`).
+    pub missing: usize,
+    /// Feed decisions lifted by this pull: not listed for `lift_after_pulls` pulls.
+    pub delisted: usize,
     /// How long fetching and applying took.
     pub millis: u64,
 }
@@ -181,15 +192,80 @@ pub fn plan(fetched: Fetched, cfg: &FeedConfig, unbanned: &[IpNet]) -> (Vec<NewD
     (decisions, skipped)
 }
 
+/// A listed entry already blocked is renewed once its expiry is this close: half the
+/// TTL, and at least two pull intervals (so a pull or two failing never lets it lapse).
+pub fn renew_under(cfg: &FeedConfig) -> Duration {
+    (cfg.ttl / 2).max(cfg.pull_interval * 2)
+}
+
+/// What a pull changes, given the plan and the feed decisions in force (their expiry by
+/// target).
+#[derive(Debug, Default)]
+pub struct Diff {
+    /// New entries, and entries to renew.
+    pub propose: Vec<NewDecision>,
+    /// Entries in force and listed, left as they are.
+    pub unchanged: usize,
+    /// Every target this pull lists (after the plan's filters).
+    pub listed: HashSet<IpNet>,
+}
+
+/// Keeps of `planned` what is new or due for renewal (see [`renew_under`]).
+pub fn diff(
+    planned: Vec<NewDecision>,
+    current: &HashMap<IpNet, Option<Timestamp>>,
+    cfg: &FeedConfig,
+    now: Timestamp,
+) -> Diff {
+    let renew = renew_under(cfg);
+    let mut out = Diff { listed: planned.iter().map(|p| p.target).collect(), ..Diff::default() };
+    for p in planned {
+        match current.get(&p.target) {
+            Some(None) => out.unchanged += 1, // permanent: nothing to renew
+            Some(Some(expires)) if now.until(*expires) >= renew => out.unchanged += 1,
+            _ => out.propose.push(p),
+        }
+    }
+    out
+}
+
+/// Counts, for each feed decision in force, the successful pulls in a row that did not
+/// list it (`misses`, kept between pulls); returns those that reached `lift_after`, to be
+/// lifted. A listed target's count starts again; targets no longer in force are
+/// forgotten.
+pub fn missed(
+    misses: &mut HashMap<IpNet, u32>,
+    current: &HashMap<IpNet, Option<Timestamp>>,
+    listed: &HashSet<IpNet>,
+    lift_after: u32,
+) -> Vec<IpNet> {
+    misses.retain(|t, _| current.contains_key(t) && !listed.contains(t));
+    let mut gone = Vec::new();
+    for t in current.keys().filter(|t| !listed.contains(*t)) {
+        let n = misses.entry(*t).or_insert(0);
+        *n += 1;
+        if *n >= lift_after {
+            gone.push(*t);
+        }
+    }
+    for t in &gone {
+        misses.remove(t);
+    }
+    gone.sort();
+    gone
+}
+
 /// A one-line summary for logs and `banshare sync`.
 pub fn summary(r: &PullReport) -> String {
     format!(
-        "received {}, added {}, refreshed {}, skipped {}, no longer listed {} (they expire at their TTL)",
+        "received {}, added {}, renewed {}, unchanged {}, skipped {}, no longer listed {} (kept for now), delisted {}",
         r.received,
         r.added,
-        r.refreshed,
+        r.renewed,
+        r.unchanged,
         r.skipped.total(),
-        r.left
+        r.missing,
+        r.delisted
     )
 }
 
@@ -242,6 +318,63 @@ mod tests {
         assert!(
             decisions.iter().all(|d| d.source == Source::Feed && d.duration == Some(cfg.ttl) && d.report.is_none())
         );
+    }
+
+    fn planned(targets: &[&str]) -> Vec<NewDecision> {
+        let fetched = Fetched {
+            items: targets.iter().map(|t| item(t, 90)).collect(),
+            received: targets.len(),
+            ..Fetched::default()
+        };
+        plan(fetched, &FeedConfig::default(), &[]).0
+    }
+
+    #[test]
+    fn a_pull_proposes_only_what_is_new_or_due_for_renewal() {
+        let cfg = FeedConfig::default(); // ttl 24 h, pulls every 5 min: renew under 12 h
+        let now = Timestamp(1_000_000_000);
+        let at = |h: u64| Some(now.plus(Duration::from_secs(h * 3600)));
+        let current: HashMap<IpNet, Option<Timestamp>> = [
+            ("45.155.205.1", at(23)), // renewed an hour ago
+            ("45.155.205.2", at(12)), // exactly at the threshold: kept
+            ("45.155.205.3", at(11)), // due
+            ("45.155.205.4", None),
+        ]
+        .iter()
+        .map(|(t, e)| (crate::decision::parse_target(t).unwrap(), *e))
+        .collect();
+        let d = diff(
+            planned(&["45.155.205.1", "45.155.205.2", "45.155.205.3", "45.155.205.4", "45.155.205.5"]),
+            &current,
+            &cfg,
+            now,
+        );
+        let proposed: Vec<String> = d.propose.iter().map(|p| p.target.to_string()).collect();
+        assert_eq!(proposed, ["45.155.205.3/32", "45.155.205.5/32"]);
+        assert_eq!((d.unchanged, d.listed.len()), (3, 5));
+        // A short TTL renews every pull: at least two intervals must always be left.
+        let short = FeedConfig { ttl: Duration::from_secs(600), ..FeedConfig::default() };
+        assert_eq!(renew_under(&short), Duration::from_secs(600));
+    }
+
+    #[test]
+    fn an_entry_is_lifted_after_the_configured_pulls_without_it() {
+        let t = |s: &str| crate::decision::parse_target(s).unwrap();
+        let current: HashMap<IpNet, Option<Timestamp>> =
+            [(t("45.155.205.1"), None), (t("45.155.205.2"), None)].into_iter().collect();
+        let mut misses = HashMap::new();
+        let only_1: HashSet<IpNet> = [t("45.155.205.1")].into_iter().collect();
+        let only_2: HashSet<IpNet> = [t("45.155.205.2")].into_iter().collect();
+        assert!(missed(&mut misses, &current, &only_1, 3).is_empty());
+        assert!(missed(&mut misses, &current, &only_1, 3).is_empty());
+        // Listed again: its count starts over.
+        assert!(missed(&mut misses, &current, &only_2, 3).is_empty());
+        assert!(missed(&mut misses, &current, &only_1, 3).is_empty());
+        assert!(missed(&mut misses, &current, &only_1, 3).is_empty());
+        assert_eq!(missed(&mut misses, &current, &only_1, 3), [t("45.155.205.2")]);
+        assert!(misses.is_empty());
+        // One pull is enough when configured so.
+        assert_eq!(missed(&mut HashMap::new(), &current, &HashSet::new(), 1).len(), 2);
     }
 
     #[test]

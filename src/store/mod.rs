@@ -108,6 +108,8 @@ pub enum LiftReason {
     Allowlisted,
     /// fail2ban unbanned it (not the operator: the feed may list it again).
     Fail2ban,
+    /// The community feed stopped listing it (for `feed.lift_after_pulls` pulls).
+    Delisted,
 }
 
 impl LiftReason {
@@ -117,6 +119,7 @@ impl LiftReason {
             LiftReason::Unban => "unban",
             LiftReason::Allowlisted => "allowlisted",
             LiftReason::Fail2ban => "fail2ban",
+            LiftReason::Delisted => "delisted",
         }
     }
 }

@@ -208,11 +208,12 @@ fn a_pull_applies_the_good_entries_and_counts_the_rest() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(emu.reports().is_empty());
     assert_eq!(status(&env)["feed"]["outbox"]["pending"], 0);
-    // A second pull refreshes, adds nothing.
+    // A second pull finds them all in force: nothing to add or renew.
     let again = env.cli(&["sync", "--json"]).json();
-    assert_eq!((again["added"].as_u64(), again["refreshed"].as_u64()), (Some(0), Some(5)));
+    let counts = |r: &Value| ["added", "renewed", "unchanged"].map(|k| r[k].as_u64().unwrap());
+    assert_eq!(counts(&again), [0, 0, 5]);
     let text = env.cli(&["sync"]).stdout;
-    assert!(text.starts_with("received 17, added 0, refreshed 5"), "{text}");
+    assert!(text.starts_with("received 17, added 0, renewed 0, unchanged 5"), "{text}");
 }
 
 #[test]
@@ -290,6 +291,115 @@ fn a_feed_of_200000_entries_is_capped_and_applied_in_one_firewall_batch() {
     let min = list["decisions"].as_array().unwrap().iter().map(|d| d["score"].as_u64().unwrap()).min().unwrap();
     assert_eq!(min, 97);
     eprintln!("200,000-entry pull: capped to 50,000 and applied in {took:?}");
+}
+
+/// The kernel's nft elements of banshare's feed sets, with the seconds until each
+/// expires.
+fn feed_elements(ns: &Netns) -> std::collections::HashMap<String, u64> {
+    let out = ns.exec(&["nft", "-j", "list", "table", "inet", "banshare"]);
+    let v: Value = serde_json::from_str(&out.stdout).expect("nft -j output");
+    let mut found = std::collections::HashMap::new();
+    for set in v["nftables"].as_array().unwrap().iter().filter_map(|o| o.get("set")) {
+        if !set["name"].as_str().unwrap().starts_with("feed_") {
+            continue;
+        }
+        for e in set["elem"].as_array().into_iter().flatten() {
+            let inner = &e["elem"];
+            found.insert(inner["val"].as_str().unwrap().to_string(), inner["expires"].as_u64().unwrap_or(0));
+        }
+    }
+    found
+}
+
+#[test]
+fn feed_pulls_are_applied_as_a_difference_and_delisted_entries_lifted_after_a_grace() {
+    if !privileged("feed diff test", &["nft"]) {
+        return;
+    }
+    let ns = Netns::new("fdiff");
+    let emu = Emulator::start_in(&ns.name);
+    let n = 50_000;
+    let items = many_items(n);
+    emu.with(|s| {
+        s.feed = FeedSource::Items(items.clone());
+        s.ignore_limit = true;
+    });
+    let env = Env::new("");
+    let section = env.feed_section(&emu.url(), "pull = false\nmin_score = 0\nlift_after_pulls = 3");
+    env.write_config_for("nftables", &section);
+    let _daemon = env.spawn_daemon_in(&ns);
+    let batches = |env: &Env| status(env)["firewall"]["batches"].as_u64().unwrap();
+    let sync = |env: &Env| {
+        let run = env.cli(&["sync", "--json"]);
+        run.expect_code(0);
+        run.json()
+    };
+    let counts = |r: &Value| ["added", "renewed", "unchanged", "missing", "delisted"].map(|k| r[k].as_u64().unwrap());
+
+    assert_eq!(counts(&sync(&env)), [n as u64, 0, 0, 0, 0]);
+    let first = feed_elements(&ns);
+    assert_eq!(first.len(), n);
+
+    // The same 50,000 again: no store write, no kernel transaction, timeouts untouched.
+    std::thread::sleep(Duration::from_secs(2));
+    let before = batches(&env);
+    let started = std::time::Instant::now();
+    let r = sync(&env);
+    let took = started.elapsed();
+    assert_eq!(counts(&r), [0, 0, n as u64, 0, 0]);
+    assert_eq!(batches(&env), before, "an unchanged pull does no kernel work");
+    let again = feed_elements(&ns);
+    assert_eq!(again.len(), n);
+    let (a, b) = (first["11.0.0.1"], again["11.0.0.1"]);
+    assert!(b < a && a - b <= 10, "the timeout was not rewritten: {a} then {b}");
+    eprintln!("a pull of {n} unchanged entries: {took:?} end to end, no kernel transaction");
+
+    // Ten entries leave the feed, ten arrive: one kernel transaction for the ten new;
+    // the ten gone stay in force for two more pulls and are lifted by the third.
+    let mut changed = items.clone();
+    let gone: Vec<String> = changed.drain(..10).map(|i| i["ip_address"].as_str().unwrap().to_string()).collect();
+    changed.extend((0..10).map(|i| json!({"ip_address": format!("45.155.206.{}", i + 1), "threat_score": 99})));
+    emu.with(|s| s.feed = FeedSource::Items(changed.clone()));
+    let before = batches(&env);
+    assert_eq!(counts(&sync(&env)), [10, 0, n as u64 - 10, 10, 0]);
+    assert_eq!(batches(&env), before + 1);
+    assert_eq!(feed_elements(&ns).len(), n + 10);
+    assert_eq!(counts(&sync(&env)), [0, 0, n as u64, 10, 0]);
+    let r = sync(&env);
+    assert_eq!(counts(&r), [0, 0, n as u64, 0, 10]);
+    let now = feed_elements(&ns);
+    assert_eq!(now.len(), n);
+    assert!(gone.iter().all(|g| !now.contains_key(g)), "the delisted entries left the kernel");
+    assert!(now.contains_key("45.155.206.1"));
+    env.cli(&["query", &gone[0]]).expect_code(1);
+    // A failed pull counts for nothing: what is in force stays.
+    emu.fault("/v1/ip/threats/live", [Fault::Status { code: 503, retry_after: None }]);
+    env.cli(&["sync"]).expect_code(5);
+    assert_eq!(feed_elements(&ns).len(), n);
+}
+
+/// With a TTL of 10 minutes (pulls every 5), every pull renews: the kernel's timeouts go
+/// back to the full TTL.
+#[test]
+fn a_listed_entry_is_renewed_before_its_expiry_comes_within_two_pulls() {
+    if !privileged("feed renewal test", &["nft"]) {
+        return;
+    }
+    let ns = Netns::new("frenew");
+    let emu = Emulator::start_in(&ns.name);
+    emu.with(|s| s.feed = FeedSource::Items(vec![json!({"ip_address": "45.155.205.70", "threat_score": 95})]));
+    let env = Env::new("");
+    let section = env.feed_section(&emu.url(), "pull = false\nttl = \"10m\"\npull_interval = \"5m\"");
+    env.write_config_for("nftables", &section);
+    let _daemon = env.spawn_daemon_in(&ns);
+    env.cli(&["sync"]).expect_code(0);
+    std::thread::sleep(Duration::from_secs(3));
+    let aged = feed_elements(&ns)["45.155.205.70"];
+    assert!((590..=597).contains(&aged), "{aged}");
+    let r = env.cli(&["sync", "--json"]).json();
+    assert_eq!(r["renewed"], 1);
+    let renewed = feed_elements(&ns)["45.155.205.70"];
+    assert!(renewed >= 598, "renewed to the full TTL: {renewed}");
 }
 
 #[test]
