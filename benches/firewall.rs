@@ -12,7 +12,10 @@
 //!    median of 5.
 //! 4. The way fail2ban's nftables action works: one `nft add element` process per
 //!    address, 2,000 addresses on top of the loaded table, extrapolated to 100,000.
-//! 5. The peers' bulk loads of the same 100,000: one `nft -f` file, and one bare
+//! 5. A restart with 100,000 active decisions, banshare's table removed while it was
+//!    stopped: from `banshare run` to its `READY=1` (sd_notify), every element then
+//!    checked in the kernel (median of 5). Also with the ipset backend.
+//! 6. The peers' bulk loads of the same 100,000: one `nft -f` file, and one bare
 //!    `ipset restore` into a fresh set (median of 3 each), and the ratios of
 //!    `banshare import` to them.
 
@@ -56,6 +59,14 @@ fn main() {
         } else {
             import_ipset = median(&runs);
         }
+    }
+    for backend in ["nftables", "ipset"] {
+        let runs = restart_runs(backend, base, 5);
+        println!(
+            "restart with 100k active decisions, table gone ({backend}): ready after median {} (runs {})",
+            ms(median(&runs)),
+            list(&runs)
+        );
     }
     let bare_nft: Vec<Duration> = (0..3).map(|_| bare_nft_load(base)).collect();
     println!("bare `nft -f` of the 100k into a fresh set: median {} (runs {})", ms(median(&bare_nft)), list(&bare_nft));
@@ -171,6 +182,85 @@ fn import_run(backend: &str, addrs: &[Ipv4Addr]) -> Duration {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
     daemon.wait().unwrap();
     took
+}
+
+/// Imports `addrs` into a daemon on `backend`, then `runs` times: stops it, removes the
+/// firewall state, starts it again; returns the times from start to `READY=1`, each
+/// checked to have every element in the kernel by then.
+fn restart_runs(backend: &str, addrs: &[Ipv4Addr], runs: usize) -> Vec<Duration> {
+    banshare::enforce::teardown().ok();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("banshare.toml");
+    let text = format!(
+        "state_dir = {:?}\nsocket = {:?}\n[feed]\npull = false\nreport = false\n[firewall]\nbackend = {backend:?}\n",
+        dir.path().join("state"),
+        dir.path().join("s.sock")
+    );
+    std::fs::write(&config, text).unwrap();
+    let list: String = addrs.iter().map(|a| format!("{a}\n")).collect();
+    let file = dir.path().join("list.txt");
+    std::fs::write(&file, list).unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let start = || {
+        Command::new(env!("CARGO_BIN_EXE_banshare"))
+            .arg("run")
+            .env("BANSHARE_CONFIG", &config)
+            .env("NOTIFY_SOCKET", &notify_path)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let ready = |notify: &std::os::unix::net::UnixDatagram| {
+        let mut buf = [0u8; 256];
+        loop {
+            let n = notify.recv(&mut buf).expect("READY=1 within 60 s");
+            if buf[..n].starts_with(b"READY=1") {
+                return;
+            }
+        }
+    };
+    let stop = |mut daemon: std::process::Child| {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.id() as i32), nix::sys::signal::Signal::SIGTERM)
+            .unwrap();
+        daemon.wait().unwrap();
+    };
+    let daemon = start();
+    ready(&notify);
+    let out = Command::new(env!("CARGO_BIN_EXE_banshare"))
+        .args(["import", file.to_str().unwrap(), "--for", "1h"])
+        .env("BANSHARE_CONFIG", &config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "import failed: {}", String::from_utf8_lossy(&out.stderr));
+    stop(daemon);
+    let mut times = Vec::new();
+    for _ in 0..runs {
+        banshare::enforce::teardown().ok();
+        let t = Instant::now();
+        let daemon = start();
+        ready(&notify);
+        times.push(t.elapsed());
+        assert_eq!(kernel_elements(backend), addrs.len(), "every element in the kernel at READY=1");
+        stop(daemon);
+    }
+    banshare::enforce::teardown().ok();
+    times
+}
+
+/// How many elements banshare's sets hold in the kernel, as the tools list them.
+fn kernel_elements(backend: &str) -> usize {
+    let listing = |program: &str, args: &[&str]| {
+        let out = Command::new(program).args(args).output().expect(program);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    if backend == "nftables" {
+        let json = listing("nft", &["-j", "list", "table", "inet", "banshare"]);
+        banshare::enforce::nftables::parse_stats(&json).iter().map(|s| s.elements).sum()
+    } else {
+        listing("ipset", &["list", "banshare-v4"]).lines().skip_while(|l| !l.starts_with("Members:")).skip(1).count()
+    }
 }
 
 /// One `nft -f` file adding `addrs` (1 h timeouts) to a fresh set of a scratch table.

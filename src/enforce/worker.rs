@@ -3,9 +3,11 @@
 //!
 //! The daemon sends jobs in commit order (it sends while holding the store's lock), so
 //! the kernel sees changes in the order the store recorded them. When the worker picks
-//! up an `Apply`, it also takes every `Apply` already queued and those arriving within
-//! [`COALESCE`] (up to [`MAX_BATCH`] changes) and applies them as one batch: a storm of
-//! fail2ban bans costs a handful of `nft` runs, never one per address. Each sender may
+//! up an `Apply`, it also takes every `Apply` already queued and, during a storm (a batch
+//! applied within [`STORM`]), those arriving within [`COALESCE`] (up to [`MAX_BATCH`]
+//! changes), and applies them as one batch: a storm of fail2ban bans costs a handful of
+//! kernel transactions, never one per address, while a ban on its own goes to the kernel
+//! at once. Each sender may
 //! wait until its batch is in the kernel, so `banshare ban` returns with the block in
 //! force, and learns when it is not: the kernel's refusal of its own elements, or the
 //! batch's failure, or a worker that died or stopped answering ([`WorkerHealth`]).
@@ -23,8 +25,10 @@ use super::{Change, Enforcer, FirewallError, Refused};
 use crate::clock::Timestamp;
 use crate::decision::{Decision, Guard, Source};
 
-/// How long the worker waits for more changes before applying what it has.
+/// How long the worker waits for more changes before applying what it has, in a storm.
 const COALESCE: Duration = Duration::from_millis(2);
+/// A batch within this long of the previous one means a storm.
+const STORM: Duration = Duration::from_millis(10);
 /// The largest batch; more waits for the next transaction.
 const MAX_BATCH: usize = 50_000;
 /// How long a caller waits for its batch before it says the worker is stuck. A full load
@@ -313,6 +317,7 @@ fn work(mut enforcer: Enforcer, rx: Receiver<Job>, shared: Shared) {
     // health check reports "not intact" and the daemon rebuilds from the store.
     let mut dirty = false;
     let mut next: Option<Job> = None;
+    let mut last_batch = std::time::Instant::now() - STORM;
     loop {
         let job = match next.take() {
             Some(job) => job,
@@ -326,8 +331,9 @@ fn work(mut enforcer: Enforcer, rx: Receiver<Job>, shared: Shared) {
             Job::Apply { mut changes, done } => {
                 // Each waiter's own changes are a range of the merged batch.
                 let mut waiters: Vec<(Done, Range<usize>)> = done.into_iter().map(|d| (d, 0..changes.len())).collect();
+                let wait = if last_batch.elapsed() < STORM { COALESCE } else { Duration::ZERO };
                 while changes.len() < MAX_BATCH {
-                    match rx.recv_timeout(COALESCE) {
+                    match rx.recv_timeout(wait) {
                         Ok(Job::Apply { changes: more, done }) => {
                             let mine = changes.len()..changes.len() + more.len();
                             waiters.extend(done.map(|d| (d, mine)));
@@ -341,6 +347,7 @@ fn work(mut enforcer: Enforcer, rx: Receiver<Job>, shared: Shared) {
                     }
                 }
                 let result = enforcer.apply(&changes, Timestamp::now());
+                last_batch = std::time::Instant::now();
                 dirty |= shared.record(&result, Some(&changes));
                 shared.batches.fetch_add(1, Ordering::Relaxed);
                 for (w, mine) in waiters {
