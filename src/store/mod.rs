@@ -170,6 +170,15 @@ pub struct Store {
 
 /// A connection to `path` with the busy timeout every writer needs.
 fn connect(path: &Path) -> Result<Connection> {
+    static CONFIGURE: std::sync::Once = std::sync::Once::new();
+    CONFIGURE.call_once(|| {
+        // SQLite keeps memory statistics under a global mutex on every allocation;
+        // banshare never reads them (measured: 100,000 new decisions 385 ms -> 360 ms).
+        // Only valid before SQLite initializes, so before the first connection; later
+        // it is refused and changes nothing.
+        // SAFETY: SQLITE_CONFIG_MEMSTATUS takes one int argument.
+        unsafe { rusqlite::ffi::sqlite3_config(rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS, 0 as std::ffi::c_int) };
+    });
     let open_err = |source| StoreError::Open { path: path.to_path_buf(), source };
     let conn = Connection::open(path).map_err(open_err)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
