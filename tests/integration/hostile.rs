@@ -118,7 +118,7 @@ fn the_control_socket_enforces_its_bounds_and_still_serves() {
         banshare::control::client::Client::connect(&env.socket, Duration::from_secs(2))
             .is_ok_and(|mut c| c.call(&Request::Ping).is_ok())
     });
-    // An import far over the line limit still goes through, in several requests.
+    // An import far over the line limit goes through, streamed after one request line.
     let file = env.dir.path().join("big.txt");
     let targets: String =
         (0..60_000u32).map(|i| format!("2001:db8:{:x}:{:x}::1\n", i / 65536 + 1, i % 65536)).collect();
@@ -127,6 +127,54 @@ fn the_control_socket_enforces_its_bounds_and_still_serves() {
     let run = env.cli(&["import", file.to_str().unwrap(), "--for", "1h"]);
     assert_eq!(run.code, 0, "{}", run.stderr);
     assert!(run.stdout.starts_with("imported 60000 new"), "{}", run.stdout);
+}
+
+/// A streamed import that lies about its length, carries garbage or ends early: each
+/// answered with what went wrong, nothing half-imported, and the socket still serves.
+#[test]
+fn a_streamed_import_is_bounded_and_checked_line_by_line() {
+    use banshare::control::protocol::{MAX_IMPORT, MAX_TARGET};
+    let env = Env::new("");
+    let _daemon = env.start_in_process();
+    let header = |lines: usize| format!("{{\"v\":1,\"cmd\":\"import\",\"lines\":{lines},\"for_secs\":3600}}\n");
+    // More lines announced than an import may carry: refused at once, connection closed.
+    let mut client = env.client();
+    let reply = client.round_trip(header(MAX_IMPORT + 1).as_bytes()).unwrap();
+    let error = reply.error.unwrap();
+    assert_eq!(error.code, ErrorCode::TooLarge);
+    assert!(error.message.contains("at most 1000000 targets"), "{}", error.message);
+    // Garbage, an over-long line, invalid UTF-8 and an empty line among good targets:
+    // the good ones imported, each bad one named.
+    let mut body = header(6).into_bytes();
+    body.extend_from_slice(b"198.51.100.1\n");
+    body.extend_from_slice(b"not an address\n");
+    body.extend(std::iter::repeat_n(b'9', MAX_TARGET + 50));
+    body.extend_from_slice(b"\n\xff\xfe\n\n198.51.100.0/30\n");
+    let mut client = env.client();
+    let reply = client.round_trip(&body).unwrap();
+    assert!(reply.ok, "{:?}", reply.error);
+    let data = reply.data.unwrap();
+    assert_eq!(data["created"], 2, "{data}");
+    let invalid = data["invalid"].as_array().unwrap();
+    assert_eq!(invalid.len(), 4, "{data}");
+    assert!(invalid.iter().any(|m| m.as_str().unwrap().contains("longer than 128 bytes")), "{data}");
+    // The stream ends before the announced lines: nothing of it is imported.
+    let mut cut = header(3).into_bytes();
+    cut.extend_from_slice(b"198.51.100.20\n198.51.100.21\n");
+    {
+        let mut raw = std::os::unix::net::UnixStream::connect(&env.socket).unwrap();
+        raw.write_all(&cut).unwrap();
+        raw.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut answer = String::new();
+        raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = raw.read_to_string(&mut answer);
+        assert!(answer.is_empty(), "no answer to a cut stream: {answer}");
+    }
+    let listed = env.listed();
+    assert!(!listed.iter().any(|t| t.starts_with("198.51.100.2")), "{listed:?}");
+    assert!(listed.contains(&"198.51.100.1/32".to_string()) && listed.contains(&"198.51.100.0/30".to_string()));
+    // And the socket serves.
+    assert!(env.client().call(&Request::Ping).is_ok());
 }
 
 #[test]
