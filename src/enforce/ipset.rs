@@ -6,9 +6,10 @@
 //! Two sources may block the same target; the kernel holds it once, with the longest of
 //! their expiries, until the last of them lifts it ([`Mirror`]).
 //!
-//! Batches go through one `ipset -exist restore` (pure builders [`apply_script`],
-//! [`full_script`]). A full reconcile fills a fresh set and `swap`s it in atomically,
-//! which is also how `maxelem` grows: a set cannot be resized in place.
+//! Incremental batches go through one `ipset -exist restore` ([`apply_script`]). A full
+//! reload ([`Reload`]) fills fresh sets over netlink (`ipset restore` spends most of a
+//! large load parsing its input) and `swap`s them in atomically, which is also how
+//! `maxelem` grows: a set cannot be resized in place.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
@@ -16,6 +17,7 @@ use std::fmt::Write;
 use ipnet::IpNet;
 
 use super::command::run;
+use super::netlink::{Batch, IpsetEntry};
 use super::timeout::{IPSET_MAX, KernelTimeout};
 use super::{
     Change, Element, Firewall, FirewallError, FirewallOptions, Refused, RuleAction, SetStats, find_refused, without,
@@ -149,19 +151,41 @@ fn create_line(name: &str, v6: bool, maxelem: usize) -> String {
     format!("create {name} hash:net family {family} timeout 0 maxelem {maxelem}\n")
 }
 
-/// A full reload: fill `<set>-new` and swap it in for each family. The live sets must
-/// exist (see `Ipset::ensure_sets`).
-pub fn full_script(mirror: &Mirror, now: Timestamp) -> String {
-    let mut s = String::new();
-    for (live, v6) in [(SET_V4, false), (SET_V6, true)] {
-        let tmp = format!("{live}-new");
-        s.push_str(&create_line(&tmp, v6, maxelem(mirror.count(v6))));
-        let targets = mirror.desired.keys().filter(|t| matches!(t, IpNet::V6(_)) == v6).copied();
-        add_lines(&mut s, |_| tmp.as_str(), targets, mirror, now);
-        let _ = writeln!(s, "swap {tmp} {live}");
-        let _ = writeln!(s, "destroy {tmp}");
+/// A full reload: fresh `<set>-new` sets created (emptied if a crash left them), filled
+/// over netlink ([`super::netlink::Batch::ipset`]) and swapped in, one atomic swap per
+/// family. The live sets must exist (see `Ipset::ensure_sets`).
+#[derive(Debug)]
+pub struct Reload {
+    /// `ipset restore` input that creates and empties the fresh sets.
+    pub prepare: String,
+    /// The fresh sets' entries.
+    pub fill: Batch,
+    /// `ipset restore` input that swaps them in and destroys the old ones.
+    pub swap: String,
+}
+
+impl Reload {
+    pub fn of(mirror: &Mirror, now: Timestamp) -> Reload {
+        let (mut prepare, mut swap, mut fill) = (String::new(), String::new(), Batch::ipset());
+        for (live, v6) in [(SET_V4, false), (SET_V6, true)] {
+            let tmp = format!("{live}-new");
+            prepare.push_str(&create_line(&tmp, v6, maxelem(mirror.count(v6))));
+            let _ = writeln!(prepare, "flush {tmp}");
+            let entries: Vec<IpsetEntry> = mirror
+                .desired
+                .keys()
+                .filter(|t| matches!(t, IpNet::V6(_)) == v6)
+                .filter_map(|t| {
+                    let secs = KernelTimeout::of(mirror.effective(t)?, now, IPSET_MAX).ipset_secs()?;
+                    Some(IpsetEntry { addr: t.network(), prefix: t.prefix_len(), timeout_secs: secs })
+                })
+                .collect();
+            fill.ipset_add(&tmp, v6, &entries);
+            let _ = writeln!(swap, "swap {tmp} {live}");
+            let _ = writeln!(swap, "destroy {tmp}");
+        }
+        Reload { prepare, fill, swap }
     }
-    s
 }
 
 /// The iptables arguments of banshare's rule for `set` (after `-C`/`-I`/`-D CHAIN`).
@@ -257,8 +281,11 @@ impl Ipset {
 
     /// Fills fresh sets from `mirror` and swaps them in (one atomic swap per family).
     fn reload(&mut self, mirror: Mirror, now: Timestamp) -> Result<(), FirewallError> {
-        let script = full_script(&mirror, now);
-        if let Err(error) = Self::restore(&script) {
+        let reload = Reload::of(&mirror, now);
+        let done = Self::restore(&reload.prepare)
+            .and_then(|()| super::netlink::commit(&reload.fill))
+            .and_then(|()| Self::restore(&reload.swap));
+        if let Err(error) = done {
             // A refused line leaves the half-filled `-new` sets behind, never in force.
             let _ = self.ensure_sets();
             return Err(error);
@@ -459,17 +486,21 @@ mod tests {
             el(Source::Manual, "203.0.113.7", Some(10)),
             el(Source::Feed, "198.51.100.0/24", Some(1)),
         ]);
-        let s = full_script(&m, Timestamp(1500));
+        let r = Reload::of(&m, Timestamp(1500));
         assert_eq!(
-            s,
+            r.prepare,
             "create banshare-v4-new hash:net family inet timeout 0 maxelem 65536\n\
-             add banshare-v4-new 203.0.113.7/32 timeout 9\n\
-             swap banshare-v4-new banshare-v4\n\
-             destroy banshare-v4-new\n\
+             flush banshare-v4-new\n\
              create banshare-v6-new hash:net family inet6 timeout 0 maxelem 65536\n\
-             swap banshare-v6-new banshare-v6\n\
-             destroy banshare-v6-new\n"
+             flush banshare-v6-new\n"
         );
+        assert_eq!(
+            r.swap,
+            "swap banshare-v4-new banshare-v4\ndestroy banshare-v4-new\n\
+             swap banshare-v6-new banshare-v6\ndestroy banshare-v6-new\n"
+        );
+        // One message: the /32 with 9 s left (the /24 has expired).
+        assert_eq!(r.fill.descriptions(), ["add 1 entries to set banshare-v4-new"]);
         assert_eq!(maxelem(100_000), 262_144);
     }
 

@@ -14,6 +14,11 @@
 //! messages (a `DELSETELEM` without elements flushes the set), then
 //! `NFNL_MSG_BATCH_END`. The kernel applies all of it or none of it, and acknowledges
 //! each message (`NLM_F_ACK`), with the errno of each one it refused.
+//!
+//! The ipset backend fills its fresh sets the same way ([`Batch::ipset`]): `IPSET_CMD_ADD`
+//! messages of up to about 1,900 entries each, as `ipset restore` would send one entry at
+//! a time. ipset has no transactions; its sets are filled while no rule uses them and
+//! swapped in by `ipset`.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
@@ -25,6 +30,7 @@ use nix::sys::socket::{
 
 use super::FirewallError;
 
+const NFNL_SUBSYS_IPSET: u16 = 6;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_DELSETELEM: u16 = 14;
@@ -36,6 +42,22 @@ const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_CREATE: u16 = 0x400;
 const NLA_F_NESTED: u16 = 0x8000;
+const NLA_F_NET_BYTEORDER: u16 = 0x4000;
+
+const IPSET_CMD_ADD: u16 = 9;
+const IPSET_PROTOCOL: u8 = 7;
+const IPSET_ATTR_PROTOCOL: u16 = 1;
+const IPSET_ATTR_SETNAME: u16 = 2;
+const IPSET_ATTR_DATA: u16 = 7;
+const IPSET_ATTR_ADT: u16 = 8;
+const IPSET_ATTR_LINENO: u16 = 9;
+const IPSET_ATTR_IP: u16 = 1;
+const IPSET_ATTR_CIDR: u16 = 3;
+const IPSET_ATTR_TIMEOUT: u16 = 6;
+const IPSET_ATTR_IPADDR_IPV4: u16 = 1;
+const IPSET_ATTR_IPADDR_IPV6: u16 = 2;
+const NFPROTO_IPV4: u8 = 2;
+const NFPROTO_IPV6: u8 = 10;
 
 const NFPROTO_INET: u8 = 1;
 
@@ -83,10 +105,24 @@ impl SetElement {
     }
 }
 
-/// One transaction's messages, built before anything is sent.
+/// One ipset entry: an address or network and its timeout in whole seconds (`0`:
+/// permanent, as ipset reads it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpsetEntry {
+    pub addr: std::net::IpAddr,
+    pub prefix: u8,
+    pub timeout_secs: u32,
+}
+
+/// One transaction's messages (or, for ipset, one sequence of messages), built before
+/// anything is sent.
 #[derive(Debug)]
 pub struct Batch {
+    /// What the messages change, for error messages (`table inet banshare`, `ipset`).
+    what: String,
     table: String,
+    /// nf_tables batches are framed by a begin and an end message; ipset's are not.
+    framed: bool,
     buf: Vec<u8>,
     /// For each message after the batch start: what it does, for error messages.
     messages: Vec<String>,
@@ -95,11 +131,65 @@ pub struct Batch {
 impl Batch {
     /// An empty transaction on banshare's table `table` (family inet).
     pub fn new(table: &str) -> Batch {
-        let mut b = Batch { table: table.to_string(), buf: Vec::new(), messages: Vec::new() };
+        let mut b = Batch {
+            what: format!("table inet {table}"),
+            table: table.to_string(),
+            framed: true,
+            buf: Vec::new(),
+            messages: Vec::new(),
+        };
         b.header(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 0);
         b.nfgen(0, NFNL_SUBSYS_NFTABLES);
         b.finish_message(0);
         b
+    }
+
+    /// An empty sequence of ipset messages.
+    pub fn ipset() -> Batch {
+        Batch { what: "ipset".into(), table: String::new(), framed: false, buf: Vec::new(), messages: Vec::new() }
+    }
+
+    /// Adds `entries` (all of one family: `v6`) to the ipset set `set` (an entry already
+    /// there gets the new timeout, as with `ipset -exist add`).
+    pub fn ipset_add(&mut self, set: &str, v6: bool, entries: &[IpsetEntry]) {
+        let mut rest = entries;
+        while !rest.is_empty() {
+            let start = self.buf.len();
+            let seq = self.messages.len() as u32 + 1;
+            self.header((NFNL_SUBSYS_IPSET << 8) | IPSET_CMD_ADD, NLM_F_REQUEST | NLM_F_ACK, seq);
+            self.nfgen(if v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 }, 0);
+            self.attr(IPSET_ATTR_PROTOCOL, &[IPSET_PROTOCOL]);
+            self.attr_str(IPSET_ATTR_SETNAME, set);
+            // The kernel wants a line number with a list (it reports the failing one there).
+            self.attr(IPSET_ATTR_LINENO, &0u32.to_ne_bytes());
+            let list = self.nest(IPSET_ATTR_ADT);
+            let mut taken = 0;
+            for e in rest {
+                if self.buf.len() - list > MAX_ELEMENTS_BYTES {
+                    break;
+                }
+                let data = self.nest(IPSET_ATTR_DATA);
+                let ip = self.nest(IPSET_ATTR_IP);
+                match e.addr {
+                    std::net::IpAddr::V4(a) => self.attr(IPSET_ATTR_IPADDR_IPV4 | NLA_F_NET_BYTEORDER, &a.octets()),
+                    std::net::IpAddr::V6(a) => self.attr(IPSET_ATTR_IPADDR_IPV6 | NLA_F_NET_BYTEORDER, &a.octets()),
+                }
+                self.end_nest(ip);
+                self.attr(IPSET_ATTR_CIDR, &[e.prefix]);
+                self.attr(IPSET_ATTR_TIMEOUT | NLA_F_NET_BYTEORDER, &e.timeout_secs.to_be_bytes());
+                self.end_nest(data);
+                taken += 1;
+            }
+            self.end_nest(list);
+            self.finish_message(start);
+            self.messages.push(format!("add {taken} entries to set {set}"));
+            rest = &rest[taken..];
+        }
+    }
+
+    /// What each message does, in order.
+    pub fn descriptions(&self) -> &[String] {
+        &self.messages
     }
 
     /// Whether no operation was added.
@@ -126,7 +216,11 @@ impl Batch {
 
     /// The wire bytes, with the batch end.
     fn finish(&self) -> Vec<u8> {
-        let mut b = Batch { table: String::new(), buf: self.buf.clone(), messages: Vec::new() };
+        if !self.framed {
+            return self.buf.clone();
+        }
+        let mut b = Batch::ipset();
+        b.buf = self.buf.clone();
         let seq = self.messages.len() as u32 + 1;
         let start = b.buf.len();
         b.header(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq);
@@ -277,7 +371,7 @@ fn answers(fd: &OwnedFd, batch: &Batch) -> Result<(), FirewallError> {
     let expected = batch.messages.len();
     let mut acked = vec![false; expected + 1];
     let mut count = 0;
-    let mut first_error: Option<(u32, Errno)> = None;
+    let mut first_error: Option<(u32, i32)> = None;
     let mut buf = vec![0u8; 256 * 1024];
     loop {
         let n = match recv(fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
@@ -288,7 +382,7 @@ fn answers(fd: &OwnedFd, batch: &Batch) -> Result<(), FirewallError> {
         };
         for (seq, errno) in parse_answers(&buf[..n]) {
             if errno != 0 && first_error.is_none() {
-                first_error = Some((seq, Errno::from_raw(-errno)));
+                first_error = Some((seq, -errno));
             }
             let slot = seq as usize;
             if (1..=expected).contains(&slot) && !acked[slot] {
@@ -298,10 +392,10 @@ fn answers(fd: &OwnedFd, batch: &Batch) -> Result<(), FirewallError> {
         }
     }
     match first_error {
-        Some((seq, errno)) => Err(refusal(batch, seq, errno)),
+        Some((seq, raw)) => Err(refusal(batch, seq, raw)),
         None if count == expected => Ok(()),
         None => Err(FirewallError::Command {
-            command: format!("nf_tables transaction on table inet {}", batch.table),
+            command: format!("netlink messages to {}", batch.what),
             stderr: format!("the kernel acknowledged {count} of {expected} messages"),
         }),
     }
@@ -327,15 +421,18 @@ fn parse_answers(data: &[u8]) -> Vec<(u32, i32)> {
     out
 }
 
-fn refusal(batch: &Batch, seq: u32, errno: Errno) -> FirewallError {
+fn refusal(batch: &Batch, seq: u32, raw: i32) -> FirewallError {
+    let errno = Errno::from_raw(raw);
     if errno == Errno::EPERM {
-        return FirewallError::Unavailable("changing nftables sets needs root or CAP_NET_ADMIN".into());
+        return FirewallError::Unavailable(format!("changing {} needs root or CAP_NET_ADMIN", batch.what));
     }
     let what = match (seq as usize).checked_sub(1).and_then(|i| batch.messages.get(i)) {
-        Some(m) => format!("`{m}` (table inet {})", batch.table),
-        None => format!("the transaction on table inet {}", batch.table),
+        Some(m) => format!("`{m}` ({})", batch.what),
+        None => format!("the transaction on {}", batch.what),
     };
-    FirewallError::Command { command: format!("nf_tables: {what}"), stderr: format!("{} ({errno})", errno.desc()) }
+    // ipset's own codes start at 4096 (IPSET_ERR_PRIVATE); errno's text would be wrong.
+    let text = if raw >= 4096 { format!("ipset error {raw}") } else { format!("{} ({errno})", errno.desc()) };
+    FirewallError::Command { command: format!("netlink: {what}"), stderr: text }
 }
 
 fn io_error(context: &str, e: Errno) -> FirewallError {
@@ -376,5 +473,18 @@ mod tests {
         assert!(msgs.iter().all(|(_, len)| *len < 65_536));
         let total: usize = b.messages[1..].iter().map(|m| m.split(' ').nth(1).unwrap().parse::<usize>().unwrap()).sum();
         assert_eq!(total, 10_000);
+    }
+
+    #[test]
+    fn ipset_messages_are_unframed_and_split_too() {
+        let mut b = Batch::ipset();
+        let entries: Vec<IpsetEntry> = (0..5_000u32)
+            .map(|i| IpsetEntry { addr: std::net::Ipv4Addr::from(i).into(), prefix: 32, timeout_secs: 60 })
+            .collect();
+        b.ipset_add("banshare-v4-new", false, &entries);
+        let msgs = messages(&b.finish());
+        // 32 bytes per entry: about 1,900 per message, no batch begin or end.
+        assert_eq!(msgs.len(), 3, "{msgs:?}");
+        assert!(msgs.iter().all(|(ty, len)| *ty == (NFNL_SUBSYS_IPSET << 8) | IPSET_CMD_ADD && *len < 65_536));
     }
 }

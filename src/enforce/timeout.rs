@@ -67,6 +67,16 @@ impl KernelTimeout {
         }
     }
 
+    /// ipset's timeout in whole seconds, rounded up and capped (`0`: permanent); `None`
+    /// when expired.
+    pub fn ipset_secs(self) -> Option<u32> {
+        match self {
+            KernelTimeout::Permanent => Some(0),
+            KernelTimeout::For(d) => Some((d.as_millis() as u64).div_ceil(1000).clamp(1, IPSET_MAX_SECS) as u32),
+            KernelTimeout::Expired => None,
+        }
+    }
+
     /// `timeout N` for ipset in whole seconds, rounded up (never 0, which ipset reads as
     /// permanent) and capped; `timeout 0` for a permanent element; `None` when expired.
     pub fn ipset(self) -> Option<String> {
