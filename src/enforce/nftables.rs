@@ -19,8 +19,11 @@
 //! rebuilds that set (flush and re-add, atomic in one transaction; also far cheaper than
 //! nft's interval deletes).
 //!
-//! Every batch is one `nft -f -` transaction built by pure functions ([`setup_script`],
-//! [`full_script`], [`apply_script`]) from a [`Plan`]; the backend only runs it.
+//! Every batch is a [`Load`] built by pure functions from a [`Plan`]: an `nft -f -`
+//! script for the table, chains, rules and network sets, and one netlink transaction
+//! ([`super::netlink`]) for the address sets, where the bulk of the elements is; the
+//! backend only runs it. [`full_script`] writes everything as one nft script, for
+//! `nft -c` to check when the kernel refuses a load.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
