@@ -164,19 +164,20 @@ impl Ledger {
         // Unchanged decisions need no kernel work, unless the kernel refused them lately.
         let refused: HashSet<(Source, IpNet)> =
             self.firewall.iter().flat_map(FirewallHandle::refused).map(|r| (r.source, r.target)).collect();
-        let mut changed: Vec<Decision> = Vec::new();
+        // Per accepted proposal: whether the kernel must hear of it.
+        let mut changes_kernel: Vec<bool> = Vec::new();
         let mut ticket = None;
         // The kernel's work starts as soon as the answers are known and runs beside the
         // store's writes; the lock is held until both are queued, so the kernel's order
         // stays the commit order. Should the commit fail, the kernel is rebuilt from the
         // store, which then holds what it held before.
         let written = st.store.upsert_decisions_then(&accepted, now, |answers| {
-            changed = answers
+            changes_kernel = answers
                 .iter()
-                .filter(|(d, u)| *u != Upsert::Unchanged || refused.contains(&(d.source, d.target)))
-                .map(|(d, _)| d.clone())
+                .map(|(d, u)| *u != Upsert::Unchanged || refused.contains(&(d.source, d.target)))
                 .collect();
-            ticket = self.queue(|f| f.add(&changed));
+            let changed = answers.iter().zip(&changes_kernel).filter(|(_, c)| **c).map(|((d, _), _)| d);
+            ticket = self.queue(|f| f.add(changed));
         });
         let mut committed = match written {
             Ok(answers) => answers.into_iter(),
@@ -196,6 +197,13 @@ impl Ledger {
                 Some(refusal) => Err(refusal),
             })
             .collect();
+        let changed: Vec<&Decision> = outcomes
+            .iter()
+            .filter_map(|o| o.as_ref().ok())
+            .zip(&changes_kernel)
+            .filter(|(_, c)| **c)
+            .map(|((d, _), _)| d)
+            .collect();
         let committed_at = started.elapsed();
         let bulk = changed.len() > BULK_LOG;
         let refusals: Vec<&Refusal> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
@@ -207,7 +215,7 @@ impl Ledger {
             }
         }
         drop(st);
-        let kernel = kernel_outcome(ticket, &changed, "decisions recorded but not all in the kernel");
+        let kernel = kernel_outcome(ticket, changed.iter().copied(), "decisions recorded but not all in the kernel");
         // "blocked" only once the kernel took them.
         let what = if kernel.is_ok() { "blocked" } else { "recorded" };
         let per_address = !bulk || tracing::enabled!(tracing::Level::DEBUG);
@@ -273,10 +281,14 @@ impl Ledger {
 
 /// Waits for `ticket` (offline: `Deferred` when any of `decisions` is enforced) and logs a
 /// kernel failure with `what`.
-fn kernel_outcome(ticket: Option<Ticket>, decisions: &[Decision], what: &str) -> Result<(), EnforceError> {
+fn kernel_outcome<'a>(
+    ticket: Option<Ticket>,
+    decisions: impl IntoIterator<Item = &'a Decision>,
+    what: &str,
+) -> Result<(), EnforceError> {
     let kernel = match ticket {
         Some(ticket) => ticket.wait(),
-        None if decisions.iter().any(|d| d.enforced) => Err(EnforceError::Deferred),
+        None if decisions.into_iter().any(|d| d.enforced) => Err(EnforceError::Deferred),
         None => Ok(()),
     };
     if let Some(error) = kernel.as_ref().err().filter(|e| **e != EnforceError::Deferred) {

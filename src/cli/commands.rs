@@ -242,8 +242,9 @@ pub fn parse_import(text: &str) -> (Vec<String>, Vec<String>) {
     for (i, line) in text.lines().enumerate() {
         let content = line.split('#').next().unwrap_or("");
         let Some(token) = content.split_whitespace().next() else { continue };
+        // Sent as written once it parses (the daemon parses it again).
         match parse_target(token) {
-            Ok(t) => targets.push(t.to_string()),
+            Ok(_) => targets.push(token.to_string()),
             Err(m) => invalid.push(format!("line {}: {m}", i + 1)),
         }
     }
@@ -564,7 +565,8 @@ mod tests {
         let (targets, invalid) = parse_import(
             "# fail2ban export\n203.0.113.7\n\n198.51.100.0/24   # a range\nnot-an-ip\n  2001:db8::1 trailing words\n",
         );
-        assert_eq!(targets, ["203.0.113.7/32", "198.51.100.0/24", "2001:db8::1/128"]);
+        // As written: the daemon reads them with the same parser.
+        assert_eq!(targets, ["203.0.113.7", "198.51.100.0/24", "2001:db8::1"]);
         assert_eq!(invalid.len(), 1);
         assert!(invalid[0].starts_with("line 5: `not-an-ip` is not an IP address"), "{invalid:?}");
     }

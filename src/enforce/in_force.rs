@@ -46,7 +46,7 @@ fn key(target: &IpNet) -> (bool, u8) {
 
 impl InForceIndex {
     /// Records live decisions (new or extended).
-    pub fn add(&mut self, decisions: &[Decision]) {
+    pub fn add<'a>(&mut self, decisions: impl IntoIterator<Item = &'a Decision>) {
         for d in decisions {
             let until = d.expires.map_or(PERMANENT, |t| t.0.max(NONE + 1));
             let slots = self.targets.entry(d.target).or_insert_with(|| {

@@ -196,9 +196,14 @@ impl FirewallHandle {
 
     /// Queues blocks for `decisions`.
     /// (Decisions banshare does not enforce are skipped here, in one place.)
-    pub fn add(&self, decisions: &[Decision]) -> Ticket {
-        self.index().add(decisions);
-        self.apply(decisions.iter().filter(|d| d.enforced).map(|d| Change::Add(d.into())).collect())
+    pub fn add<'a, I>(&self, decisions: I) -> Ticket
+    where
+        I: IntoIterator<Item = &'a Decision>,
+        I::IntoIter: Clone,
+    {
+        let decisions = decisions.into_iter();
+        self.index().add(decisions.clone());
+        self.apply(decisions.filter(|d| d.enforced).map(|d| Change::Add(d.into())).collect())
     }
 
     /// Queues the lifting of `decisions`.
