@@ -40,7 +40,9 @@ impl From<ClientError> for CliError {
         let code = match &e {
             ClientError::NotRunning { .. } => exit::NOT_RUNNING,
             ClientError::Daemon(body) => match body.code {
-                ErrorCode::BadRequest | ErrorCode::InvalidTarget | ErrorCode::TooLarge => exit::BAD_INPUT,
+                ErrorCode::BadRequest | ErrorCode::InvalidTarget | ErrorCode::TooLarge | ErrorCode::Config => {
+                    exit::BAD_INPUT
+                }
                 ErrorCode::Refused => exit::REFUSED,
                 ErrorCode::NotFound => exit::NO,
                 ErrorCode::UnsupportedVersion
@@ -123,6 +125,18 @@ pub fn execute(cli: Cli) -> Result<u8, CliError> {
         }
         Command::Firewall { action: FirewallCommand::Show { json } } => firewall_show(cli.config.as_deref(), json),
         Command::Firewall { action: FirewallCommand::Teardown } => firewall_teardown(),
+        Command::Reload { json } => {
+            let r: crate::control::protocol::ReloadData =
+                connect(&cli.config, &cli.socket)?.call_as(&Request::Reload)?;
+            print(json, &r, || {
+                let mut out = format!("reloaded: {} in force\n", r.config);
+                for key in &r.restart_needed {
+                    out.push_str(&format!("note: {key} changed; it takes a restart (the old value stays)\n"));
+                }
+                out
+            });
+            Ok(exit::OK)
+        }
         Command::Sync { json } => super::feed::sync(connect_with(&cli.config, &cli.socket, IMPORT_TIMEOUT)?, json),
         Command::Check { ip, json } => {
             parse_target(&ip).map_err(|m| CliError::new(exit::BAD_INPUT, m))?;

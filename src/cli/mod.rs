@@ -135,6 +135,12 @@ pub enum Command {
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
     },
+    /// Put the config file in force in the running daemon; returns once it is, or fails
+    /// with the config's error (the previous config staying in force)
+    Reload {
+        #[arg(long)]
+        json: bool,
+    },
     /// Pull the community feed's live threats now and print what changed
     Sync {
         #[arg(long)]

@@ -34,6 +34,9 @@ pub const MAX_CONNECTIONS: usize = 256;
 pub enum Request {
     Ping,
     Status,
+    /// Read the config file again and put it in force; answers once it is (or with the
+    /// config's error, the previous config staying in force).
+    Reload,
     List {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         source: Option<Source>,
@@ -174,6 +177,8 @@ pub enum ErrorCode {
     Busy,
     /// The community feed's API failed, refused, or is not configured (no key).
     Upstream,
+    /// The config file does not load: the previous config stays in force.
+    Config,
 }
 
 /// A successful answer, one variant per command; written as the reply's `data` (the
@@ -195,6 +200,16 @@ pub enum Response {
     Register(RegisterData),
     Verify(VerifyData),
     Delist(DelistData),
+    Reload(ReloadData),
+}
+
+/// `reload`: the config now in force.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReloadData {
+    /// Where it came from.
+    pub config: String,
+    /// Keys whose change takes a restart (the running daemon keeps their old value).
+    pub restart_needed: Vec<String>,
 }
 
 /// `status`

@@ -273,16 +273,20 @@ impl Engine {
 
     /// Reloads the config from where it came from. An invalid file is logged and the
     /// old config kept (shown in `status` until a reload succeeds).
-    pub fn reload(&self) {
+    /// Loads the config file again and puts it in force. Returns where it came from and
+    /// the keys whose change takes a restart; on a config error, the error (the previous
+    /// config stays in force).
+    pub fn reload(&self) -> Result<(String, Vec<String>), String> {
         let old = self.config();
         let mut new = match config::load(old.source_path.as_deref()) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "config reload failed; keeping the previous config");
                 self.info.write().unwrap_or_else(|e| e.into_inner()).reload_error = Some(e.to_string());
-                return;
+                return Err(e.to_string());
             }
         };
+        let mut restart_needed = Vec::new();
         for (what, changed) in [
             ("state_dir", new.state_dir != old.state_dir),
             ("socket", new.socket != old.socket),
@@ -291,6 +295,7 @@ impl Engine {
         ] {
             if changed {
                 tracing::warn!(key = what, "changing this key takes a restart; the running daemon keeps the old value");
+                restart_needed.push(what.to_string());
             }
         }
         // The check service stays on the socket it bound; `status` must say that one.
@@ -300,9 +305,11 @@ impl Engine {
             tracing::error!(%error, "applying the new allowlist failed");
         }
         self.feed.reconfigure(&new.feed);
-        tracing::info!(config = %new.origin(), "config reloaded");
+        let origin = new.origin().to_string();
+        tracing::info!(config = %origin, "config reloaded");
         let mut info = self.info.write().unwrap_or_else(|e| e.into_inner());
         *info = Info { config: Arc::new(new), loaded: now, reload_error: None };
+        Ok((origin, restart_needed))
     }
 }
 

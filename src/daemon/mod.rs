@@ -106,7 +106,10 @@ impl DaemonHandle {
     /// Reloads the config, as SIGHUP does.
     pub async fn reload(&self) {
         let engine = Arc::clone(&self.engine);
-        let _ = tokio::task::spawn_blocking(move || engine.reload()).await;
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = engine.reload(); // logged, and shown by `status`
+        })
+        .await;
     }
 
     /// Drains and stops the daemon; returns once every task has finished.

@@ -11,8 +11,8 @@ use super::engine::{Engine, worker_problem};
 use crate::clock::Timestamp;
 use crate::config::FeedConfig;
 use crate::control::protocol::{
-    BanData, ErrorBody, ErrorCode, FirewallStatus, ImportData, ListData, MAX_REASON, QueryData, Request, Response,
-    StatusData, UnbanData,
+    BanData, ErrorBody, ErrorCode, FirewallStatus, ImportData, ListData, MAX_REASON, QueryData, ReloadData, Request,
+    Response, StatusData, UnbanData,
 };
 use crate::control::server::Handler;
 use crate::decision::{Decision, NewDecision, Source, parse_target, show_target};
@@ -301,6 +301,18 @@ impl Handler for Engine {
     fn handle(&self, request: Request) -> Result<Response, ErrorBody> {
         match request {
             Request::Ping => Ok(Response::Pong("pong")),
+            Request::Reload => {
+                super::notify("RELOADING=1");
+                let result = self.reload();
+                super::notify("READY=1");
+                match result {
+                    Ok((config, restart_needed)) => Ok(Response::Reload(ReloadData { config, restart_needed })),
+                    Err(message) => Err(ErrorBody::new(
+                        ErrorCode::Config,
+                        format!("the config does not load; the previous one stays in force: {message}"),
+                    )),
+                }
+            }
             Request::Fail2ban { event } => Ok(Response::Fail2ban(Box::new(self.fail2ban(event)?))),
             Request::Status => self.status(),
             Request::List { source } => self.list(source),

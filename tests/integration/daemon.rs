@@ -145,6 +145,48 @@ fn sighup_reloads_a_good_config_and_keeps_the_old_one_on_a_broken_config() {
     assert_eq!(daemon.stop(), Some(0), "SIGTERM exits cleanly");
 }
 
+/// `banshare reload` (the unit's ExecReload) returns once the new config is in force, or
+/// fails with the config's error while the old one stays; systemd hears RELOADING and
+/// READY around it.
+#[test]
+fn reload_answers_once_the_config_is_in_force_or_with_its_error() {
+    let env = Env::new("allowlist = [\"192.0.2.0/24\"]");
+    let notify_path = env.dir.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let daemon = env.spawn_daemon_with(&[("NOTIFY_SOCKET", notify_path.to_str().unwrap())]);
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"READY=1"));
+    env.cli(&["ban", "198.51.100.7", "--for", "1h"]).expect_code(0);
+    let socket = env.socket.to_str().unwrap().to_string();
+
+    // Broken: exit 2 with the file, the key and what was expected; the old config stays.
+    env.write_raw_config("allowlist = [\"192.0.2.0/24\", \"not-a-cidr\"]\n");
+    let run = env.cli(&["--socket", &socket, "reload"]);
+    run.expect_code(2);
+    assert!(run.stderr.contains("previous one stays in force"), "{}", run.stderr);
+    assert!(run.stderr.contains("key `allowlist[1]`"), "{}", run.stderr);
+    env.cli(&["--socket", &socket, "query", "198.51.100.7"]).expect_code(0);
+    let sent: Vec<String> = (0..2)
+        .map(|_| {
+            let n = notify.recv(&mut buf).unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        })
+        .collect();
+    assert_eq!(sent, ["RELOADING=1", "READY=1"]);
+
+    // Good: in force when the command returns (the new allowlist has already lifted the
+    // ban it covers), and the CLI says so.
+    env.write_config("allowlist = [\"192.0.2.0/24\", \"198.51.100.0/24\"]");
+    let run = env.cli(&["reload"]);
+    run.expect_code(0);
+    assert!(run.stdout.starts_with("reloaded: "), "{}", run.stdout);
+    assert!(env.listed().is_empty(), "the newly allowlisted ban is lifted before reload returns");
+    assert!(env.cli(&["status", "--json"]).json()["reload_error"].is_null());
+    assert_eq!(daemon.stop(), Some(0));
+}
+
 #[test]
 fn a_second_daemon_on_the_same_state_refuses_and_names_the_holder() {
     let env = Env::new("");
