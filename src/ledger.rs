@@ -220,11 +220,14 @@ impl Ledger {
         let what = if kernel.is_ok() { "blocked" } else { "recorded" };
         let per_address = !bulk || tracing::enabled!(tracing::Level::DEBUG);
         for d in changed.iter().filter(|_| per_address) {
-            let until = d.expires.map_or("never".to_string(), |t| t.to_string());
+            // The message reads on its own in `journalctl` (which prints no fields); the
+            // fields stay for `journalctl -o json` and filters.
+            let until = d.expires.map_or("permanently".to_string(), |t| format!("until {t}"));
+            let shown = crate::decision::show_target(&d.target);
             if bulk {
-                tracing::debug!(ip = %d.target, source = %d.source, %until, reason = %d.reason, "{what}");
+                tracing::debug!(ip = %d.target, source = %d.source, %until, reason = %d.reason, "{what} {shown} ({}: {}) {until}", d.source, d.reason);
             } else {
-                tracing::info!(ip = %d.target, source = %d.source, %until, reason = %d.reason, "{what}");
+                tracing::info!(ip = %d.target, source = %d.source, %until, reason = %d.reason, "{what} {shown} ({}: {}) {until}", d.source, d.reason);
             }
         }
         if bulk {

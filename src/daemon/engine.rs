@@ -205,7 +205,7 @@ impl Engine {
     pub fn expire_due(&self, now: Timestamp) -> Result<Option<Timestamp>, StoreError> {
         let lifted = self.lift(|store| store.lift_expired(now))?;
         for d in &lifted.decisions {
-            tracing::info!(ip = %d.target, source = %d.source, "ban expired");
+            tracing::info!(ip = %d.target, source = %d.source, "lifted {} ({}: expired)", crate::decision::show_target(&d.target), d.source);
         }
         self.ledger.read(|v| v.store.next_expiry())
     }

@@ -27,7 +27,7 @@ impl Engine {
             let lifted = self.lift(|s| s.lift_source(&target, Source::Fail2ban, LiftReason::Fail2ban, now));
             let lifted = lifted.map_err(internal)?;
             for d in &lifted.decisions {
-                tracing::info!(ip = %d.target, jail = %event.jail, "fail2ban unbanned it");
+                tracing::info!(ip = %d.target, jail = %event.jail, "lifted {} (fail2ban: jail {} unbanned it)", crate::decision::show_target(&d.target), event.jail);
             }
             if let Err(error) = lifted.kernel {
                 return Err(ErrorBody::new(

@@ -202,7 +202,7 @@ impl Engine {
             return Err(ErrorBody::new(ErrorCode::NotFound, message));
         }
         for d in &lifted.decisions {
-            tracing::info!(ip = %d.target, source = %d.source, "unbanned by the operator");
+            tracing::info!(ip = %d.target, source = %d.source, "lifted {} ({}: unbanned by the operator)", crate::decision::show_target(&d.target), d.source);
         }
         if let Err(error) = lifted.kernel {
             let message =

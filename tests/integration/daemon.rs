@@ -158,7 +158,11 @@ fn reload_answers_once_the_config_is_in_force_or_with_its_error() {
     let mut buf = [0u8; 256];
     let n = notify.recv(&mut buf).unwrap();
     assert!(buf[..n].starts_with(b"READY=1"));
-    env.cli(&["ban", "198.51.100.7", "--for", "1h"]).expect_code(0);
+    env.cli(&["ban", "198.51.100.7", "--for", "1h", "--reason", "scanner"]).expect_code(0);
+    // The log line reads on its own, as `journalctl` prints it (without the fields).
+    wait_for("the block's log line", Duration::from_secs(5), || {
+        daemon.log_text().contains("blocked 198.51.100.7 (manual: scanner) until 20")
+    });
     let socket = env.socket.to_str().unwrap().to_string();
 
     // Broken: exit 2 with the file, the key and what was expected; the old config stays.
