@@ -23,14 +23,17 @@
 #![allow(clippy::disallowed_types)]
 
 use std::net::Ipv4Addr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
 
 use banshare::clock::Timestamp;
 use banshare::decision::Source;
 use banshare::enforce::nftables::Nftables;
 use banshare::enforce::{Change, Element, Firewall, FirewallOptions, RuleAction};
+use common::{addresses, list, median, ms};
 
 const N: usize = 100_000;
 const PER_ADDRESS_SAMPLE: usize = 2_000;
@@ -150,18 +153,7 @@ fn main() {
 /// One `banshare import` of `addrs` into a fresh daemon on `backend`; returns the time
 /// the import command took.
 fn import_run(backend: &str, addrs: &[Ipv4Addr]) -> Duration {
-    banshare::enforce::teardown().ok();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("banshare.toml");
-    let text = format!(
-        "state_dir = {:?}\nsocket = {:?}\n[firewall]\nbackend = {backend:?}\n",
-        dir.path().join("state"),
-        dir.path().join("s.sock")
-    );
-    std::fs::write(&config, text).unwrap();
-    let list: String = addrs.iter().map(|a| format!("{a}\n")).collect();
-    let file = dir.path().join("list.txt");
-    std::fs::write(&file, list).unwrap();
+    let (dir, config, file) = fresh_state(backend, addrs);
 
     let mut daemon = Command::new(env!("CARGO_BIN_EXE_banshare"))
         .arg("run")
@@ -296,6 +288,25 @@ fn bare_ipset_restore(addrs: &[Ipv4Addr]) -> Duration {
     took
 }
 
+/// No banshare firewall state, and a directory with a config for `backend` (feed
+/// pulls and reports off) and `addrs` as an import list; returns the directory, the
+/// config's path and the list's.
+fn fresh_state(backend: &str, addrs: &[Ipv4Addr]) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    banshare::enforce::teardown().ok();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("banshare.toml");
+    let text = format!(
+        "state_dir = {:?}\nsocket = {:?}\n[feed]\npull = false\nreport = false\n[firewall]\nbackend = {backend:?}\n",
+        dir.path().join("state"),
+        dir.path().join("s.sock")
+    );
+    std::fs::write(&config, text).unwrap();
+    let list: String = addrs.iter().map(|a| format!("{a}\n")).collect();
+    let file = dir.path().join("list.txt");
+    std::fs::write(&file, list).unwrap();
+    (dir, config, file)
+}
+
 fn wait_for_socket(path: &Path) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::os::unix::net::UnixStream::connect(path).is_err() {
@@ -308,39 +319,7 @@ fn element(a: Ipv4Addr, expires: Option<Timestamp>) -> Element {
     Element { source: Source::Manual, target: ipnet::IpNet::from(std::net::IpAddr::V4(a)), expires }
 }
 
-/// Distinct public-looking IPv4 addresses from a fixed seed (xorshift64).
-fn addresses(n: usize, seed: u64) -> Vec<Ipv4Addr> {
-    let mut x = seed;
-    let mut seen = std::collections::HashSet::with_capacity(n);
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let a = Ipv4Addr::from((x >> 16) as u32);
-        let first = a.octets()[0];
-        if (1..=223).contains(&first) && ![10, 100, 127, 169, 172, 192].contains(&first) && seen.insert(a) {
-            out.push(a);
-        }
-    }
-    out
-}
-
 fn sh(program: &str, args: &[&str]) {
     let status = Command::new(program).args(args).stdout(Stdio::null()).status().expect(program);
     assert!(status.success(), "{program} {args:?} failed");
-}
-
-fn median(runs: &[Duration]) -> Duration {
-    let mut v = runs.to_vec();
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-}
-
-fn list(runs: &[Duration]) -> String {
-    runs.iter().map(|d| ms(*d)).collect::<Vec<_>>().join(", ")
 }

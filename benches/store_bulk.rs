@@ -8,9 +8,12 @@
 
 use std::time::{Duration, Instant};
 
+mod common;
+
 use banshare::clock::Timestamp;
 use banshare::decision::{NewDecision, Source};
 use banshare::store::Store;
+use common::{addresses, median, ms};
 
 const N: usize = 100_000;
 
@@ -41,18 +44,9 @@ fn main() {
 }
 
 fn proposals(n: usize, seed: u64) -> Vec<NewDecision> {
-    let mut x = seed;
-    let mut seen = std::collections::HashSet::with_capacity(n);
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let a = std::net::Ipv4Addr::from((x >> 16) as u32);
-        if !seen.insert(a) {
-            continue;
-        }
-        out.push(NewDecision {
+    addresses(n, seed)
+        .into_iter()
+        .map(|a| NewDecision {
             target: ipnet::IpNet::from(std::net::IpAddr::V4(a)),
             source: Source::Manual,
             reason: "imported".into(),
@@ -62,17 +56,6 @@ fn proposals(n: usize, seed: u64) -> Vec<NewDecision> {
             evidence: Vec::new(),
             report: None,
             enforce: true,
-        });
-    }
-    out
-}
-
-fn median(runs: &[Duration]) -> Duration {
-    let mut v = runs.to_vec();
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+        })
+        .collect()
 }

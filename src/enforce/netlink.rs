@@ -152,39 +152,30 @@ impl Batch {
     /// Adds `entries` (all of one family: `v6`) to the ipset set `set` (an entry already
     /// there gets the new timeout, as with `ipset -exist add`).
     pub fn ipset_add(&mut self, set: &str, v6: bool, entries: &[IpsetEntry]) {
-        let mut rest = entries;
-        while !rest.is_empty() {
-            let start = self.buf.len();
-            let seq = self.messages.len() as u32 + 1;
-            self.header((NFNL_SUBSYS_IPSET << 8) | IPSET_CMD_ADD, NLM_F_REQUEST | NLM_F_ACK, seq);
-            self.nfgen(if v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 }, 0);
-            self.attr(IPSET_ATTR_PROTOCOL, &[IPSET_PROTOCOL]);
-            self.attr_str(IPSET_ATTR_SETNAME, set);
+        let begin = |b: &mut Batch| {
+            let start = b.buf.len();
+            let seq = b.messages.len() as u32 + 1;
+            b.header((NFNL_SUBSYS_IPSET << 8) | IPSET_CMD_ADD, NLM_F_REQUEST | NLM_F_ACK, seq);
+            b.nfgen(if v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 }, 0);
+            b.attr(IPSET_ATTR_PROTOCOL, &[IPSET_PROTOCOL]);
+            b.attr_str(IPSET_ATTR_SETNAME, set);
             // The kernel wants a line number with a list (it reports the failing one there).
-            self.attr(IPSET_ATTR_LINENO, &0u32.to_ne_bytes());
-            let list = self.nest(IPSET_ATTR_ADT);
-            let mut taken = 0;
-            for e in rest {
-                if self.buf.len() - list > MAX_ELEMENTS_BYTES {
-                    break;
-                }
-                let data = self.nest(IPSET_ATTR_DATA);
-                let ip = self.nest(IPSET_ATTR_IP);
-                match e.addr {
-                    std::net::IpAddr::V4(a) => self.attr(IPSET_ATTR_IPADDR_IPV4 | NLA_F_NET_BYTEORDER, &a.octets()),
-                    std::net::IpAddr::V6(a) => self.attr(IPSET_ATTR_IPADDR_IPV6 | NLA_F_NET_BYTEORDER, &a.octets()),
-                }
-                self.end_nest(ip);
-                self.attr(IPSET_ATTR_CIDR, &[e.prefix]);
-                self.attr(IPSET_ATTR_TIMEOUT | NLA_F_NET_BYTEORDER, &e.timeout_secs.to_be_bytes());
-                self.end_nest(data);
-                taken += 1;
+            b.attr(IPSET_ATTR_LINENO, &0u32.to_ne_bytes());
+            start
+        };
+        let entry = |b: &mut Batch, e: &IpsetEntry| {
+            let data = b.nest(IPSET_ATTR_DATA);
+            let ip = b.nest(IPSET_ATTR_IP);
+            match e.addr {
+                std::net::IpAddr::V4(a) => b.attr(IPSET_ATTR_IPADDR_IPV4 | NLA_F_NET_BYTEORDER, &a.octets()),
+                std::net::IpAddr::V6(a) => b.attr(IPSET_ATTR_IPADDR_IPV6 | NLA_F_NET_BYTEORDER, &a.octets()),
             }
-            self.end_nest(list);
-            self.finish_message(start);
-            self.messages.push(format!("add {taken} entries to set {set}"));
-            rest = &rest[taken..];
-        }
+            b.end_nest(ip);
+            b.attr(IPSET_ATTR_CIDR, &[e.prefix]);
+            b.attr(IPSET_ATTR_TIMEOUT | NLA_F_NET_BYTEORDER, &e.timeout_secs.to_be_bytes());
+            b.end_nest(data);
+        };
+        self.messages_of(entries, begin, IPSET_ATTR_ADT, entry, |n| format!("add {n} entries to set {set}"));
     }
 
     /// What each message does, in order.
@@ -230,28 +221,48 @@ impl Batch {
     }
 
     fn elements(&mut self, msg: u16, flags: u16, verb: &str, set: &str, elements: &[SetElement]) {
-        let mut rest = elements;
+        let element = |b: &mut Batch, e: &SetElement| {
+            let item = b.nest(NFTA_LIST_ELEM);
+            if let Some(ms) = e.timeout_ms {
+                b.attr(NFTA_SET_ELEM_TIMEOUT, &ms.to_be_bytes());
+            }
+            let key = b.nest(NFTA_SET_ELEM_KEY);
+            b.attr(NFTA_DATA_VALUE, e.key());
+            b.end_nest(key);
+            b.end_nest(item);
+        };
+        let begin = |b: &mut Batch| b.begin_message(msg, flags, set);
+        self.messages_of(elements, begin, NFTA_SET_ELEM_LIST_ELEMENTS, element, |n| {
+            format!("{verb} {n} elements in set {set}")
+        });
+    }
+
+    /// As many messages as `items` take: each begun by `begin` (which returns where it
+    /// starts), with the items written by `write` in one `list` attribute kept under the
+    /// 16-bit attribute length, and described by `describe` (given the item count).
+    fn messages_of<T>(
+        &mut self,
+        items: &[T],
+        begin: impl Fn(&mut Batch) -> usize,
+        list: u16,
+        write: impl Fn(&mut Batch, &T),
+        describe: impl Fn(usize) -> String,
+    ) {
+        let mut rest = items;
         while !rest.is_empty() {
-            let start = self.begin_message(msg, flags, set);
-            let list = self.nest(NFTA_SET_ELEM_LIST_ELEMENTS);
+            let start = begin(self);
+            let nest = self.nest(list);
             let mut taken = 0;
-            for e in rest {
-                if self.buf.len() - list > MAX_ELEMENTS_BYTES {
+            for item in rest {
+                if self.buf.len() - nest > MAX_ELEMENTS_BYTES {
                     break;
                 }
-                let item = self.nest(NFTA_LIST_ELEM);
-                if let Some(ms) = e.timeout_ms {
-                    self.attr(NFTA_SET_ELEM_TIMEOUT, &ms.to_be_bytes());
-                }
-                let key = self.nest(NFTA_SET_ELEM_KEY);
-                self.attr(NFTA_DATA_VALUE, e.key());
-                self.end_nest(key);
-                self.end_nest(item);
+                write(self, item);
                 taken += 1;
             }
-            self.end_nest(list);
+            self.end_nest(nest);
             self.finish_message(start);
-            self.messages.push(format!("{verb} {taken} elements in set {set}"));
+            self.messages.push(describe(taken));
             rest = &rest[taken..];
         }
     }

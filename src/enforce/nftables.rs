@@ -255,11 +255,6 @@ fn maximal<'a>(nets: impl Iterator<Item = &'a IpNet>) -> BTreeSet<IpNet> {
     out
 }
 
-/// ` timeout 1h30m`, empty for a permanent element, `None` when already expired.
-fn timeout(expires: Option<Timestamp>, now: Timestamp) -> Option<String> {
-    KernelTimeout::of(expires, now, NFT_MAX).nft()
-}
-
 fn element_block(out: &mut String, verb: &str, set: &str, items: &[String]) {
     if items.is_empty() {
         return;
@@ -391,34 +386,39 @@ impl Load {
     }
 }
 
-/// The address-set elements for `targets`, with their remaining timeouts (expired ones
-/// left out).
+/// The address-set elements for `targets`, with their remaining timeouts.
 fn kernel_elements<'a>(
-    mirror: &Mirror,
+    mirror: &'a Mirror,
     id: SetId,
     targets: impl Iterator<Item = &'a IpNet>,
     now: Timestamp,
 ) -> Vec<SetElement> {
-    targets
-        .filter_map(|t| {
-            let expires = mirror.expiry(id, t)?;
-            KernelTimeout::of(expires, now, NFT_MAX).millis().map(|ms| SetElement::new(t.addr(), ms))
-        })
+    with_timeouts(mirror, id, targets, now)
+        .filter_map(|(t, timeout)| timeout.millis().map(|ms| SetElement::new(t.addr(), ms)))
         .collect()
 }
 
+/// The same as nft text: `203.0.113.7 timeout 1h`.
 fn kernel_items<'a>(
-    mirror: &Mirror,
+    mirror: &'a Mirror,
     id: SetId,
     targets: impl Iterator<Item = &'a IpNet>,
     now: Timestamp,
 ) -> Vec<String> {
-    targets
-        .filter_map(|t| {
-            let expires = mirror.expiry(id, t)?;
-            timeout(expires, now).map(|suffix| format!("{}{suffix}", show(t)))
-        })
+    with_timeouts(mirror, id, targets, now)
+        .filter_map(|(t, timeout)| timeout.nft().map(|suffix| format!("{}{suffix}", show(t))))
         .collect()
+}
+
+/// `targets` the mirror wants in set `id`, each with its kernel timeout (expired ones
+/// give none and are left out by the callers).
+fn with_timeouts<'a>(
+    mirror: &'a Mirror,
+    id: SetId,
+    targets: impl Iterator<Item = &'a IpNet>,
+    now: Timestamp,
+) -> impl Iterator<Item = (&'a IpNet, KernelTimeout)> {
+    targets.filter_map(move |t| Some((t, KernelTimeout::of(mirror.expiry(id, t)?, now, NFT_MAX))))
 }
 
 /// An address without `/32`, a network as a CIDR: how nft takes them.
@@ -574,6 +574,10 @@ mod tests {
 
     fn el(source: Source, t: &str, secs: Option<i64>) -> Element {
         Element { source, target: parse_target(t).unwrap(), expires: secs.map(|s| Timestamp(s * 1000)) }
+    }
+
+    fn timeout(expires: Option<Timestamp>, now: Timestamp) -> Option<String> {
+        KernelTimeout::of(expires, now, NFT_MAX).nft()
     }
 
     fn opts() -> FirewallOptions {

@@ -80,14 +80,7 @@ impl KernelTimeout {
     /// `timeout N` for ipset in whole seconds, rounded up (never 0, which ipset reads as
     /// permanent) and capped; `timeout 0` for a permanent element; `None` when expired.
     pub fn ipset(self) -> Option<String> {
-        match self {
-            KernelTimeout::Permanent => Some("timeout 0".into()),
-            KernelTimeout::For(d) => {
-                let secs = (d.as_millis() as u64).div_ceil(1000).clamp(1, IPSET_MAX_SECS);
-                Some(format!("timeout {secs}"))
-            }
-            KernelTimeout::Expired => None,
-        }
+        self.ipset_secs().map(|secs| format!("timeout {secs}"))
     }
 }
 
