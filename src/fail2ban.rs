@@ -33,11 +33,22 @@ pub enum Mode {
     Block,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Ban,
     Unban,
+}
+
+/// How an event reached banshare. fail2ban logs `Ban` before it runs its actions, so a
+/// host with the action and the fail2ban.log follower hears each ban twice.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Via {
+    /// The `banshare` action (`banshare report`): fail2ban's own bantime and mode.
+    #[default]
+    Action,
+    /// A fail2ban.log line, read by the follower.
+    Log,
 }
 
 /// One ban or unban, as fail2ban tells it.
@@ -63,6 +74,56 @@ pub struct Event {
     pub restored: bool,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub matches: Vec<String>,
+    /// Never on the wire: what comes over the control socket is the action's.
+    #[serde(skip)]
+    pub via: Via,
+}
+
+/// How long two events for the same address, jail and kind count as one ban told twice
+/// (fail2ban runs its actions one after another: a burst of bans can delay one by seconds).
+pub const ECHO_WINDOW: Duration = Duration::from_secs(60);
+
+/// What to do with an event, given the events heard lately ([`Echoes::hear`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heard {
+    /// The first telling: applied and logged.
+    First,
+    /// The log's echo of what the action told: dropped (the action's bantime and mode
+    /// are the better account).
+    Echo,
+    /// The action after the log told the same ban: applied (its bantime and mode win) but
+    /// logged only if it changes what the journal already said (banshare now blocks it).
+    Confirms,
+}
+
+/// The ban and unban events heard in the last [`ECHO_WINDOW`], by address, jail and kind,
+/// so each fail2ban ban is one decision and one journal line however many ways it came.
+#[derive(Debug, Default)]
+pub struct Echoes {
+    heard: std::collections::HashMap<(IpAddr, String, Kind), (Via, std::time::Instant)>,
+}
+
+impl Echoes {
+    /// Classifies `event` and remembers it. An unban forgets the address's ban (fail2ban
+    /// may ban it again at once), and a ban its unban.
+    pub fn hear(&mut self, event: &Event, now: std::time::Instant) -> Heard {
+        self.heard.retain(|_, (_, at)| now.duration_since(*at) < ECHO_WINDOW);
+        let other = match event.kind {
+            Kind::Ban => Kind::Unban,
+            Kind::Unban => Kind::Ban,
+        };
+        self.heard.remove(&(event.ip, event.jail.clone(), other));
+        let key = (event.ip, event.jail.clone(), event.kind);
+        let heard = match (self.heard.get(&key).map(|(via, _)| *via), event.via) {
+            (None, _) => Heard::First,
+            (Some(Via::Action), Via::Log) => return Heard::Echo,
+            (Some(Via::Log), Via::Action) => Heard::Confirms,
+            // The same channel twice: fail2ban said it twice (a restart's restore).
+            (Some(_), _) => Heard::First,
+        };
+        self.heard.insert(key, (event.via, now));
+        heard
+    }
 }
 
 /// Built-in jail patterns and their categories, after the config's own.
@@ -206,6 +267,7 @@ pub fn parse_log_line(line: &str) -> Option<(Event, Timestamp)> {
         bantime: None,
         restored,
         matches: Vec::new(),
+        via: Via::Log,
     };
     Some((event, at))
 }
@@ -284,6 +346,45 @@ mod tests {
     }
 
     #[test]
+    fn a_ban_told_by_the_action_and_the_log_is_heard_once() {
+        let event = |kind, via, ip: &str| Event {
+            kind,
+            mode: Mode::Report,
+            ip: ip.parse().unwrap(),
+            jail: "sshd".into(),
+            category: None,
+            failures: None,
+            time: None,
+            bantime: None,
+            restored: false,
+            matches: Vec::new(),
+            via,
+        };
+        let t0 = std::time::Instant::now();
+        let mut echoes = Echoes::default();
+        let (a, b) = ("192.0.2.1", "192.0.2.2");
+        // The action first, then the log's line: the line is an echo.
+        assert_eq!(echoes.hear(&event(Kind::Ban, Via::Action, a), t0), Heard::First);
+        assert_eq!(echoes.hear(&event(Kind::Ban, Via::Log, a), t0), Heard::Echo);
+        assert_eq!(echoes.hear(&event(Kind::Ban, Via::Log, a), t0), Heard::Echo, "still the action's");
+        // The log first (fail2ban logs before it acts), then the action: it confirms.
+        assert_eq!(echoes.hear(&event(Kind::Ban, Via::Log, b), t0), Heard::First);
+        assert_eq!(echoes.hear(&event(Kind::Ban, Via::Action, b), t0), Heard::Confirms);
+        // Another jail is another ban.
+        let mut other = event(Kind::Ban, Via::Log, a);
+        other.jail = "recidive".into();
+        assert_eq!(echoes.hear(&other, t0), Heard::First);
+        // An unban, then a new ban of the same address: a new ban, not an echo.
+        assert_eq!(echoes.hear(&event(Kind::Unban, Via::Action, a), t0), Heard::First);
+        assert_eq!(echoes.hear(&event(Kind::Unban, Via::Log, a), t0), Heard::Echo);
+        assert_eq!(echoes.hear(&event(Kind::Ban, Via::Log, a), t0), Heard::First);
+        // Past the window, the same event is new again.
+        let later = t0 + ECHO_WINDOW;
+        assert_eq!(echoes.hear(&event(Kind::Ban, Via::Action, b), later), Heard::First);
+        assert_eq!(echoes.heard.len(), 1, "old events are forgotten");
+    }
+
+    #[test]
     fn a_ban_event_makes_a_decision_and_a_report_unless_restored() {
         let config = Config::default();
         let mut event = Event {
@@ -297,6 +398,7 @@ mod tests {
             bantime: Some(600),
             restored: false,
             matches: vec!["a".into(), "b".into()],
+            via: Via::Action,
         };
         let d = plan_ban(&event, &config.fail2ban, None, |i| {
             assert_eq!((i.category, i.source, i.jail), ("ssh_bruteforce", "fail2ban", Some("sshd")));

@@ -144,9 +144,20 @@ impl Ledger {
         Ok(())
     }
 
-    /// Guards, commits and enforces a batch of proposed decisions. Returns one outcome
-    /// per proposal, in order.
+    /// Guards, commits and enforces a batch of proposed decisions, each change logged.
+    /// Returns one outcome per proposal, in order.
     pub fn decide(&self, proposals: Vec<NewDecision>, now: Timestamp) -> Result<Decided, StoreError> {
+        self.decide_as(proposals, now, true)
+    }
+
+    /// [`Ledger::decide`]; `announce` false logs no line per decision (what the journal
+    /// already said: a fail2ban ban heard twice).
+    pub fn decide_as(
+        &self,
+        proposals: Vec<NewDecision>,
+        now: Timestamp,
+        announce: bool,
+    ) -> Result<Decided, StoreError> {
         let started = Instant::now();
         let mut st = self.state();
         // Accepted proposals move to the store; the refusals keep their place in line.
@@ -217,9 +228,10 @@ impl Ledger {
         drop(st);
         let kernel = kernel_outcome(ticket, changed.iter().copied(), "decisions recorded but not all in the kernel");
         // "blocked" only once the kernel took them.
-        let what = if kernel.is_ok() { "blocked" } else { "recorded" };
-        let per_address = !bulk || tracing::enabled!(tracing::Level::DEBUG);
+        let per_address = announce && (!bulk || tracing::enabled!(tracing::Level::DEBUG));
         for d in changed.iter().filter(|_| per_address) {
+            // A decision banshare does not enforce (fail2ban's report mode) is recorded.
+            let what = if kernel.is_ok() && d.enforced { "blocked" } else { "recorded" };
             // The message reads on its own in `journalctl` (which prints no fields); the
             // fields stay for `journalctl -o json` and filters.
             let until = d.expires.map_or("permanently".to_string(), |t| format!("until {t}"));

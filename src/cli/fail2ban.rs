@@ -50,6 +50,7 @@ fn event_from(args: ReportArgs) -> Result<Event, CliError> {
         bantime: args.bantime,
         restored: args.restored == 1,
         matches,
+        via: crate::fail2ban::Via::Action,
     })
 }
 

@@ -45,6 +45,9 @@ pub struct Engine {
     pub(super) kernel_stats: Mutex<Option<(Instant, Option<Vec<crate::enforce::SetStats>>)>>,
     /// How many times the kernel's counters were read (`status` shows it).
     pub(super) kernel_reads: std::sync::atomic::AtomicU64,
+    /// fail2ban events heard lately: one ban told by the action and by fail2ban.log is
+    /// one decision and one journal line.
+    pub(super) fail2ban_echoes: Mutex<crate::fail2ban::Echoes>,
 }
 
 /// The config in force and how it got there.
@@ -69,6 +72,7 @@ impl Engine {
             kernel_stats: Mutex::new(None),
             kernel_reads: Default::default(),
             follower_restarts: Default::default(),
+            fail2ban_echoes: Default::default(),
         }
     }
 
@@ -90,7 +94,17 @@ impl Engine {
     /// Decides a batch through the ledger, then wakes the expiry loop (a new deadline)
     /// and the reporter (new reports).
     pub fn decide(&self, proposals: Vec<NewDecision>, now: Timestamp) -> Result<Decided, StoreError> {
-        let decided = self.ledger.decide(proposals, now)?;
+        self.decide_as(proposals, now, true)
+    }
+
+    /// [`Engine::decide`], with or without the journal's line per decision.
+    pub fn decide_as(
+        &self,
+        proposals: Vec<NewDecision>,
+        now: Timestamp,
+        announce: bool,
+    ) -> Result<Decided, StoreError> {
+        let decided = self.ledger.decide_as(proposals, now, announce)?;
         self.expiry_wake.notify_one();
         self.feed.wake.notify_one();
         Ok(decided)

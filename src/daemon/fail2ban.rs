@@ -1,11 +1,13 @@
 //! fail2ban events in the daemon: a ban becomes a `fail2ban` decision (enforced in block
 //! mode, recorded in report mode) with its report; an unban lifts that decision only.
 
+use std::time::Instant;
+
 use super::engine::Engine;
 use crate::clock::Timestamp;
 use crate::control::protocol::{ErrorBody, ErrorCode, Fail2banData, MAX_NAME};
 use crate::decision::{Source, ban_target};
-use crate::fail2ban::{Event, Kind, plan_ban};
+use crate::fail2ban::{Event, Heard, Kind, plan_ban};
 use crate::feed::report_draft;
 use crate::feed::sanitize::Sanitizer;
 use crate::store::LiftReason;
@@ -22,6 +24,10 @@ impl Engine {
             ));
         }
         let now = Timestamp::now();
+        let heard = self.fail2ban_echoes.lock().unwrap_or_else(|e| e.into_inner()).hear(&event, Instant::now());
+        if heard == Heard::Echo {
+            return Ok(Fail2banData { decision: None, outcome: None, report_due: false, lifted: 0 });
+        }
         let target = ban_target(event.ip, Source::Fail2ban, 128);
         if event.kind == Kind::Unban {
             let lifted = self.lift(|s| s.lift_source(&target, Source::Fail2ban, LiftReason::Fail2ban, now));
@@ -48,7 +54,10 @@ impl Engine {
         let proposal =
             plan_ban(&event, &config.fail2ban, earlier, |input| report_draft(&config.feed, &sanitizer, input));
         let report_due = proposal.report.is_some();
-        let decided = self.decide(vec![proposal], now).map_err(internal)?;
+        // The action after fail2ban.log's line: one journal line per ban, unless banshare
+        // now blocks what the log's line only recorded.
+        let announce = heard == Heard::First || proposal.enforce;
+        let decided = self.decide_as(vec![proposal], now, announce).map_err(internal)?;
         match decided.outcomes.into_iter().next().expect("one outcome per proposal") {
             Ok((decision, _)) if decided.kernel.is_err() => {
                 Err(super::requests::not_in_kernel(&decision, decided.kernel))

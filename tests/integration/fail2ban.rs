@@ -160,6 +160,60 @@ fn following_fail2ban_log_reports_bans_but_not_restored_ones() {
     wait_for("the Unban line to end the record", Duration::from_secs(20), || listed_fail2ban(&env).is_empty());
 }
 
+/// The journal's lines that tell of `ip`, from the daemon's log.
+fn lines_about(log: &str, ip: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains(&format!("recorded {ip} ")) || l.contains(&format!("blocked {ip} ")))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_ban_told_by_the_action_and_by_fail2ban_log_is_one_decision_one_line_one_report() {
+    if !privileged("fail2ban action + log test", &["fail2ban-server"]) {
+        return;
+    }
+    let emu = Emulator::start();
+    let env = Env::new("");
+    let mut f2b = Fail2ban::new(
+        &format!("dummy[target=DUMMY]\n         banshare[banshare={BIN}]"),
+        &[("BANSHARE_CONFIG", &env.config_path)],
+    );
+    let section = env.feed_section(&emu.url(), "pull = false");
+    // The default config follows fail2ban.log as well as taking the action's events.
+    env.write_config(&format!("[[source]]\npath = {:?}\nfilters = [\"fail2ban\"]\n{section}", f2b.log_path()));
+    let daemon = env.spawn_daemon();
+    f2b.start();
+    for ip in ["45.155.205.40", "45.155.205.41", "45.155.205.42"] {
+        f2b.failures(ip, 5);
+    }
+    wait_for("the three reports", Duration::from_secs(30), || emu.reports().len() == 3);
+    wait_for("fail2ban's three Ban lines", Duration::from_secs(10), || {
+        f2b.log_text().matches("] Ban 45.155.205.4").count() == 3
+    });
+    // Both tellings have arrived: the action ran after each Ban line, and the follower
+    // reads within a second.
+    std::thread::sleep(Duration::from_secs(3));
+    let log = daemon.log_text();
+    for ip in ["45.155.205.40", "45.155.205.41", "45.155.205.42"] {
+        let lines = lines_about(&log, ip);
+        assert_eq!(lines.len(), 1, "one journal line for the ban of {ip}: {lines:#?}\n{log}");
+        assert!(lines[0].contains(&format!("recorded {ip} (fail2ban: fail2ban jail sshd")), "{}", lines[0]);
+    }
+    assert_eq!(listed_fail2ban(&env).len(), 3, "one decision per ban");
+    assert_eq!(emu.reports().len(), 3, "one report per ban");
+
+    // An unban and a new ban of the same address: a new ban, logged again.
+    f2b.client(&["set", "sshd", "unbanip", "45.155.205.40"]).expect("unbanip");
+    wait_for("the unban", Duration::from_secs(20), || listed_fail2ban(&env).len() == 2);
+    f2b.failures("45.155.205.40", 5);
+    wait_for("the second ban", Duration::from_secs(20), || listed_fail2ban(&env).len() == 3);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(lines_about(&daemon.log_text(), "45.155.205.40").len(), 2, "{}", daemon.log_text());
+    f2b.stop();
+    daemon.stop();
+}
+
 #[test]
 fn the_hook_validates_and_never_needs_the_daemon() {
     let emu = Emulator::start();
