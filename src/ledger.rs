@@ -124,7 +124,11 @@ impl Ledger {
         let mut st = self.state();
         let expired = st.store.lift_expired(now)?;
         if !expired.is_empty() {
-            tracing::info!(count = expired.len(), "lifted decisions that expired while the daemon was stopped");
+            tracing::info!(
+                count = expired.len(),
+                "lifted {} decisions that expired while the daemon was stopped",
+                expired.len()
+            );
         }
         lift_guarded(&mut st, self.firewall.as_ref(), now)?;
         let active = st.store.active(None, now)?;
@@ -135,12 +139,23 @@ impl Ledger {
         match done.recv() {
             Ok(Ok(refused)) if refused.is_empty() => {}
             Ok(Ok(refused)) => {
-                tracing::error!(count = refused.len(), "the kernel refused some elements; they are not in force")
+                tracing::error!(
+                    count = refused.len(),
+                    "the kernel refused {} elements; they are not in force",
+                    refused.len()
+                )
             }
-            Ok(Err(error)) => tracing::error!(%error, "initial firewall load failed; retrying every few seconds"),
+            Ok(Err(error)) => {
+                tracing::error!(%error, "initial firewall load failed: {error}; retrying every few seconds")
+            }
             Err(_) => tracing::error!("the firewall worker stopped during the initial load"),
         }
-        tracing::info!(active = count, backend = firewall.backend_name(), "firewall reconciled with the store");
+        tracing::info!(
+            active = count,
+            backend = firewall.backend_name(),
+            "firewall reconciled with the store: {count} active decisions ({})",
+            firewall.backend_name()
+        );
         Ok(())
     }
 
@@ -195,7 +210,7 @@ impl Ledger {
             Err(error) => {
                 if ticket.is_some() {
                     drop(st);
-                    tracing::error!(%error, "the store refused a batch; rebuilding the firewall from the store");
+                    tracing::error!(%error, "the store refused a batch: {error}; rebuilding the firewall from the store");
                     self.rebuild_firewall(now)?;
                 }
                 return Err(error);
@@ -219,7 +234,7 @@ impl Ledger {
         let bulk = changed.len() > BULK_LOG;
         let refusals: Vec<&Refusal> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
         if refusals.len() > BULK_LOG {
-            tracing::warn!(count = refusals.len(), "not blocked: the safety rules refuse them");
+            tracing::warn!(count = refusals.len(), "{} not blocked: the safety rules refuse them", refusals.len());
         } else {
             for refusal in refusals {
                 tracing::warn!("not blocked: {refusal}");
@@ -307,7 +322,7 @@ fn kernel_outcome<'a>(
         None => Ok(()),
     };
     if let Some(error) = kernel.as_ref().err().filter(|e| **e != EnforceError::Deferred) {
-        tracing::error!(%error, "{what}");
+        tracing::error!(%error, "{what}: {error}");
     }
     kernel
 }

@@ -35,7 +35,7 @@ pub fn bind(path: &Path, group: &str) -> io::Result<UnixListener> {
                     "another process is listening on this socket (a second banshare daemon?)",
                 ));
             }
-            tracing::info!(path = %path.display(), "replacing a stale control socket");
+            tracing::info!(path = %path.display(), "replacing a stale control socket at {}", path.display());
             std::fs::remove_file(path)?;
         }
         Ok(_) => {
@@ -88,7 +88,7 @@ pub async fn serve(listener: UnixListener, handler: Arc<dyn Handler>, mut shutdo
                     });
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "control socket accept failed");
+                    tracing::warn!(%error, "control socket accept failed: {error}");
                     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 }
             },

@@ -113,7 +113,7 @@ impl CheckService {
         let rows = match self.engine.ledger().read(|v| v.store.load_reputations(now.minus(longest))) {
             Ok(rows) => rows,
             Err(error) => {
-                tracing::warn!(%error, "cannot read stored provider answers; the check cache starts cold");
+                tracing::warn!(%error, "cannot read stored provider answers: {error}; the check cache starts cold");
                 return;
             }
         };
@@ -127,7 +127,7 @@ impl CheckService {
                 cache.insert((provider, ip), (Ok(reputation), until));
             }
         }
-        tracing::info!(answers = cache.len(), "check cache warmed from the store");
+        tracing::info!(answers = cache.len(), "check cache warmed from the store: {} answers", cache.len());
     }
 
     /// The providers of `config`, the config in force (rebuilt after a reload).
@@ -189,7 +189,9 @@ impl CheckService {
                     tracing::warn!(
                         provider = provider.name(),
                         seconds = pause.as_secs(),
-                        "check provider rate limited; pausing it"
+                        "check provider {} rate limited; pausing it for {} s",
+                        provider.name(),
+                        pause.as_secs()
                     );
                     lock(&self.paused).insert(provider, Instant::now() + pause);
                 }
@@ -210,7 +212,7 @@ impl CheckService {
         let longest = self.engine.config().check.providers.iter().map(|p| p.cache).max().unwrap_or_default();
         let forget_before = Timestamp::now().minus(longest);
         if let Err(error) = self.engine.ledger().records(|s| s.save_reputations(&rows, forget_before)) {
-            tracing::warn!(%error, count = rows.len(), "cannot store provider answers (the in-memory cache keeps them)");
+            tracing::warn!(%error, count = rows.len(), "cannot store provider answers (the in-memory cache keeps them): {error}");
         }
     }
 
@@ -348,7 +350,7 @@ pub(super) fn spawn(
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt,
             Err(error) => {
-                tracing::error!(%error, "the check service cannot start its runtime; it is off");
+                tracing::error!(%error, "the check service cannot start its runtime: {error}; it is off");
                 return;
             }
         };
@@ -372,7 +374,7 @@ async fn serve(service: Arc<CheckService>, bound: Bound, mut shutdown: watch::Re
     let listener = match listener {
         Ok(l) => l,
         Err(error) => {
-            tracing::error!(%error, "the check service cannot listen; it is off");
+            tracing::error!(%error, "the check service cannot listen: {error}; it is off");
             return;
         }
     };

@@ -169,7 +169,7 @@ impl Engine {
     /// Where reading of a followed file stopped, from the store.
     pub fn file_checkpoint(&self, path: &str) -> Option<Checkpoint> {
         self.ledger.records(|s| s.file_checkpoint(path)).unwrap_or_else(|error| {
-            tracing::warn!(%error, path, "cannot read a checkpoint; reading the file from its start");
+            tracing::warn!(%error, path, "cannot read a checkpoint: {error}; reading the file from its start");
             None
         })
     }
@@ -177,7 +177,7 @@ impl Engine {
     /// Saves checkpoints of followed files.
     pub fn save_checkpoints(&self, checkpoints: &[(String, Checkpoint)]) {
         if let Err(error) = self.ledger.records(|s| s.save_checkpoints(checkpoints, Timestamp::now())) {
-            tracing::warn!(%error, "cannot save checkpoints");
+            tracing::warn!(%error, "cannot save checkpoints: {error}");
         }
     }
 
@@ -188,14 +188,14 @@ impl Engine {
     /// The saved cursor of a journal source.
     pub fn journal_cursor(&self, key: &str) -> Option<String> {
         self.ledger.records(|s| s.journal_cursor(key)).unwrap_or_else(|error| {
-            tracing::warn!(%error, "cannot read a journal cursor");
+            tracing::warn!(%error, "cannot read a journal cursor: {error}");
             None
         })
     }
 
     pub fn save_journal_cursor(&self, key: &str, cursor: &str) {
         if let Err(error) = self.ledger.records(|s| s.save_journal_cursor(key, cursor, Timestamp::now())) {
-            tracing::warn!(%error, "cannot save a journal cursor");
+            tracing::warn!(%error, "cannot save a journal cursor: {error}");
         }
     }
 
@@ -239,7 +239,7 @@ impl Engine {
                     true
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "cannot check the firewall");
+                    tracing::warn!(%error, "cannot check the firewall: {error}");
                     false
                 }
             };
@@ -253,7 +253,7 @@ impl Engine {
     /// inside commits, see [`Store::defer_checkpoints`]).
     pub fn checkpoint(&self) {
         if let Err(error) = self.ledger.records(|s| s.checkpoint()) {
-            tracing::warn!(%error, "state database checkpoint failed");
+            tracing::warn!(%error, "state database checkpoint failed: {error}");
         }
     }
 
@@ -263,23 +263,27 @@ impl Engine {
         let host = match hostaddr::host_addresses() {
             Ok(h) => Some(h),
             Err(error) => {
-                tracing::warn!(%error, "cannot read this host's addresses; keeping the last known ones");
+                tracing::warn!(%error, "cannot read this host's addresses: {error}; keeping the last known ones");
                 None
             }
         };
         let retention = self.config().decisions.retention;
         if let Some(host) = host.filter(|h| *h != self.host_addresses()) {
-            tracing::info!(addresses = host.len(), "this host's addresses changed");
+            tracing::info!(
+                addresses = host.len(),
+                "this host's addresses changed: {} addresses, never blocked",
+                host.len()
+            );
             self.ledger.protect(self.config().allowlist.clone(), Some(host), now)?;
         }
         if let Err(error) = self.ledger.records(|s| s.checkpoint()) {
-            tracing::warn!(%error, "state database checkpoint failed");
+            tracing::warn!(%error, "state database checkpoint failed: {error}");
         }
         if prune {
             let before = Timestamp(now.0.saturating_sub(retention.as_millis() as i64));
             let pruned = self.ledger.records(|s| s.prune(before))?;
             if pruned > 0 {
-                tracing::info!(count = pruned, "pruned old decisions");
+                tracing::info!(count = pruned, "pruned {pruned} old decisions");
             }
         }
         Ok(())
@@ -295,7 +299,7 @@ impl Engine {
         let mut new = match config::load(old.source_path.as_deref()) {
             Ok(c) => c,
             Err(e) => {
-                tracing::error!(error = %e, "config reload failed; keeping the previous config");
+                tracing::error!(error = %e, "config reload failed: {e}; keeping the previous config");
                 self.info.write().unwrap_or_else(|e| e.into_inner()).reload_error = Some(e.to_string());
                 return Err(e.to_string());
             }
@@ -308,7 +312,7 @@ impl Engine {
             ("check.listen", new.check.listen != old.check.listen),
         ] {
             if changed {
-                tracing::warn!(key = what, "changing this key takes a restart; the running daemon keeps the old value");
+                tracing::warn!(key = what, "changing {what} takes a restart; the running daemon keeps the old value");
                 restart_needed.push(what.to_string());
             }
         }
@@ -316,11 +320,11 @@ impl Engine {
         new.check.listen.clone_from(&old.check.listen);
         let now = Timestamp::now();
         if let Err(error) = self.ledger.protect(new.allowlist.clone(), None, now) {
-            tracing::error!(%error, "applying the new allowlist failed");
+            tracing::error!(%error, "applying the new allowlist failed: {error}");
         }
         self.feed.reconfigure(&new.feed);
         let origin = new.origin().to_string();
-        tracing::info!(config = %origin, "config reloaded");
+        tracing::info!(config = %origin, "config reloaded from {origin}");
         let mut info = self.info.write().unwrap_or_else(|e| e.into_inner());
         *info = Info { config: Arc::new(new), loaded: now, reload_error: None };
         Ok((origin, restart_needed))

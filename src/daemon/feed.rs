@@ -102,7 +102,7 @@ fn build_api(cfg: &FeedConfig) -> (Result<Api, String>, String) {
         Ok(Some(key)) => {
             let api = Api::new(&cfg.base_url, &key, cfg.timeout);
             if let Err(error) = &api {
-                tracing::error!(%error, "the community feed is off");
+                tracing::error!(%error, "the community feed is off: {error}");
             }
             (api, origin)
         }
@@ -115,7 +115,7 @@ fn build_api(cfg: &FeedConfig) -> (Result<Api, String>, String) {
             (Err(why.clone()), why)
         }
         Err(error) => {
-            tracing::error!(%error, "the community feed is off");
+            tracing::error!(%error, "the community feed is off: {error}");
             (Err(error.to_string()), error.to_string())
         }
     }
@@ -135,7 +135,7 @@ impl Engine {
         let fetched = match fetched {
             Ok(f) => f,
             Err(message) => {
-                tracing::warn!(error = %message, "feed pull failed; what is enforced stays as it is");
+                tracing::warn!(error = %message, "feed pull failed: {message}; what is enforced stays as it is");
                 let mut st = self.feed.pull.lock().unwrap_or_else(|e| e.into_inner());
                 st.last_error = Some((now, message.clone()));
                 st.failures += 1;
@@ -212,7 +212,7 @@ impl Engine {
         }
         let since = Timestamp(now.0 - cfg.feed.lookup_cache.as_millis() as i64);
         let cached = self.ledger().records(|s| s.lookup_get(&addr, since)).unwrap_or_else(|error| {
-            tracing::warn!(%error, "cannot read the lookup cache");
+            tracing::warn!(%error, "cannot read the lookup cache: {error}");
             None
         });
         if let Some((body, at)) = cached {
@@ -228,7 +228,7 @@ impl Engine {
                             Some(lookup) => {
                                 let body = String::from_utf8_lossy(&r.body).into_owned();
                                 if let Err(error) = self.ledger().records(|s| s.lookup_put(&addr, &body, now)) {
-                                    tracing::warn!(%error, "cannot cache a lookup");
+                                    tracing::warn!(%error, "cannot cache a lookup: {error}");
                                 }
                                 data.lookup = Some(lookup);
                                 data.fetched = Some(now);
@@ -276,7 +276,7 @@ impl Engine {
                 Ok::<_, crate::store::StoreError>(())
             })
             .map_err(|e| ErrorBody::new(ErrorCode::Internal, e.to_string()))?;
-        tracing::info!(reporter_id = id, "registered as a reporter");
+        tracing::info!(reporter_id = id, "registered with the feed as reporter {id}");
         let data = RegisterData {
             reporter_id: id.to_string(),
             status: answer.get("status").and_then(Value::as_str).map(str::to_string),
@@ -362,7 +362,7 @@ impl Engine {
             .ledger()
             .records(|s| Ok::<_, crate::store::StoreError>((s.outbox_stats(now)?, s.meta_get(META_REPORTER_ID)?)))
             .unwrap_or_else(|error| {
-                tracing::warn!(%error, "cannot read the outbox");
+                tracing::warn!(%error, "cannot read the outbox: {error}");
                 Default::default()
             });
         let pull = self.feed.pull.lock().unwrap_or_else(|e| e.into_inner());
@@ -401,7 +401,7 @@ pub(super) async fn report_loop(engine: Arc<Engine>, mut shutdown: watch::Receiv
                     _ = super::stopped(&mut shutdown) => return,
                 };
                 next.unwrap_or_else(|error| {
-                    tracing::error!(%error, "reporting failed on the state database");
+                    tracing::error!(%error, "reporting failed on the state database: {error}");
                     Next::At(Timestamp::now().plus(Duration::from_secs(30)))
                 })
             }

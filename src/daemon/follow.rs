@@ -28,6 +28,8 @@ use crate::detect::{Ban, Detector, Filter, FilterSet, FilterSpec, Hit};
 use crate::tail::journal::{Journal, JournalSpec};
 use crate::tail::{Checkpoint, Tailer};
 
+/// The longest wait before starting again a journalctl that keeps failing at once.
+const JOURNAL_RETRY_MAX: Duration = Duration::from_secs(60);
 /// The longest the loop sleeps without polling the files again.
 const RESCAN: Duration = Duration::from_millis(500);
 /// A source that reads at least [`DRIFT_LINES`] lines over this long without any filter
@@ -89,7 +91,8 @@ impl Source {
             self.status.crashed += 1;
             tracing::error!(
                 source = %self.status.source,
-                "a line made banshare fail while reading it; skipped (please report it with the line)"
+                "a line of {} made banshare fail while reading it; skipped (please report it with the line)",
+                self.status.source
             );
         }
     }
@@ -256,7 +259,7 @@ fn supervise(
                 if stop.load(Ordering::SeqCst) {
                     return;
                 }
-                tracing::error!(thread = %thread_name, "a log follower died (a bug, please report it); starting it again in 1 s");
+                tracing::error!(thread = %thread_name, "the log follower {thread_name} died (a bug, please report it); starting it again in 1 s");
                 sleep_unless(&stop, Duration::from_secs(1));
             }
         })
@@ -265,7 +268,7 @@ fn supervise(
 
 fn follow_files(engine: Arc<Engine>, mut sources: Vec<(Tailer, Source)>, stop: Arc<AtomicBool>) {
     for (tailer, s) in &sources {
-        tracing::info!(source = %tailer.pattern(), filters = ?s.status.filters, "following");
+        tracing::info!(source = %tailer.pattern(), filters = ?s.status.filters, "following {} with {}", tailer.pattern(), s.status.filters.join(", "));
     }
     let inotify = watch(sources.iter().map(|(t, _)| t.pattern()));
     let mut times = TimeParser::default();
@@ -301,14 +304,16 @@ fn follow_journal(
 ) {
     let key = spec.key();
     let mut times = TimeParser::default();
-    tracing::info!(source = %src.status.source, filters = ?src.status.filters, "following");
+    tracing::info!(source = %src.status.source, filters = ?src.status.filters, "following the journal ({}) with {}", spec.matches, src.status.filters.join(", "));
+    let mut retry = Duration::from_secs(1);
     while !stop.load(Ordering::SeqCst) {
+        let mut read_any = false;
         let since = Timestamp(Timestamp::now().0 - src.longest_findtime().as_millis() as i64);
         let cursor = engine.journal_cursor(&key);
         let mut journal = match Journal::spawn(&spec, cursor.as_deref(), since) {
             Ok(j) => j,
             Err(error) => {
-                tracing::error!(%error, "cannot start journalctl (apt install systemd); retrying in 5 s");
+                tracing::error!(%error, "cannot start journalctl (apt install systemd): {error}; retrying in 5 s");
                 sleep_unless(&stop, Duration::from_secs(5));
                 continue;
             }
@@ -323,6 +328,7 @@ fn follow_journal(
         let mut unsaved: Option<String> = None;
         let mut saved_at = Instant::now();
         while let Ok(Some(entry)) = journal.next_entry() {
+            read_any = true;
             let now = Timestamp::now();
             let mut found = Found::default();
             src.line(&mut times, &entry.line, now, &mut found);
@@ -343,8 +349,11 @@ fn follow_journal(
         src.settle(&engine, Timestamp::now());
         pids.lock().unwrap_or_else(|e| e.into_inner()).retain(|p| *p != journal.pid());
         if !stop.load(Ordering::SeqCst) {
-            tracing::warn!(source = %src.status.source, "journalctl ended; restarting it in 1 s");
-            sleep_unless(&stop, Duration::from_secs(1));
+            // One that fails at once (a journal it may not read) is retried ever more slowly.
+            retry = if read_any { Duration::from_secs(1) } else { (retry * 2).min(JOURNAL_RETRY_MAX) };
+            let why = journal.why_ended();
+            tracing::warn!(source = %src.status.source, "journalctl for {} ended ({why}); restarting it in {} s", spec.matches, retry.as_secs());
+            sleep_unless(&stop, retry);
         }
     }
 }
@@ -361,12 +370,12 @@ fn record(engine: &Engine, found: Found) {
     if !found.bans.is_empty()
         && let Err(error) = engine.detected(found.bans)
     {
-        tracing::error!(%error, "recording detected bans failed");
+        tracing::error!(%error, "recording detected bans failed: {error}");
     }
     for event in found.events {
         let (ip, jail) = (event.ip, event.jail.clone());
         if let Err(error) = engine.fail2ban(event) {
-            tracing::warn!(%ip, %jail, %error, "a fail2ban event from its log was not recorded");
+            tracing::warn!(%ip, %jail, %error, "a fail2ban event from its log was not recorded: {error}");
         }
     }
 }

@@ -123,7 +123,7 @@ impl DaemonHandle {
         let engine = Arc::clone(&self.engine);
         let _ = tokio::task::spawn_blocking(move || engine.checkpoint()).await;
         if let Err(error) = std::fs::remove_file(&self.socket) {
-            tracing::warn!(%error, path = %self.socket.display(), "cannot remove the control socket");
+            tracing::warn!(%error, path = %self.socket.display(), "cannot remove the control socket: {error}");
         }
         drop(self.lock);
         tracing::info!("banshare stopped");
@@ -144,7 +144,7 @@ pub async fn start_with(config: Config, empty: Empty) -> Result<DaemonHandle, Da
     // their own modes), whatever umask it was started with.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     for path in crate::store::secure_state_dir(&state_dir)? {
-        tracing::warn!(path = %path.display(), "made private (it was readable by others)");
+        tracing::warn!(path = %path.display(), "{} made private (it was readable by others)", path.display());
     }
     let lock = lock::acquire(&state_dir)?;
     for warning in config.warnings() {
@@ -153,7 +153,7 @@ pub async fn start_with(config: Config, empty: Empty) -> Result<DaemonHandle, Da
     let store = Store::open_checked(&config.state_db(), empty)?;
     store.defer_checkpoints()?;
     let host = hostaddr::host_addresses().unwrap_or_else(|error| {
-        tracing::warn!(%error, "cannot read this host's addresses");
+        tracing::warn!(%error, "cannot read this host's addresses: {error}");
         Vec::new()
     });
     let backend = enforce::select(config.firewall.backend, config.firewall.options, &config.state_dir)?;
@@ -186,19 +186,19 @@ pub async fn start_with(config: Config, empty: Empty) -> Result<DaemonHandle, Da
     if let Some(listen) = engine.config().check.listen.clone() {
         match check::bind(&listen).and_then(|bound| check::spawn(Arc::clone(&engine), bound, shutdown_rx.clone())) {
             Ok(thread) => {
-                tracing::info!(?listen, "check service listening");
+                tracing::info!(?listen, "check service listening on {listen:?}");
                 tasks.spawn(async move {
                     let _ = tokio::task::spawn_blocking(move || thread.join()).await;
                 });
             }
-            Err(error) => tracing::error!(%error, ?listen, "the check service cannot listen; it is off"),
+            Err(error) => tracing::error!(%error, ?listen, "the check service cannot listen: {error}; it is off"),
         }
     }
     tasks.spawn(feed::pull_loop(Arc::clone(&engine), shutdown_rx));
 
     let followers = Some(follow::Followers::spawn(Arc::clone(&engine), &engine.config()));
 
-    tracing::info!(config = %origin, socket = %socket.display(), "banshare ready");
+    tracing::info!(config = %origin, socket = %socket.display(), "banshare ready (config {origin}, control socket {})", socket.display());
     notify("READY=1\nSTATUS=ready");
     Ok(DaemonHandle { engine, followers, shutdown, tasks, socket, lock, fatal })
 }
@@ -246,7 +246,7 @@ async fn expiry_loop(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>) {
         let next = match tokio::task::spawn_blocking(move || e.expire_due(Timestamp::now())).await {
             Ok(Ok(next)) => next,
             Ok(Err(error)) => {
-                tracing::error!(%error, "expiring decisions failed; retrying");
+                tracing::error!(%error, "expiring decisions failed: {error}; retrying");
                 Some(Timestamp::now().plus(Duration::from_secs(5)))
             }
             Err(_) => return,
@@ -272,7 +272,7 @@ async fn maintenance_loop(engine: Arc<Engine>, mut shutdown: watch::Receiver<boo
         let e = Arc::clone(&engine);
         let prune = round % PRUNE_EVERY_ROUNDS == 1;
         if let Ok(Err(error)) = tokio::task::spawn_blocking(move || e.maintain(Timestamp::now(), prune)).await {
-            tracing::error!(%error, "maintenance failed");
+            tracing::error!(%error, "maintenance failed: {error}");
         }
     }
 }
@@ -295,7 +295,7 @@ async fn firewall_loop(engine: Arc<Engine>, mut shutdown: watch::Receiver<bool>,
         let full = round.is_multiple_of(FULL_RECONCILE_EVERY_ROUNDS);
         let e = Arc::clone(&engine);
         if let Ok(Err(error)) = tokio::task::spawn_blocking(move || e.check_firewall(Timestamp::now(), full)).await {
-            tracing::error!(%error, "firewall check failed");
+            tracing::error!(%error, "firewall check failed: {error}");
         }
     }
 }

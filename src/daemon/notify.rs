@@ -16,6 +16,6 @@ pub fn notify(state: &str) {
     };
     let sent = addr.and_then(|addr| UnixDatagram::unbound()?.send_to_addr(state.as_bytes(), &addr));
     if let Err(error) = sent {
-        tracing::warn!(%error, "cannot notify systemd");
+        tracing::warn!(%error, "cannot notify systemd: {error}");
     }
 }

@@ -39,7 +39,7 @@ impl Engine {
             return stats.clone();
         }
         let stats = crate::enforce::stats(backend).unwrap_or_else(|error| {
-            tracing::warn!(%error, "cannot read firewall counters");
+            tracing::warn!(%error, "cannot read firewall counters: {error}");
             None
         });
         self.kernel_reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -152,7 +152,15 @@ impl Engine {
                 Err(refusal) => data.refused.push(refusal.to_string()),
             }
         }
-        tracing::info!(created = data.created, extended = data.extended, refused = data.refused.len(), "import done");
+        tracing::info!(
+            created = data.created,
+            extended = data.extended,
+            refused = data.refused.len(),
+            "import done: {} new, {} extended, {} refused",
+            data.created,
+            data.extended,
+            data.refused.len()
+        );
         if let Err(error) = decided.kernel {
             let message = format!(
                 "{} recorded ({} new, {} extended), but not all are blocked: {error}",
@@ -364,6 +372,6 @@ pub(super) fn not_in_kernel(decision: &Decision, kernel: Result<(), EnforceError
 }
 
 pub(super) fn internal(e: StoreError) -> ErrorBody {
-    tracing::error!(error = %e, "state database failure");
+    tracing::error!(error = %e, "state database failure: {e}");
     ErrorBody::new(ErrorCode::Internal, e.to_string())
 }

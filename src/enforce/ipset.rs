@@ -304,7 +304,7 @@ impl Ipset {
             Err(e @ (FirewallError::Unavailable(_) | FirewallError::Io { .. })) => return Err(e),
             Err(error) => error,
         };
-        tracing::error!(%error, elements = elements.len(), "ipset refused the load; looking for the elements it refuses");
+        tracing::error!(%error, elements = elements.len(), "ipset refused the load: {error}; looking for the elements it refuses");
         let refused = find_refused(elements, &mut |part| {
             let result = Self::restore(&check_script(&Mirror::from_elements(part), now));
             for scratch in [CHECK_V4, CHECK_V6] {
@@ -355,7 +355,7 @@ impl Firewall for Ipset {
             match Self::restore(&apply_script(&plan, &self.mirror, now)) {
                 Ok(()) => return Ok(Vec::new()),
                 Err(e @ FirewallError::Unavailable(_)) => return Err(e),
-                Err(error) => tracing::warn!(%error, "ipset refused a batch; loading both sets again"),
+                Err(error) => tracing::warn!(%error, "ipset refused a batch: {error}; loading both sets again"),
             }
         }
         self.ensure_sets()?;

@@ -235,7 +235,7 @@ pub fn select(backend: Backend, opts: FirewallOptions, state_dir: &Path) -> Resu
             Ok(nft) => Ok(Box::new(nft)),
             Err(nft_error) => match ipset::Ipset::probe(opts) {
                 Ok(ipset) => {
-                    tracing::info!(reason = %nft_error, "nftables unavailable; using ipset and iptables");
+                    tracing::info!(reason = %nft_error, "nftables unavailable ({nft_error}); using ipset and iptables");
                     Ok(Box::new(ipset))
                 }
                 Err(ipset_error) => Err(FirewallError::Unavailable(format!(

@@ -457,7 +457,7 @@ impl Nftables {
             Err(e @ (FirewallError::Unavailable(_) | FirewallError::Io { .. })) => return Err(e),
             Err(error) => error,
         };
-        tracing::error!(%error, elements = elements.len(), "nftables refused the load; looking for the elements it refuses");
+        tracing::error!(%error, elements = elements.len(), "nftables refused the load: {error}; looking for the elements it refuses");
         let opts = self.opts;
         let refused = find_refused(elements, &mut |part| {
             let script = full_script(&opts, &Mirror::from_elements(part), now);
@@ -493,7 +493,7 @@ impl Firewall for Nftables {
             Ok(()) => Ok(Vec::new()),
             Err(e @ FirewallError::Unavailable(_)) => Err(e),
             Err(error) => {
-                tracing::warn!(%error, "nftables refused a batch; loading the whole table again");
+                tracing::warn!(%error, "nftables refused a batch: {error}; loading the whole table again");
                 let wanted = self.mirror.elements();
                 self.load(&wanted, now)
             }

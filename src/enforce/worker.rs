@@ -291,7 +291,7 @@ impl Shared {
                 false
             }
             Err(error) => {
-                tracing::error!(%error, "firewall update failed; the store keeps the decisions and the next reconcile retries");
+                tracing::error!(%error, "firewall update failed: {error}; the store keeps the decisions and the next reconcile retries");
                 *slot = Some(error.to_string());
                 true
             }

@@ -10,9 +10,11 @@
 // configured match and a cursor as argv, never through a shell.
 #![allow(clippy::disallowed_types)]
 
+use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
@@ -57,7 +59,13 @@ pub struct Journal {
     child: Child,
     out: BufReader<ChildStdout>,
     buf: String,
+    /// The last lines journalctl wrote to stderr (read by a thread of its own, so a
+    /// chatty journalctl never blocks on a full pipe): why it ended, when it does.
+    complaints: Arc<Mutex<VecDeque<String>>>,
 }
+
+/// stderr lines of journalctl kept for the message when it ends.
+const KEPT_COMPLAINTS: usize = 3;
 
 /// One journal entry as a log line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,10 +80,34 @@ impl Journal {
             .args(spec.args(cursor, since))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()?;
         let out = BufReader::new(child.stdout.take().expect("piped stdout"));
-        Ok(Journal { child, out, buf: String::new() })
+        let complaints = Arc::new(Mutex::new(VecDeque::new()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let kept = Arc::clone(&complaints);
+        std::thread::Builder::new().name("banshare-journalctl-stderr".into()).spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
+                if kept.len() == KEPT_COMPLAINTS {
+                    kept.pop_front();
+                }
+                kept.push_back(line.chars().take(500).collect());
+            }
+        })?;
+        Ok(Journal { child, out, buf: String::new(), complaints })
+    }
+
+    /// Why journalctl ended: its exit status and the last lines it wrote to stderr.
+    pub fn why_ended(&mut self) -> String {
+        let status = match self.child.wait() {
+            Ok(status) => status.to_string(),
+            Err(error) => error.to_string(),
+        };
+        // The stderr thread reads to the pipe's end, which comes with the exit.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let said: Vec<String> = self.complaints.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
+        if said.is_empty() { status } else { format!("{status}: {}", said.join(" / ")) }
     }
 
     /// The child's pid (to stop it from another thread).

@@ -141,7 +141,7 @@ impl Tailer {
         let present = self.expand();
         for path in &present {
             if let Err(error) = self.poll_file(path, saved, sink, &mut moved) {
-                tracing::warn!(path = %path.display(), %error, "cannot read a followed file");
+                tracing::warn!(path = %path.display(), %error, "cannot read a followed file: {error}");
             }
         }
         // Files gone from the path (deleted, or rotated away without a successor yet):
@@ -151,7 +151,7 @@ impl Tailer {
             if let Some(mut f) = self.files.remove(&path) {
                 let _ = self.drain(&path, &mut f, sink, true);
                 self.counters.rotations += 1;
-                tracing::info!(path = %path.display(), "log moved away or deleted; waiting for its successor");
+                tracing::info!(path = %path.display(), "{} moved away or deleted; waiting for its successor", path.display());
             }
         }
         moved
@@ -170,7 +170,7 @@ impl Tailer {
             Some(mut old) if (old.device, old.inode) != (device, inode) => {
                 self.drain(path, &mut old, sink, true)?;
                 self.counters.rotations += 1;
-                tracing::info!(path = %path.display(), "log rotated; following the new file");
+                tracing::info!(path = %path.display(), "{} rotated; following the new file", path.display());
                 self.open(path, None)?
             }
             Some(old) => old,
@@ -178,7 +178,7 @@ impl Tailer {
         };
         if size < f.offset || !self.head_matches(&f)? {
             self.counters.truncations += 1;
-            tracing::info!(path = %path.display(), "log truncated; reading it from the start");
+            tracing::info!(path = %path.display(), "{} truncated; reading it from the start", path.display());
             f.offset = 0;
             f.partial.clear();
             f.discarding = false;
@@ -240,7 +240,7 @@ impl Tailer {
         if let Some((rotated, offset)) = f.pending_rotated.take()
             && let Ok(file) = File::open(&rotated)
         {
-            tracing::info!(path = %rotated.display(), "reading the rest of a file rotated while banshare was stopped");
+            tracing::info!(path = %rotated.display(), "reading the rest of {}, rotated while banshare was stopped", rotated.display());
             let meta = file.metadata()?;
             let mut old = Followed::at(file, &meta, offset);
             self.drain(path, &mut old, sink, true)?;
