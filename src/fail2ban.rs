@@ -83,6 +83,9 @@ pub struct Event {
 /// (fail2ban runs its actions one after another: a burst of bans can delay one by seconds).
 pub const ECHO_WINDOW: Duration = Duration::from_secs(60);
 
+/// How long the mode a jail's action last used is taken for that jail's fail2ban.log lines.
+pub const JAIL_MODE_KEPT: Duration = Duration::from_secs(24 * 3600);
+
 /// What to do with an event, given the events heard lately ([`Echoes::hear`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Heard {
@@ -91,37 +94,64 @@ pub enum Heard {
     /// The log's echo of what the action told: dropped (the action's bantime and mode
     /// are the better account).
     Echo,
-    /// The action after the log told the same ban: applied (its bantime and mode win) but
-    /// logged only if it changes what the journal already said (banshare now blocks it).
-    Confirms,
+    /// The action after the log told the same ban (applied in mode `logged`): applied,
+    /// its bantime winning, and logged only if banshare now blocks what the log's line
+    /// only recorded.
+    Confirms { logged: Mode },
+}
+
+impl Heard {
+    /// Whether applying the event makes a journal line of its own.
+    pub fn announces(self, mode: Mode) -> bool {
+        match self {
+            Heard::First => true,
+            Heard::Echo => false,
+            Heard::Confirms { logged } => mode == Mode::Block && logged == Mode::Report,
+        }
+    }
 }
 
 /// The ban and unban events heard in the last [`ECHO_WINDOW`], by address, jail and kind,
-/// so each fail2ban ban is one decision and one journal line however many ways it came.
+/// so each fail2ban ban is one decision and one journal line however many ways it came;
+/// and the mode each jail's action last used, so a fail2ban.log line (which fail2ban
+/// writes before it runs the action) is applied in the jail's mode.
 #[derive(Debug, Default)]
 pub struct Echoes {
-    heard: std::collections::HashMap<(IpAddr, String, Kind), (Via, std::time::Instant)>,
+    heard: std::collections::HashMap<(IpAddr, String, Kind), (Via, Mode, std::time::Instant)>,
+    jails: std::collections::HashMap<String, (Mode, std::time::Instant)>,
 }
 
 impl Echoes {
-    /// Classifies `event` and remembers it. An unban forgets the address's ban (fail2ban
-    /// may ban it again at once), and a ban its unban.
-    pub fn hear(&mut self, event: &Event, now: std::time::Instant) -> Heard {
-        self.heard.retain(|_, (_, at)| now.duration_since(*at) < ECHO_WINDOW);
+    /// Classifies `event` and remembers it; a log event takes its jail's action mode. An
+    /// unban forgets the address's ban (fail2ban may ban it again at once), and a ban
+    /// its unban.
+    pub fn hear(&mut self, event: &mut Event, now: std::time::Instant) -> Heard {
+        self.heard.retain(|_, (_, _, at)| now.duration_since(*at) < ECHO_WINDOW);
+        self.jails.retain(|_, (_, at)| now.duration_since(*at) < JAIL_MODE_KEPT);
+        match event.via {
+            Via::Action => {
+                self.jails.insert(event.jail.clone(), (event.mode, now));
+            }
+            Via::Log => {
+                if let Some((mode, _)) = self.jails.get(&event.jail) {
+                    event.mode = *mode;
+                }
+            }
+        }
         let other = match event.kind {
             Kind::Ban => Kind::Unban,
             Kind::Unban => Kind::Ban,
         };
         self.heard.remove(&(event.ip, event.jail.clone(), other));
         let key = (event.ip, event.jail.clone(), event.kind);
-        let heard = match (self.heard.get(&key).map(|(via, _)| *via), event.via) {
+        let heard = match (self.heard.get(&key).map(|(via, mode, _)| (*via, *mode)), event.via) {
             (None, _) => Heard::First,
-            (Some(Via::Action), Via::Log) => return Heard::Echo,
-            (Some(Via::Log), Via::Action) => Heard::Confirms,
+            (Some((Via::Action, _)), Via::Log) => return Heard::Echo,
+            (Some((Via::Log, logged)), Via::Action) => Heard::Confirms { logged },
             // The same channel twice: fail2ban said it twice (a restart's restore).
             (Some(_), _) => Heard::First,
         };
-        self.heard.insert(key, (event.via, now));
+        self.heard.insert(key, (event.via, event.mode, now));
         heard
     }
 }
@@ -362,26 +392,50 @@ mod tests {
         };
         let t0 = std::time::Instant::now();
         let mut echoes = Echoes::default();
-        let (a, b) = ("192.0.2.1", "192.0.2.2");
+        let mut hear = |e: &mut Event, at| echoes.hear(e, at);
+        let (a, b, c) = ("192.0.2.1", "192.0.2.2", "192.0.2.3");
+        // The log first (fail2ban logs before it acts), then the action: it confirms,
+        // quietly in report mode.
+        let first = hear(&mut event(Kind::Ban, Via::Log, b), t0);
+        assert_eq!(first, Heard::First);
+        let confirms = hear(&mut event(Kind::Ban, Via::Action, b), t0);
+        assert_eq!(confirms, Heard::Confirms { logged: Mode::Report });
+        assert!(!confirms.announces(Mode::Report) && confirms.announces(Mode::Block));
         // The action first, then the log's line: the line is an echo.
-        assert_eq!(echoes.hear(&event(Kind::Ban, Via::Action, a), t0), Heard::First);
-        assert_eq!(echoes.hear(&event(Kind::Ban, Via::Log, a), t0), Heard::Echo);
-        assert_eq!(echoes.hear(&event(Kind::Ban, Via::Log, a), t0), Heard::Echo, "still the action's");
-        // The log first (fail2ban logs before it acts), then the action: it confirms.
-        assert_eq!(echoes.hear(&event(Kind::Ban, Via::Log, b), t0), Heard::First);
-        assert_eq!(echoes.hear(&event(Kind::Ban, Via::Action, b), t0), Heard::Confirms);
+        assert_eq!(hear(&mut event(Kind::Ban, Via::Action, a), t0), Heard::First);
+        assert_eq!(hear(&mut event(Kind::Ban, Via::Log, a), t0), Heard::Echo);
+        assert_eq!(hear(&mut event(Kind::Ban, Via::Log, a), t0), Heard::Echo, "still the action's");
         // Another jail is another ban.
         let mut other = event(Kind::Ban, Via::Log, a);
         other.jail = "recidive".into();
-        assert_eq!(echoes.hear(&other, t0), Heard::First);
+        assert_eq!(hear(&mut other, t0), Heard::First);
         // An unban, then a new ban of the same address: a new ban, not an echo.
-        assert_eq!(echoes.hear(&event(Kind::Unban, Via::Action, a), t0), Heard::First);
-        assert_eq!(echoes.hear(&event(Kind::Unban, Via::Log, a), t0), Heard::Echo);
-        assert_eq!(echoes.hear(&event(Kind::Ban, Via::Log, a), t0), Heard::First);
+        assert_eq!(hear(&mut event(Kind::Unban, Via::Action, a), t0), Heard::First);
+        assert_eq!(hear(&mut event(Kind::Unban, Via::Log, a), t0), Heard::Echo);
+        assert_eq!(hear(&mut event(Kind::Ban, Via::Log, a), t0), Heard::First);
+        // A block-mode action teaches the jail's mode: its next log line blocks at once,
+        // and the action after it has nothing new to say.
+        let mut block = event(Kind::Ban, Via::Action, a);
+        block.mode = Mode::Block;
+        block.kind = Kind::Unban;
+        hear(&mut block, t0);
+        let mut line = event(Kind::Ban, Via::Log, c);
+        assert_eq!(hear(&mut line, t0), Heard::First);
+        assert_eq!(line.mode, Mode::Block, "the jail's mode");
+        block.kind = Kind::Ban;
+        block.ip = c.parse().unwrap();
+        let confirms = hear(&mut block, t0);
+        assert_eq!(confirms, Heard::Confirms { logged: Mode::Block });
+        assert!(!confirms.announces(Mode::Block));
         // Past the window, the same event is new again.
         let later = t0 + ECHO_WINDOW;
-        assert_eq!(echoes.hear(&event(Kind::Ban, Via::Action, b), later), Heard::First);
+        assert_eq!(hear(&mut event(Kind::Ban, Via::Action, b), later), Heard::First);
         assert_eq!(echoes.heard.len(), 1, "old events are forgotten");
+        let next_day = t0 + JAIL_MODE_KEPT + ECHO_WINDOW;
+        let mut line = event(Kind::Ban, Via::Log, c);
+        line.jail = "recidive".into();
+        echoes.hear(&mut line, next_day);
+        assert!(echoes.jails.is_empty(), "a jail's mode is forgotten after a day");
     }
 
     #[test]

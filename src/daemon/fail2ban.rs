@@ -14,7 +14,7 @@ use crate::store::LiftReason;
 
 impl Engine {
     /// Applies one fail2ban event.
-    pub fn fail2ban(&self, event: Event) -> Result<Fail2banData, ErrorBody> {
+    pub fn fail2ban(&self, mut event: Event) -> Result<Fail2banData, ErrorBody> {
         let internal = |e: crate::store::StoreError| ErrorBody::new(ErrorCode::Internal, e.to_string());
         let jail_ok = !event.jail.trim().is_empty() && event.jail.chars().count() <= MAX_NAME;
         if !jail_ok || event.jail.chars().any(char::is_control) {
@@ -24,7 +24,7 @@ impl Engine {
             ));
         }
         let now = Timestamp::now();
-        let heard = self.fail2ban_echoes.lock().unwrap_or_else(|e| e.into_inner()).hear(&event, Instant::now());
+        let heard = self.fail2ban_echoes.lock().unwrap_or_else(|e| e.into_inner()).hear(&mut event, Instant::now());
         if heard == Heard::Echo {
             return Ok(Fail2banData { decision: None, outcome: None, report_due: false, lifted: 0 });
         }
@@ -56,7 +56,7 @@ impl Engine {
         let report_due = proposal.report.is_some();
         // The action after fail2ban.log's line: one journal line per ban, unless banshare
         // now blocks what the log's line only recorded.
-        let announce = heard == Heard::First || proposal.enforce;
+        let announce = heard.announces(event.mode);
         let decided = self.decide_as(vec![proposal], now, announce).map_err(internal)?;
         match decided.outcomes.into_iter().next().expect("one outcome per proposal") {
             Ok((decision, _)) if decided.kernel.is_err() => {
