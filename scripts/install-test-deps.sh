@@ -3,11 +3,13 @@
 # (nftables, ipset, iptables), iproute2 for network namespaces, fail2ban, time (the
 # benchmarks measure peak memory with /usr/bin/time), and
 # systemd-journal-remote (writes real journal files for the journald tests), and for
-# the package test: lintian, man-db (`man banshare`), systemd (`systemd-analyze verify`).
+# the package test: lintian, man-db (`man banshare`), systemd (`systemd-analyze verify`),
+# and for the test under systemd: systemd-container (systemd-nspawn) and debootstrap.
 # Idempotent: packages already present are left alone, so a warm machine pays nothing.
 set -euo pipefail
 
-packages=(nftables ipset iptables iproute2 fail2ban systemd-journal-remote python3 procps time lintian man-db systemd)
+packages=(nftables ipset iptables iproute2 fail2ban systemd-journal-remote python3 procps time lintian man-db systemd
+    systemd-container debootstrap)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -41,7 +41,16 @@ pub(crate) fn http_client(timeout: Duration) -> Result<reqwest::Client, String> 
         .connect_timeout(timeout.min(Duration::from_secs(5)))
         .user_agent(concat!("banshare/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+        .map_err(|e| format!("cannot build the HTTP client: {}", innermost(&e)))
+}
+
+/// The deepest cause of an error (reqwest's own text is only its kind: "builder error").
+fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut deepest = e;
+    while let Some(s) = deepest.source() {
+        deepest = s;
+    }
+    deepest.to_string()
 }
 
 impl fmt::Debug for ApiKey {
@@ -294,13 +303,10 @@ pub(crate) fn transport_error(e: reqwest::Error) -> String {
     } else {
         "request failed"
     };
-    let mut detail = String::new();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        detail = s.to_string();
-        source = s.source();
+    match std::error::Error::source(&e) {
+        Some(source) => format!("{kind}: {}", innermost(source)),
+        None => kind.to_string(),
     }
-    if detail.is_empty() { kind.to_string() } else { format!("{kind}: {detail}") }
 }
 
 /// The `X-RateLimit-*` headers and `Retry-After` (seconds) of a response.
