@@ -23,3 +23,4 @@ mod fuzz;
 mod hostile;
 mod layout;
 mod scan;
+mod web;
