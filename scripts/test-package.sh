@@ -62,7 +62,8 @@ for f in /usr/bin/banshare /etc/banshare/banshare.toml /usr/lib/systemd/system/b
     /etc/fail2ban/action.d/banshare.conf /usr/share/doc/banshare/examples/jail.d/banshare.local.example \
     /usr/share/man/man1/banshare.1.gz /usr/share/bash-completion/completions/banshare \
     /usr/share/zsh/vendor-completions/_banshare /usr/share/fish/vendor_completions.d/banshare.fish \
-    /usr/share/doc/banshare/copyright; do
+    /usr/share/doc/banshare/copyright /usr/share/doc/banshare/examples/nginx/banshare-auth.conf \
+    /usr/share/doc/banshare/examples/python/banshare_check.py /usr/share/doc/banshare/examples/node/banshare-check.js; do
     dpkg -L banshare | grep -x "$f" >/dev/null || fail "dpkg -L does not list $f"
 done
 grep -qx /etc/banshare/banshare.toml /var/lib/dpkg/info/banshare.conffiles || fail "the config is not a conffile"

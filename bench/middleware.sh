@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The login middleware's cost: Flask (werkzeug), FastAPI (uvicorn) and Express apps, each
+# with a route guarded by banshare's middleware and the same route without it, measured
+# in one run (bench/middleware/bench.py) against banshare's check service, whose answer
+# for the client is cached; banshare in front of the WAYSCloud emulator. Prints the
+# medians over RUNS of each route's p50 and p99 and what the middleware adds.
+# Usage: bench/middleware.sh [REQUESTS] [RUNS]   (needs scripts/install-test-deps.sh first)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+requests=${1:-2000}
+runs=${2:-5}
+web=${BANSHARE_TEST_CACHE:-/var/cache/banshare-tests}/web
+[[ -x $web/venv/bin/python && -d $web/node/node_modules/express ]] \
+    || { echo "run scripts/install-test-deps.sh first (as root)" >&2; exit 1; }
+cargo build --release --quiet
+cargo build --release --quiet --example wayscloud-emulator
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+emu_port=$(free_port)
+check_port=$(free_port)
+target/release/examples/wayscloud-emulator --port "$emu_port" >"$work/emulator.log" 2>&1 &
+pids+=($!)
+install -m 600 /dev/null "$work/api-key"
+echo "wayscloud_ipintel_test_5ecret5ecret" >"$work/api-key"
+cat >"$work/banshare.toml" <<CONF
+state_dir = "$work/state"
+socket = "$work/banshare.sock"
+[firewall]
+backend = "dry-run"
+[feed]
+base_url = "http://127.0.0.1:$emu_port"
+api_key_file = "$work/api-key"
+pull = false
+report = false
+[check]
+listen = "127.0.0.1:$check_port"
+[[source]]
+path = "/nonexistent/bench.log"
+filters = ["sshd"]
+CONF
+target/release/banshare --config "$work/banshare.toml" run 2>"$work/banshare.log" &
+pids+=($!)
+for _ in $(seq 100); do curl -fs "http://127.0.0.1:$check_port/v1/check/11.0.0.1" >/dev/null 2>&1 && break; sleep 0.1; done
+url="http://127.0.0.1:$check_port"
+py=$web/venv/bin/python
+NODE_PATH=$web/node/node_modules "$py" bench/middleware/bench.py "$url" "$requests" "$runs" \
+    "flask=$py bench/middleware/apps.py flask PORT $url" \
+    "fastapi=$py bench/middleware/apps.py fastapi PORT $url" \
+    "express=node bench/middleware/express-app.js PORT $url"
