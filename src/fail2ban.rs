@@ -154,6 +154,11 @@ impl Echoes {
         self.heard.insert(key, (event.via, event.mode, now));
         heard
     }
+
+    /// Forgets `event` (it could not be applied): its other telling is not an echo.
+    pub fn forget(&mut self, event: &Event) {
+        self.heard.remove(&(event.ip, event.jail.clone(), event.kind));
+    }
 }
 
 /// Built-in jail patterns and their categories, after the config's own.

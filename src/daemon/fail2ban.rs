@@ -15,7 +15,6 @@ use crate::store::LiftReason;
 impl Engine {
     /// Applies one fail2ban event.
     pub fn fail2ban(&self, mut event: Event) -> Result<Fail2banData, ErrorBody> {
-        let internal = |e: crate::store::StoreError| ErrorBody::new(ErrorCode::Internal, e.to_string());
         let jail_ok = !event.jail.trim().is_empty() && event.jail.chars().count() <= MAX_NAME;
         if !jail_ok || event.jail.chars().any(char::is_control) {
             return Err(ErrorBody::new(
@@ -23,11 +22,24 @@ impl Engine {
                 format!("jail: expected a name of 1 to {MAX_NAME} characters"),
             ));
         }
-        let now = Timestamp::now();
-        let heard = self.fail2ban_echoes.lock().unwrap_or_else(|e| e.into_inner()).hear(&mut event, Instant::now());
+        // Held while the event is applied: the action's and the log's telling of one ban
+        // are classified one after the other, and a telling that failed is forgotten, so
+        // its echo is applied instead of dropped.
+        let mut echoes = self.fail2ban_echoes.lock().unwrap_or_else(|e| e.into_inner());
+        let heard = echoes.hear(&mut event, Instant::now());
         if heard == Heard::Echo {
             return Ok(Fail2banData { decision: None, outcome: None, report_due: false, lifted: 0 });
         }
+        let applied = self.apply_fail2ban(&event, heard);
+        if applied.is_err() {
+            echoes.forget(&event);
+        }
+        applied
+    }
+
+    fn apply_fail2ban(&self, event: &Event, heard: Heard) -> Result<Fail2banData, ErrorBody> {
+        let internal = |e: crate::store::StoreError| ErrorBody::new(ErrorCode::Internal, e.to_string());
+        let now = Timestamp::now();
         let target = ban_target(event.ip, Source::Fail2ban, 128);
         if event.kind == Kind::Unban {
             let lifted = self.lift(|s| s.lift_source(&target, Source::Fail2ban, LiftReason::Fail2ban, now));
@@ -52,7 +64,7 @@ impl Engine {
         let earlier = self.ledger().read(|v| v.store.last_category(&target)).map_err(internal)?;
         let sanitizer = Sanitizer::for_host(&self.host_addresses());
         let proposal =
-            plan_ban(&event, &config.fail2ban, earlier, |input| report_draft(&config.feed, &sanitizer, input));
+            plan_ban(event, &config.fail2ban, earlier, |input| report_draft(&config.feed, &sanitizer, input));
         let report_due = proposal.report.is_some();
         // The action after fail2ban.log's line: one journal line per ban, unless banshare
         // now blocks what the log's line only recorded.

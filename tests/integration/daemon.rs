@@ -141,7 +141,8 @@ fn sighup_reloads_a_good_config_and_keeps_the_old_one_on_a_broken_config() {
     });
     assert!(env.listed().is_empty(), "the newly allowlisted ban is lifted");
     env.cli(&["ban", "198.51.100.8"]).expect_code(4);
-    assert!(daemon.log_text().contains("config reload failed; keeping the previous config"));
+    let log = daemon.log_text();
+    assert!(log.contains("config reload failed: ") && log.contains("; keeping the previous config"), "{log}");
     assert_eq!(daemon.stop(), Some(0), "SIGTERM exits cleanly");
 }
 

@@ -197,7 +197,7 @@ fn a_ban_told_by_the_action_and_by_fail2ban_log_is_one_decision_one_line_one_rep
     let log = daemon.log_text();
     for ip in ["45.155.205.40", "45.155.205.41", "45.155.205.42"] {
         let lines = lines_about(&log, ip);
-        assert_eq!(lines.len(), 1, "one journal line for the ban of {ip}: {lines:#?}\n{log}");
+        assert_eq!(lines.len(), 1, "one journal line for the ban of {ip}: {lines:#?}\n{log}\n{}", f2b.log_text());
         assert!(lines[0].contains(&format!("recorded {ip} (fail2ban: fail2ban jail sshd")), "{}", lines[0]);
     }
     assert_eq!(listed_fail2ban(&env).len(), 3, "one decision per ban");
