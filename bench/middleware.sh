@@ -54,4 +54,4 @@ py=$web/venv/bin/python
 NODE_PATH=$web/node/node_modules "$py" bench/middleware/bench.py "$url" "$requests" "$runs" \
     "flask=$py bench/middleware/apps.py flask PORT $url" \
     "fastapi=$py bench/middleware/apps.py fastapi PORT $url" \
-    "express=node bench/middleware/express-app.js PORT $url"
+    "express=node ${NODE_FLAGS:-} bench/middleware/express-app.js PORT $url"

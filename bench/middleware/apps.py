@@ -13,6 +13,8 @@ kind, port, url = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 ROUTES = {"/guarded": "open"}
 
 if kind == "flask":
+    import logging
+
     from flask import Flask
     from werkzeug.middleware.proxy_fix import ProxyFix
     from werkzeug.serving import run_simple
@@ -25,6 +27,7 @@ if kind == "flask":
         return "hello\n"
 
     app.wsgi_app = ProxyFix(BanshareWSGI(app.wsgi_app, ROUTES, Banshare(url)), x_for=1)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
     run_simple("127.0.0.1", port, app, threaded=True)
 else:
     import uvicorn
