@@ -85,6 +85,11 @@ pub const ECHO_WINDOW: Duration = Duration::from_secs(60);
 
 /// How long the mode a jail's action last used is taken for that jail's fail2ban.log lines.
 pub const JAIL_MODE_KEPT: Duration = Duration::from_secs(24 * 3600);
+/// The most events and jails remembered: a flood of made-up ones (a local user with the
+/// socket) costs memory within these bounds; past them, a telling is not remembered and
+/// its echo, if any, is applied again (an extension, never a lost ban).
+const MAX_HEARD: usize = 100_000;
+const MAX_JAILS: usize = 4096;
 
 /// What to do with an event, given the events heard lately ([`Echoes::hear`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +124,7 @@ impl Heard {
 pub struct Echoes {
     heard: std::collections::HashMap<(IpAddr, String, Kind), (Via, Mode, std::time::Instant)>,
     jails: std::collections::HashMap<String, (Mode, std::time::Instant)>,
+    swept: Option<std::time::Instant>,
 }
 
 impl Echoes {
@@ -126,14 +132,24 @@ impl Echoes {
     /// unban forgets the address's ban (fail2ban may ban it again at once), and a ban
     /// its unban.
     pub fn hear(&mut self, event: &mut Event, now: std::time::Instant) -> Heard {
-        self.heard.retain(|_, (_, _, at)| now.duration_since(*at) < ECHO_WINDOW);
-        self.jails.retain(|_, (_, at)| now.duration_since(*at) < JAIL_MODE_KEPT);
+        // Old entries go at most once a second: a flood pays for the sweep once, not per event.
+        if self.swept.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1)) {
+            self.heard.retain(|_, (_, _, at)| now.duration_since(*at) < ECHO_WINDOW);
+            self.jails.retain(|_, (_, at)| now.duration_since(*at) < JAIL_MODE_KEPT);
+            self.swept = Some(now);
+        }
+        // Between sweeps, an old entry is no telling of this event.
+        let fresh = |at: std::time::Instant| now.duration_since(at) < ECHO_WINDOW;
         match event.via {
             Via::Action => {
-                self.jails.insert(event.jail.clone(), (event.mode, now));
+                if self.jails.len() < MAX_JAILS || self.jails.contains_key(&event.jail) {
+                    self.jails.insert(event.jail.clone(), (event.mode, now));
+                }
             }
             Via::Log => {
-                if let Some((mode, _)) = self.jails.get(&event.jail) {
+                if let Some((mode, at)) = self.jails.get(&event.jail)
+                    && now.duration_since(*at) < JAIL_MODE_KEPT
+                {
                     event.mode = *mode;
                 }
             }
@@ -144,14 +160,17 @@ impl Echoes {
         };
         self.heard.remove(&(event.ip, event.jail.clone(), other));
         let key = (event.ip, event.jail.clone(), event.kind);
-        let heard = match (self.heard.get(&key).map(|(via, mode, _)| (*via, *mode)), event.via) {
+        let told = self.heard.get(&key).filter(|(_, _, at)| fresh(*at)).map(|(via, mode, _)| (*via, *mode));
+        let heard = match (told, event.via) {
             (None, _) => Heard::First,
             (Some((Via::Action, _)), Via::Log) => return Heard::Echo,
             (Some((Via::Log, logged)), Via::Action) => Heard::Confirms { logged },
             // The same channel twice: fail2ban said it twice (a restart's restore).
             (Some(_), _) => Heard::First,
         };
-        self.heard.insert(key, (event.via, event.mode, now));
+        if self.heard.len() < MAX_HEARD {
+            self.heard.insert(key, (event.via, event.mode, now));
+        }
         heard
     }
 
@@ -441,6 +460,16 @@ mod tests {
         line.jail = "recidive".into();
         echoes.hear(&mut line, next_day);
         assert!(echoes.jails.is_empty(), "a jail's mode is forgotten after a day");
+
+        // A flood of made-up events and jails stays within bounds.
+        let mut flood = Echoes::default();
+        for n in 0..(MAX_HEARD as u32 + 10) {
+            let mut e = event(Kind::Ban, Via::Action, "192.0.2.9");
+            e.ip = std::net::IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + n));
+            e.jail = format!("jail{}", n % (MAX_JAILS as u32 * 2));
+            flood.hear(&mut e, t0);
+        }
+        assert_eq!((flood.heard.len(), flood.jails.len()), (MAX_HEARD, MAX_JAILS));
     }
 
     #[test]
