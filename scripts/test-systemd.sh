@@ -259,7 +259,10 @@ lines() { grep -cE "^(blocked|recorded) $1 " <<<"$journal" || true; }
 [[ $(lines 45.155.205.62) == 1 ]] || fail "block-mode ban: $(lines 45.155.205.62) journal lines"
 grep -E "^(blocked|recorded) 45\.155\.205\.6" <<<"$journal" | sed 's/^/test-systemd:   /'
 grep "^recorded 45.155.205.60 (fail2ban: fail2ban jail report-sshd" <<<"$journal" >/dev/null || fail "report line"
-grep "^blocked 45.155.205.62 (fail2ban: fail2ban jail block-sshd" <<<"$journal" >/dev/null || fail "block line"
+line62=$(grep "^blocked 45.155.205.62 (fail2ban: fail2ban jail block-sshd" <<<"$journal") || fail "block line"
+# That one line tells the ban's real end: fail2ban's 2 h (learnt from the jail's action).
+until62=$(date -d "$(sed 's/.* until //' <<<"$line62")" +%s) || fail "no expiry in: $line62"
+((until62 > $(date +%s) + 3600)) || fail "the journal line gives an expiry under fail2ban's 2 h: $line62"
 
 # --- the journal, the exposure ----------------------------------------------------------------
 

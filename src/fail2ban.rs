@@ -83,7 +83,8 @@ pub struct Event {
 /// (fail2ban runs its actions one after another: a burst of bans can delay one by seconds).
 pub const ECHO_WINDOW: Duration = Duration::from_secs(60);
 
-/// How long the mode a jail's action last used is taken for that jail's fail2ban.log lines.
+/// How long the mode and bantime a jail's action last used are taken for that jail's
+/// fail2ban.log lines.
 pub const JAIL_MODE_KEPT: Duration = Duration::from_secs(24 * 3600);
 /// The most events and jails remembered: a flood of made-up ones (a local user with the
 /// socket) costs memory within these bounds; past them, a telling is not remembered and
@@ -116,14 +117,23 @@ impl Heard {
     }
 }
 
+/// What a jail's action last told: its mode and bantime, and when.
+#[derive(Debug, Clone, Copy)]
+struct JailHabit {
+    mode: Mode,
+    bantime: Option<i64>,
+    at: std::time::Instant,
+}
+
 /// The ban and unban events heard in the last [`ECHO_WINDOW`], by address, jail and kind,
 /// so each fail2ban ban is one decision and one journal line however many ways it came;
-/// and the mode each jail's action last used, so a fail2ban.log line (which fail2ban
-/// writes before it runs the action) is applied in the jail's mode.
+/// and the mode and bantime each jail's action last used, so a fail2ban.log line (which
+/// fail2ban writes before it runs the action, and which says neither) is applied as the
+/// jail's ban.
 #[derive(Debug, Default)]
 pub struct Echoes {
     heard: std::collections::HashMap<(IpAddr, String, Kind), (Via, Mode, std::time::Instant)>,
-    jails: std::collections::HashMap<String, (Mode, std::time::Instant)>,
+    jails: std::collections::HashMap<String, JailHabit>,
     swept: Option<std::time::Instant>,
 }
 
@@ -135,7 +145,7 @@ impl Echoes {
         // Old entries go at most once a second: a flood pays for the sweep once, not per event.
         if self.swept.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1)) {
             self.heard.retain(|_, (_, _, at)| now.duration_since(*at) < ECHO_WINDOW);
-            self.jails.retain(|_, (_, at)| now.duration_since(*at) < JAIL_MODE_KEPT);
+            self.jails.retain(|_, habit| now.duration_since(habit.at) < JAIL_MODE_KEPT);
             self.swept = Some(now);
         }
         // Between sweeps, an old entry is no telling of this event.
@@ -143,14 +153,23 @@ impl Echoes {
         match event.via {
             Via::Action => {
                 if self.jails.len() < MAX_JAILS || self.jails.contains_key(&event.jail) {
-                    self.jails.insert(event.jail.clone(), (event.mode, now));
+                    let habit = self.jails.entry(event.jail.clone()).or_insert(JailHabit {
+                        mode: event.mode,
+                        bantime: None,
+                        at: now,
+                    });
+                    (habit.mode, habit.at) = (event.mode, now);
+                    if event.kind == Kind::Ban && event.bantime.is_some() {
+                        habit.bantime = event.bantime;
+                    }
                 }
             }
             Via::Log => {
-                if let Some((mode, at)) = self.jails.get(&event.jail)
-                    && now.duration_since(*at) < JAIL_MODE_KEPT
+                if let Some(habit) = self.jails.get(&event.jail)
+                    && now.duration_since(habit.at) < JAIL_MODE_KEPT
                 {
-                    event.mode = *mode;
+                    event.mode = habit.mode;
+                    event.bantime = event.bantime.or(habit.bantime);
                 }
             }
         }
@@ -442,10 +461,18 @@ mod tests {
         let mut block = event(Kind::Ban, Via::Action, a);
         block.mode = Mode::Block;
         block.kind = Kind::Unban;
+        block.bantime = Some(7200);
         hear(&mut block, t0);
         let mut line = event(Kind::Ban, Via::Log, c);
         assert_eq!(hear(&mut line, t0), Heard::First);
-        assert_eq!(line.mode, Mode::Block, "the jail's mode");
+        assert_eq!((line.mode, line.bantime), (Mode::Block, None), "the jail's mode; an unban tells no bantime");
+        hear(&mut event(Kind::Unban, Via::Log, c), t0);
+        block.kind = Kind::Ban;
+        block.ip = "192.0.2.4".parse().unwrap();
+        hear(&mut block, t0);
+        let mut line = event(Kind::Ban, Via::Log, c);
+        assert_eq!(hear(&mut line, t0), Heard::First);
+        assert_eq!((line.mode, line.bantime), (Mode::Block, Some(7200)), "the jail's mode and bantime");
         block.kind = Kind::Ban;
         block.ip = c.parse().unwrap();
         let confirms = hear(&mut block, t0);
