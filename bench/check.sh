@@ -35,12 +35,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. bench/lib.sh
 emu_port=$(free_port)
 check_port=$(free_port)
 base_port=$(free_port)
 redis_port=$(free_port)
-key="wayscloud_ipintel_test_5ecret5ecret"
+key=$KEY
 
 target/release/examples/wayscloud-emulator --port "$emu_port" >"$work/emulator.log" 2>&1 &
 pids+=($!)
@@ -48,25 +48,7 @@ redis-server --port "$redis_port" --save "" --appendonly no --bind 127.0.0.1 >"$
 pids+=($!)
 redis_pid=$!
 
-install -m 600 /dev/null "$work/api-key"
-echo "$key" >"$work/api-key"
-cat >"$work/banshare.toml" <<EOF
-state_dir = "$work/state"
-socket = "$work/banshare.sock"
-[firewall]
-backend = "dry-run"
-[feed]
-base_url = "http://127.0.0.1:$emu_port"
-api_key_file = "$work/api-key"
-pull = false
-report = false
-[check]
-listen = "127.0.0.1:$check_port"
-EOF
-# banshare's sources would read this machine's logs; the benchmark wants none.
-echo '[[source]]
-path = "/nonexistent/bench.log"
-filters = ["sshd"]' >>"$work/banshare.toml"
+write_check_config "$work" "$emu_port" "$check_port"
 ${BANSHARE_CPUS:+taskset -c "$BANSHARE_CPUS"} env ${WORKERS:+TOKIO_WORKER_THREADS=$WORKERS} target/release/banshare --config "$work/banshare.toml" run 2>"$work/banshare.log" &
 pids+=($!)
 banshare_pid=$!

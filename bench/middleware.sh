@@ -23,29 +23,12 @@ cleanup() {
     rm -rf "$work"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. bench/lib.sh
 emu_port=$(free_port)
 check_port=$(free_port)
 target/release/examples/wayscloud-emulator --port "$emu_port" >"$work/emulator.log" 2>&1 &
 pids+=($!)
-install -m 600 /dev/null "$work/api-key"
-echo "wayscloud_ipintel_test_5ecret5ecret" >"$work/api-key"
-cat >"$work/banshare.toml" <<CONF
-state_dir = "$work/state"
-socket = "$work/banshare.sock"
-[firewall]
-backend = "dry-run"
-[feed]
-base_url = "http://127.0.0.1:$emu_port"
-api_key_file = "$work/api-key"
-pull = false
-report = false
-[check]
-listen = "127.0.0.1:$check_port"
-[[source]]
-path = "/nonexistent/bench.log"
-filters = ["sshd"]
-CONF
+write_check_config "$work" "$emu_port" "$check_port"
 target/release/banshare --config "$work/banshare.toml" run 2>"$work/banshare.log" &
 pids+=($!)
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$check_port/v1/check/11.0.0.1" >/dev/null 2>&1 && break; sleep 0.1; done
