@@ -203,6 +203,9 @@ ct systemctl is-active banshare >/dev/null || fail "a failed reload stopped the 
 ct journalctl -u banshare -o cat | grep 'key `allowlist\[0\]`: expected an IP address' >/dev/null \
     || fail "the journal does not say why the reload failed"
 out=$(ct banshare ban 198.51.100.5 --for 1h 2>&1) && fail "the old allowlist is no longer in force: $out"
+[[ $out == *"overlaps the allowlist"* ]] || fail "with the file broken, the daemon did not judge the ban: $out"
+ct banshare status | grep "last reload FAILED, previous config kept" >/dev/null \
+    || fail "status does not tell of the failed reload: $(ct banshare status)"
 sed -i 's|^allowlist = .*|allowlist = []|' "$CONF"
 ct systemctl reload banshare || fail "reload back"
 ct banshare ban 198.51.100.5 --for 1h >/dev/null || fail "the emptied allowlist is not in force"

@@ -126,6 +126,8 @@ pub fn execute(cli: Cli) -> Result<u8, CliError> {
         Command::Firewall { action: FirewallCommand::Show { json } } => firewall_show(cli.config.as_deref(), json),
         Command::Firewall { action: FirewallCommand::Teardown } => firewall_teardown(),
         Command::Reload { json } => {
+            // A broken file is the daemon's to judge and report (it keeps the old config
+            // and `status` says why).
             let r: crate::control::protocol::ReloadData =
                 connect(&cli.config, &cli.socket)?.call_as(&Request::Reload)?;
             print(json, &r, || {
@@ -537,9 +539,25 @@ fn connect_with(
 ) -> Result<Client, CliError> {
     let socket = match socket {
         Some(s) => s.clone(),
-        None => load_config(config_path.as_deref())?.socket,
+        None => daemon_socket(config_path.as_deref()),
     };
     Ok(Client::connect(&socket, timeout)?)
+}
+
+/// The daemon's socket from the config. A config that does not load (an edit in progress)
+/// must not cut the operator off from the running daemon, which keeps its own config:
+/// the socket is salvaged from the file (or the default), and the breakage said.
+fn daemon_socket(config_path: Option<&Path>) -> PathBuf {
+    match load_config(config_path) {
+        Ok(config) => config.socket,
+        Err(error) => {
+            eprintln!(
+                "banshare: warning: the config does not load ({}); asking the running daemon, which keeps the config it loaded",
+                super::output::terminal_safe(&error.message)
+            );
+            crate::config::salvage(config_path).socket
+        }
+    }
 }
 
 /// Prints `data` as JSON (the exact text, escaped as JSON) or as the text `human`

@@ -173,13 +173,22 @@ fn reload_answers_once_the_config_is_in_force_or_with_its_error() {
     assert!(run.stderr.contains("previous one stays in force"), "{}", run.stderr);
     assert!(run.stderr.contains("key `allowlist[1]`"), "{}", run.stderr);
     env.cli(&["--socket", &socket, "query", "198.51.100.7"]).expect_code(0);
-    let sent: Vec<String> = (0..2)
+    // As the unit's ExecReload runs it, without --socket: the socket is read from the
+    // broken file, and the daemon judges it, keeps the old config and tells `status`.
+    env.write_config("allowlist = [\"not-a-cidr\"]");
+    let run = env.cli(&["reload"]);
+    run.expect_code(2);
+    assert!(run.stderr.contains("key `allowlist[0]`"), "{}", run.stderr);
+    let status = env.cli(&["--socket", &socket, "status"]);
+    assert!(status.stdout.contains("last reload FAILED, previous config kept"), "{}", status.stdout);
+    env.cli(&["--socket", &socket, "query", "198.51.100.7"]).expect_code(0);
+    let sent: Vec<String> = (0..4)
         .map(|_| {
             let n = notify.recv(&mut buf).unwrap();
             String::from_utf8_lossy(&buf[..n]).into_owned()
         })
         .collect();
-    assert_eq!(sent, ["RELOADING=1", "READY=1"]);
+    assert_eq!(sent, ["RELOADING=1", "READY=1", "RELOADING=1", "READY=1"]);
 
     // Good: in force when the command returns (the new allowlist has already lifted the
     // ban it covers), and the CLI says so.
