@@ -180,18 +180,7 @@ fn import_run(backend: &str, addrs: &[Ipv4Addr]) -> Duration {
 /// firewall state, starts it again; returns the times from start to `READY=1`, each
 /// checked to have every element in the kernel by then.
 fn restart_runs(backend: &str, addrs: &[Ipv4Addr], runs: usize) -> Vec<Duration> {
-    banshare::enforce::teardown().ok();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("banshare.toml");
-    let text = format!(
-        "state_dir = {:?}\nsocket = {:?}\n[feed]\npull = false\nreport = false\n[firewall]\nbackend = {backend:?}\n",
-        dir.path().join("state"),
-        dir.path().join("s.sock")
-    );
-    std::fs::write(&config, text).unwrap();
-    let list: String = addrs.iter().map(|a| format!("{a}\n")).collect();
-    let file = dir.path().join("list.txt");
-    std::fs::write(&file, list).unwrap();
+    let (dir, config, file) = fresh_state(backend, addrs);
     let notify_path = dir.path().join("notify.sock");
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
     notify.set_read_timeout(Some(Duration::from_secs(60))).unwrap();

@@ -14,7 +14,6 @@ use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, Stdio};
-use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
 
@@ -59,9 +58,9 @@ pub struct Journal {
     child: Child,
     out: BufReader<ChildStdout>,
     buf: String,
-    /// The last lines journalctl wrote to stderr (read by a thread of its own, so a
-    /// chatty journalctl never blocks on a full pipe): why it ended, when it does.
-    complaints: Arc<Mutex<VecDeque<String>>>,
+    /// Reads journalctl's stderr to its end (so a chatty journalctl never blocks on a
+    /// full pipe) and returns the last lines: why it ended, when it does.
+    complaints: Option<std::thread::JoinHandle<VecDeque<String>>>,
 }
 
 /// stderr lines of journalctl kept for the message when it ends.
@@ -83,19 +82,18 @@ impl Journal {
             .stderr(Stdio::piped())
             .spawn()?;
         let out = BufReader::new(child.stdout.take().expect("piped stdout"));
-        let complaints = Arc::new(Mutex::new(VecDeque::new()));
         let stderr = child.stderr.take().expect("piped stderr");
-        let kept = Arc::clone(&complaints);
-        std::thread::Builder::new().name("banshare-journalctl-stderr".into()).spawn(move || {
+        let complaints = std::thread::Builder::new().name("banshare-journalctl-stderr".into()).spawn(move || {
+            let mut kept = VecDeque::with_capacity(KEPT_COMPLAINTS);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
                 if kept.len() == KEPT_COMPLAINTS {
                     kept.pop_front();
                 }
-                kept.push_back(line.chars().take(500).collect());
+                kept.push_back(line.chars().take(500).collect::<String>());
             }
+            kept
         })?;
-        Ok(Journal { child, out, buf: String::new(), complaints })
+        Ok(Journal { child, out, buf: String::new(), complaints: Some(complaints) })
     }
 
     /// Why journalctl ended: its exit status and the last lines it wrote to stderr.
@@ -104,9 +102,8 @@ impl Journal {
             Ok(status) => status.to_string(),
             Err(error) => error.to_string(),
         };
-        // The stderr thread reads to the pipe's end, which comes with the exit.
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        let said: Vec<String> = self.complaints.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect();
+        // The pipe's end comes with the exit: the reader returns its last lines.
+        let said: Vec<String> = self.complaints.take().and_then(|t| t.join().ok()).map(Vec::from).unwrap_or_default();
         if said.is_empty() { status } else { format!("{status}: {}", said.join(" / ")) }
     }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::support::emulator::Emulator;
-use crate::support::{Env, wait_for};
+use crate::support::{Env, InProcess, wait_for};
 
 /// The addresses of each verdict, as the emulator scores them (and one banned here).
 const IPS: [(&str, &str); 5] = [
@@ -64,14 +64,17 @@ fn scored_emulator() -> Emulator {
     emu
 }
 
-/// A daemon with the check service listening on `listen` (an address or a socket path).
-fn check_daemon(emu: &Emulator, listen: &str) -> Env {
+/// A running daemon with the check service listening on `listen` (an address or a socket
+/// path), the `banned` address of [`IPS`] banned on it.
+fn check_daemon(emu: &Emulator, listen: &str) -> (Env, InProcess) {
     let env = Env::new("");
     let feed = env.feed_section(&emu.url(), "pull = false\nreport = false");
     env.write_config(&format!(
         "{feed}\n[check]\nlisten = {listen:?}\ntrusted_proxies = [\"127.0.0.1\"]\nclient_header = \"X-Real-IP\"\n"
     ));
-    env
+    let daemon = env.start_in_process();
+    env.cli(&["ban", ip("banned"), "--for", "1h"]).expect_code(0);
+    (env, daemon)
 }
 
 /// nginx on `front` in front of an app server (nginx itself, echoing what it was given),
@@ -208,9 +211,7 @@ fn nginx_asks_banshare_before_a_login_fails_open_or_closed_and_works_over_the_un
     }
     let emu = scored_emulator();
     let port = free_port();
-    let env = check_daemon(&emu, &format!("127.0.0.1:{port}"));
-    let daemon = env.start_in_process();
-    env.cli(&["ban", ip("banned"), "--for", "1h"]).expect_code(0);
+    let (_env, daemon) = check_daemon(&emu, &format!("127.0.0.1:{port}"));
     let nginx = Nginx::start(&format!("127.0.0.1:{port}"));
 
     // allow and log reach the app, with the client address and the verdict.
@@ -247,9 +248,7 @@ fn nginx_asks_banshare_before_a_login_fails_open_or_closed_and_works_over_the_un
     // The same over the Unix-socket listener.
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("check.sock").display().to_string();
-    let env = check_daemon(&emu, &socket);
-    let _daemon = env.start_in_process();
-    env.cli(&["ban", ip("banned"), "--for", "1h"]).expect_code(0);
+    let _daemon = check_daemon(&emu, &socket);
     let nginx = Nginx::start(&format!("unix:{socket}"));
     assert_eq!(nginx.get("/login", ip("banned")).0, 403, "{}", nginx.error_log());
     assert_eq!(nginx.get("/login", ip("challenge")).1, "challenge page\n");
@@ -302,14 +301,10 @@ fn the_python_middleware_guards_flask_and_fastapi() {
     }
     let emu = scored_emulator();
     let port = free_port();
-    let tcp = check_daemon(&emu, &format!("127.0.0.1:{port}"));
-    let _tcp = tcp.start_in_process();
-    tcp.cli(&["ban", ip("banned"), "--for", "1h"]).expect_code(0);
+    let _tcp = check_daemon(&emu, &format!("127.0.0.1:{port}"));
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("check.sock");
-    let unix = check_daemon(&emu, &socket.display().to_string());
-    let _unix = unix.start_in_process();
-    unix.cli(&["ban", ip("banned"), "--for", "1h"]).expect_code(0);
+    let _unix = check_daemon(&emu, &socket.display().to_string());
     let mut command = Command::new(python);
     command.args(["-m", "unittest", "-v", "test_banshare_check"]).current_dir("contrib/python");
     run_contrib_test(
@@ -329,9 +324,7 @@ fn the_express_middleware_guards_an_express_app() {
     }
     let emu = scored_emulator();
     let port = free_port();
-    let env = check_daemon(&emu, &format!("127.0.0.1:{port}"));
-    let _daemon = env.start_in_process();
-    env.cli(&["ban", ip("banned"), "--for", "1h"]).expect_code(0);
+    let _daemon = check_daemon(&emu, &format!("127.0.0.1:{port}"));
     let mut command = Command::new("node");
     command.args(["--test", "contrib/node/test.js"]).env("NODE_PATH", &modules);
     run_contrib_test(command, &[("BANSHARE_URL", format!("http://127.0.0.1:{port}"))]);
