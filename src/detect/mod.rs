@@ -8,6 +8,7 @@
 //! tailer feed it the same way.
 
 pub mod builtin;
+pub mod f2b;
 pub mod filter;
 pub mod scan;
 pub mod time;

@@ -100,7 +100,7 @@ impl TimeParser {
     }
 
     /// A local wall-clock time (the host's zone) as a timestamp.
-    fn local(&mut self, y: i64, mo: i64, d: i64, secs: i64, ms: i64) -> Option<Timestamp> {
+    pub(crate) fn local(&mut self, y: i64, mo: i64, d: i64, secs: i64, ms: i64) -> Option<Timestamp> {
         let naive = days_from_civil(y, mo, d)? * 86_400 + secs;
         let hour = naive.div_euclid(3600);
         let offset = match self.offset_cache {
@@ -115,7 +115,7 @@ impl TimeParser {
     }
 }
 
-fn utc(y: i64, mo: i64, d: i64, secs: i64, ms: i64, offset: i64) -> Option<Timestamp> {
+pub(crate) fn utc(y: i64, mo: i64, d: i64, secs: i64, ms: i64, offset: i64) -> Option<Timestamp> {
     Some(Timestamp((days_from_civil(y, mo, d)? * 86_400 + secs - offset) * 1000 + ms))
 }
 
@@ -153,7 +153,7 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> Option<i64> {
     Some(era * 146_097 + doe - 719_468)
 }
 
-fn year_of(t: Timestamp) -> i64 {
+pub(crate) fn year_of(t: Timestamp) -> i64 {
     // Inverse of days_from_civil, year only.
     let z = t.0.div_euclid(86_400_000) + 719_468;
     let era = z.div_euclid(146_097);

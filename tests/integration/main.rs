@@ -16,6 +16,7 @@ mod daemon;
 mod detect;
 mod enforcement;
 mod fail2ban;
+mod fail2ban_corpus;
 mod feed;
 mod feed_reporter;
 mod firewall;

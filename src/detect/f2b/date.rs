@@ -1,0 +1,411 @@
+//! Finding the timestamp in a line as fail2ban's date detector does, so the same text is
+//! taken out before the patterns run (fail2ban matches the line without its date).
+//!
+//! A `datepattern` is a pattern with `strptime` fields (`%Y`, `%b`, `%d`, `%H`, ...;
+//! `%Ex..` for the exact two-digit forms), or `EPOCH`, `LEPOCH`, `TAI64N`, each maybe after
+//! `{^LN-BEG}` (only at the line's start, after at most two non-word characters), or a
+//! pattern with `{DATE}` (each default form in its place), or `{^LN-BEG}` alone (the
+//! default forms, at the line's start). Without one, the default forms are searched
+//! anywhere, those at the line's start first. The span taken out is the pattern's first
+//! group, or the whole date.
+//!
+//! The default forms below are banshare's own list of the formats daemons log.
+
+use std::collections::HashMap;
+
+use super::regex::{Re, Search};
+use crate::clock::Timestamp;
+use crate::detect::time::{TimeParser, utc, year_of};
+
+/// The date formats tried when a definition names none, in order.
+const DEFAULTS: &[&str] = &[
+    // 2026-11-23 10:00:01,123 +0100, 2026/11/23T10:00:01
+    r"%ExY(?P<_sep>[-/.])%m(?P=_sep)%d(?:T|  ?)%H:%M:%S(?:[.,]%f)?(?:\s*%z)?",
+    // syslog: Mon Nov 23 10:00:01.123 2026, Nov  3 10:00:01
+    r"(?:%a )?%b %d %k:%M:%S(?:\.%f)?(?: %ExY)?",
+    r"(?:%a )?%b %d %ExY %k:%M:%S(?:\.%f)?",
+    // 23/11/2026 10:00:01, 23-11-26 10:00:01
+    r"%d(?P<_sep>[-/])%m(?P=_sep)(?:%ExY|%Exy) %k:%M:%S",
+    // web access logs: 23/Nov/2026:10:00:01 +0100
+    r"%d(?P<_sep>[-/])%b(?P=_sep)%ExY[ :]?%H:%M:%S(?:\.%f)?(?: %z)?",
+    r"%m/%d/%ExY:%H:%M:%S",
+    r"%m-%d-%ExY %k:%M:%S(?:\.%f)?",
+    "EPOCH",
+    r"{^LN-BEG}%H:%M:%S",
+    r"^<%m/%d/%Exy@%H:%M:%S>",
+    r"%Exy%Exm%Exd  ?%H:%M:%S",
+    r"%b %d, %ExY %I:%M:%S %p",
+    r"^%b-%d-%Exy %k:%M:%S",
+    r"%ExY%Exm%Exd(?:T|  ?)%ExH%ExM%ExS(?:[.,]%f)?(?:\s*%z)?",
+    r"(?:%Z )?(?:%a )?%b %d %k:%M:%S(?:\.%f)?(?: %ExY)?",
+    r"(?:%z )?(?:%a )?%b %d %k:%M:%S(?:\.%f)?(?: %ExY)?",
+    "TAI64N",
+];
+
+const MONTHS: [&str; 12] = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
+
+/// The regex of one `strptime` field.
+fn field(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "Y" => r"(?P<Y>\d{4})",
+        "ExY" => r"(?P<Y>(?:19|20)\d{2})",
+        "y" | "Exy" => r"(?P<y>\d{2})",
+        "m" => r"(?P<m>1[0-2]|0[1-9]|[1-9])",
+        "Exm" => r"(?P<m>1[0-2]|0[1-9])",
+        "d" | "e" => r"(?P<d>3[01]|[12]\d|0[1-9]|[1-9]| [1-9])",
+        "Exd" => r"(?P<d>3[01]|[12]\d|0[1-9])",
+        "H" => r"(?P<H>2[0-3]|[01]\d|\d)",
+        "ExH" => r"(?P<H>2[0-3]|[01]\d)",
+        "k" => r"(?P<H>2[0-3]|[01]?\d| \d)",
+        "I" | "l" => r"(?P<I>1[0-2]|0[1-9]|[1-9])",
+        "M" => r"(?P<M>[0-5]\d|\d)",
+        "ExM" => r"(?P<M>[0-5]\d)",
+        "S" => r"(?P<S>6[01]|[0-5]\d|\d)",
+        "ExS" => r"(?P<S>6[01]|[0-5]\d)",
+        "f" => r"(?P<f>\d+)",
+        "p" => r"(?P<p>AM|PM)",
+        "a" => r"(?P<a>Mon|Tue|Wed|Thu|Fri|Sat|Sun)",
+        "A" => r"(?P<A>Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)",
+        "b" => r"(?P<b>Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)",
+        "B" => r"(?P<B>January|February|March|April|May|June|July|August|September|October|November|December)",
+        "z" => r"(?P<z>Z|UTC|GMT|[+-][01]\d(?::?\d{2})?)",
+        "Z" => r"(?P<Z>Z|UTC|GMT|[A-Z]{3,5})",
+        "j" => r"(?P<j>36[0-6]|3[0-5]\d|[12]\d\d|0[1-9]\d|00[1-9]|[1-9]\d|0[1-9]|[1-9])",
+        "s" => r"(?P<s>\d{10,11})",
+        _ => return None,
+    })
+}
+
+/// Writes out the `%` fields of `pattern`; `true` when a field is made of letters (the
+/// pattern then ignores case).
+fn fields(pattern: &str) -> Result<(String, bool), String> {
+    let mut out = String::with_capacity(pattern.len() * 3);
+    let mut alpha = false;
+    let mut rest = pattern;
+    while let Some(i) = rest.find('%') {
+        out.push_str(&rest[..i]);
+        rest = &rest[i + 1..];
+        if let Some(r) = rest.strip_prefix('%') {
+            out.push('%');
+            rest = r;
+            continue;
+        }
+        let len = if rest.starts_with("Ex") { 3 } else { 1 };
+        let name = rest.get(..len).ok_or_else(|| format!("`%` at the end of datepattern `{pattern}`"))?;
+        let re = field(name)
+            .ok_or_else(|| format!("datepattern `{pattern}`: `%{name}` is not a date field banshare reads"))?;
+        alpha |= matches!(name, "a" | "A" | "b" | "B" | "p");
+        out.push_str(re);
+        rest = &rest[len..];
+    }
+    out.push_str(rest);
+    Ok((out, alpha))
+}
+
+/// Whether `re` has a plain capturing `(` (not `(?`, not escaped, not in a class).
+fn has_plain_group(re: &str) -> bool {
+    let b = re.as_bytes();
+    let mut in_class = false;
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 1,
+            b'[' if !in_class => in_class = true,
+            b']' if in_class => in_class = false,
+            b'(' if !in_class && !matches!(b.get(i + 1), Some(b'?' | b'*')) => return true,
+            _ => {}
+        }
+        i += 1;
+    }
+    false
+}
+
+/// What a template parses its match as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Fields,
+    Epoch { long: bool },
+    Tai64n,
+}
+
+/// One compiled date form.
+#[derive(Debug)]
+struct Template {
+    re: Re,
+    kind: Kind,
+    /// Found only at the line's start (or end): the first such match is taken.
+    anchored: bool,
+    /// Group indices by field name.
+    groups: HashMap<String, usize>,
+}
+
+/// Builds the regex of a `strptime` pattern with fail2ban's boundaries.
+fn template(pattern: &str) -> Result<Template, String> {
+    let (mut word_begin, mut word_end, mut start) = (true, true, false);
+    let mut p = pattern.trim();
+    if let Some(r) = p.strip_prefix("{UNB}") {
+        (word_begin, word_end, p) = (false, false, r);
+    }
+    if let Some(r) = p.strip_prefix("{^LN-BEG}") {
+        (start, p) = (true, r);
+    }
+    match p.to_uppercase().as_str() {
+        "EPOCH" | "LEPOCH" => return epoch(p.eq_ignore_ascii_case("LEPOCH"), start),
+        "TAI64N" => return finish(r"(@[0-9a-f]{24})", false, start, true, Kind::Tai64n),
+        _ => {}
+    }
+    if p.to_uppercase().contains("{EPOCH}") || p.to_uppercase().contains("{LEPOCH}") {
+        return Err(format!("datepattern `{pattern}`: an epoch inside a pattern is not supported"));
+    }
+    let (mut re, alpha) = fields(p)?;
+    let starts_bounded = re.starts_with('^') || re.starts_with("(?:^") || re.starts_with("**");
+    let ends_bounded = re.ends_with('$') || re.ends_with(r"\b") || re.ends_with(r"\s") || re.ends_with("**");
+    re = re.trim_start_matches("**").trim_end_matches("**").to_string();
+    if !has_plain_group(&re) {
+        // The date proper is group 1: the pattern without its leading `^` and trailing `$`.
+        let lead = if re.starts_with('^') { 1 } else { 0 };
+        let trail = usize::from(re.ends_with('$') && !re.ends_with(r"\$") && re.len() > lead);
+        re = format!("{}({}){}", &re[..lead], &re[lead..re.len() - trail], &re[re.len() - trail..]);
+    }
+    if alpha {
+        re = format!("(?i){re}");
+    }
+    finish(&re, word_begin && !starts_bounded, start, word_end && !ends_bounded, Kind::Fields)
+}
+
+fn epoch(long: bool, start: bool) -> Result<Template, String> {
+    let digits = if long { r"\d{10,11}(?:\d{3}(?:\.\d{1,6}|\d{3})?)?" } else { r"\d{10,11}\b(?:\.\d{3,6})?" };
+    if start {
+        let re = format!(r"((?P<square>(?<=^\[))?{digits})(?(square)(?=\]))");
+        return finish(&re, false, true, true, Kind::Epoch { long });
+    }
+    let re = format!(
+        r"((?:^|(?P<square>(?<=^\[))|(?P<selinux>(?<=\baudit\())){digits})(?:(?(selinux)(?=:\d+\)))|(?(square)(?=\])))"
+    );
+    finish(&re, false, false, true, Kind::Epoch { long })
+}
+
+fn finish(re: &str, word_begin: bool, start: bool, word_end: bool, kind: Kind) -> Result<Template, String> {
+    let mut full = String::new();
+    if start {
+        full.push_str(r"^(?:\W{0,2})?");
+    } else if word_begin {
+        full.push_str(r"(?=^|\b|\W)");
+    }
+    full.push_str(re);
+    if word_end {
+        full.push_str(r"(?=\b|\W|$)");
+    }
+    let anchored = start || re.starts_with('^') || re.starts_with("(?i)^") || re.ends_with('$');
+    let re = Re::new(&full, false)?;
+    let groups = re.names().map(|(n, i)| (n.to_string(), i)).collect();
+    Ok(Template { re, kind, anchored, groups })
+}
+
+/// Adds the templates of one `datepattern` line.
+fn add(templates: &mut Vec<Template>, p: &str) -> Result<(), String> {
+    if p.eq_ignore_ascii_case("{DEFAULT}") {
+        for p in DEFAULTS.iter().filter(|p| !p.starts_with('^') && !p.starts_with("{^LN-BEG}")) {
+            templates.push(template(&format!("{{^LN-BEG}}{p}"))?);
+        }
+        for p in DEFAULTS {
+            templates.push(template(p)?);
+        }
+    } else if p.eq_ignore_ascii_case("{^LN-BEG}") {
+        for p in DEFAULTS {
+            let p = if p.starts_with('^') || p.starts_with("{^LN-BEG}") {
+                p.to_string()
+            } else {
+                format!("{{^LN-BEG}}{p}")
+            };
+            templates.push(template(&p)?);
+        }
+    } else if p.contains("{DATE}") {
+        for d in DEFAULTS.iter().filter(|d| d.contains('%')) {
+            let d = d.trim_start_matches("{^LN-BEG}").trim_start_matches('^');
+            templates.push(template(&p.replace("{DATE}", d))?);
+        }
+    } else if !p.eq_ignore_ascii_case("{NONE}") {
+        templates.push(template(p)?);
+    }
+    Ok(())
+}
+
+/// Finds dates in lines: the templates of one definition, and which one found the last.
+#[derive(Debug)]
+pub struct DateDetector {
+    templates: Vec<Template>,
+}
+
+/// A date found in a line: its span and, when it reads as one, its time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found {
+    pub start: usize,
+    pub end: usize,
+    pub time: Option<Timestamp>,
+}
+
+impl DateDetector {
+    /// The detector for a definition's `datepattern` (`None`: the defaults): one
+    /// form per line, tried in order.
+    pub fn new(datepattern: Option<&str>) -> Result<DateDetector, String> {
+        let mut templates = Vec::new();
+        match datepattern {
+            None => add(&mut templates, "{DEFAULT}")?,
+            Some(lines) => {
+                for line in lines.lines().map(str::trim).filter(|l| !l.is_empty()) {
+                    add(&mut templates, line)?;
+                }
+            }
+        }
+        Ok(DateDetector { templates })
+    }
+
+    /// The date in `line`: the first template found at the line's start, else the
+    /// leftmost of the others (the first, on a tie). `last` is the template that found
+    /// the previous date; it is tried first and kept if it finds one at the same place.
+    pub fn find(&self, line: &str, last: &mut Option<(usize, usize)>, clock: &mut Clock) -> Option<Found> {
+        let found = self.search(line, last)?;
+        let (index, start, end, groups) = found;
+        let t = &self.templates[index];
+        Some(Found { start, end, time: clock.read(t, line, (start, end), &groups) })
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn search(
+        &self,
+        line: &str,
+        last: &mut Option<(usize, usize)>,
+    ) -> Option<(usize, usize, usize, Vec<(usize, usize, usize)>)> {
+        let date_of = |t: &Template| -> Option<(usize, usize, Vec<(usize, usize, usize)>)> {
+            let mut locs = t.re.locations();
+            match t.re.search(&mut locs, line) {
+                Search::Match { groups, .. } => {
+                    let (s, e) = (locs.get(1)?.0, locs.get(1)?.1);
+                    Some((s, e, groups))
+                }
+                _ => None,
+            }
+        };
+        if let Some((i, at)) = *last
+            && let Some(t) = self.templates.get(i)
+            && let Some((s, e, g)) = date_of(t)
+            && (t.anchored || s == at)
+        {
+            return Some((i, s, e, g));
+        }
+        let mut best: Option<(usize, usize, usize, Vec<(usize, usize, usize)>)> = None;
+        for (i, t) in self.templates.iter().enumerate() {
+            let Some((s, e, g)) = date_of(t) else { continue };
+            if t.anchored || s <= 1 {
+                best = Some((i, s, e, g));
+                break;
+            }
+            if best.as_ref().is_none_or(|b| s < b.1) {
+                best = Some((i, s, e, g));
+            }
+        }
+        if let Some((i, s, _, _)) = &best {
+            *last = Some((*i, *s));
+        }
+        best
+    }
+}
+
+/// Reads found dates as times: `now` for a missing year, the host's zone without one.
+#[derive(Debug, Default)]
+pub struct Clock {
+    pub now: Timestamp,
+    parser: TimeParser,
+}
+
+impl Clock {
+    pub fn new(now: Timestamp) -> Clock {
+        Clock { now, parser: TimeParser::default() }
+    }
+
+    fn read(
+        &mut self,
+        t: &Template,
+        line: &str,
+        span: (usize, usize),
+        groups: &[(usize, usize, usize)],
+    ) -> Option<Timestamp> {
+        let text = |name: &str| -> Option<String> {
+            let i = *t.groups.get(name)?;
+            groups.iter().find(|(g, _, _)| *g == i).map(|(_, s, e)| line[*s..*e].trim().to_string())
+        };
+        let whole = &line[span.0..span.1];
+        match t.kind {
+            // `@4000000052f3c8e82d1e7a9c`: seconds in hex after the `@4`.
+            Kind::Tai64n => i64::from_str_radix(whole.get(2..17)?, 16).ok().map(|s| Timestamp(s * 1000)),
+            Kind::Epoch { long } => {
+                let v = whole.trim_start_matches('[');
+                let secs: f64 = if long && v.len() >= 13 {
+                    let n: f64 = v.parse().ok()?;
+                    if v.len() >= 16 && !v.contains('.') { n / 1e6 } else { n / 1e3 }
+                } else {
+                    v.parse().ok()?
+                };
+                Some(Timestamp((secs * 1000.0) as i64))
+            }
+            Kind::Fields => self.fields(&text),
+        }
+    }
+
+    fn fields(&mut self, text: &dyn Fn(&str) -> Option<String>) -> Option<Timestamp> {
+        let n = |name: &str| text(name).and_then(|v| v.parse::<i64>().ok());
+        if let Some(s) = n("s") {
+            return Some(Timestamp(s * 1000));
+        }
+        let month = n("m").or_else(|| {
+            let name = text("b").or_else(|| text("B"))?.to_lowercase();
+            MONTHS.iter().position(|m| name.starts_with(m)).map(|i| i as i64 + 1)
+        });
+        let mut hour = n("H").unwrap_or(0);
+        if let Some(h) = n("I") {
+            let pm = text("p").is_some_and(|p| p.eq_ignore_ascii_case("PM"));
+            hour = h % 12 + if pm { 12 } else { 0 };
+        }
+        let secs = hour * 3600 + n("M").unwrap_or(0) * 60 + n("S").unwrap_or(0);
+        let ms = text("f").map(|f| {
+            let digits: String = f.chars().chain("000".chars()).take(3).collect();
+            digits.parse::<i64>().unwrap_or(0)
+        });
+        let now_year = year_of(self.now);
+        let year = n("Y").or_else(|| n("y").map(|y| 2000 + y));
+        let (month, day) = match (month, n("d")) {
+            (Some(m), Some(d)) => (m, d),
+            // A time of day alone: today.
+            _ => {
+                let days = self.now.0.div_euclid(86_400_000);
+                let midnight = days * 86_400_000;
+                return Some(Timestamp(midnight + secs * 1000 + ms.unwrap_or(0)));
+            }
+        };
+        let zone = text("z").or_else(|| text("Z").filter(|z| matches!(z.as_str(), "Z" | "UTC" | "GMT")));
+        let at = |s: &mut Self, y: i64| match zone.clone() {
+            Some(z) => utc(y, month, day, secs, ms.unwrap_or(0), offset(&z)?),
+            None => s.parser.local(y, month, day, secs, ms.unwrap_or(0)),
+        };
+        match year {
+            Some(y) => at(self, y),
+            None => {
+                // No year: this year, unless that is more than a day ahead of now.
+                let this = at(self, now_year)?;
+                if this.0 > self.now.0 + 86_400_000 { at(self, now_year - 1) } else { Some(this) }
+            }
+        }
+    }
+}
+
+/// Seconds east of UTC of `Z`, `UTC`, `GMT`, `+01`, `+0100`, `-01:30`.
+fn offset(z: &str) -> Option<i64> {
+    if matches!(z, "Z" | "UTC" | "GMT") {
+        return Some(0);
+    }
+    let sign = if z.starts_with('-') { -1 } else { 1 };
+    let digits: String = z[1..].chars().filter(char::is_ascii_digit).collect();
+    let (h, m) = (digits.get(..2)?.parse::<i64>().ok()?, digits.get(2..4).map_or(Some(0), |m| m.parse().ok())?);
+    Some(sign * (h * 3600 + m * 60))
+}

@@ -1,0 +1,305 @@
+//! Conformance with fail2ban's own annotated sample logs, read the way fail2ban's sample
+//! test (`samplestestcase.py`) reads them: each sample log that has a definition in
+//! `/etc/fail2ban/filter.d`, with its `# fileOptions:`, `# filterOptions:` sections
+//! (each option set run as its own filter, `test.condition` honoured), `# addFILE:`
+//! includes and `# failJSON:` entries (`match`, `host`, `constraint`); a line without a
+//! `failJSON` must not match. Journal-type sections are replayed as fail2ban's journal
+//! backend hands lines over (no date search, `test.prefix-line` prepended).
+//!
+//! Every entry must come out right, or be listed with its reason in
+//! `tests/fail2ban-known-gaps.txt` (a listed entry that now passes is an error too, so the
+//! list stays true), and at least 99% of all entries must be right.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use banshare::clock::Timestamp;
+use banshare::detect::f2b::engine::{Compiled, Host, State};
+use banshare::detect::f2b::{Definition, FilterRef};
+use serde_json::Value;
+
+const FILTERS: &str = "/etc/fail2ban";
+const SAMPLES: &str = "/usr/lib/python3/dist-packages/fail2ban/tests/files/logs";
+/// fail2ban's sample test runs at this instant (2005-08-14T12:00:00 UTC).
+const TEST_NOW: Timestamp = Timestamp(1_124_013_600_000);
+
+/// One `failJSON` entry (or an unannotated line) and its verdict.
+#[derive(Debug)]
+struct Entry {
+    /// `file:line (options)`.
+    at: String,
+    ok: bool,
+    detail: String,
+}
+
+/// One option set of a section: its name and the compiled definition with its state.
+struct Run {
+    name: String,
+    opts: BTreeMap<String, String>,
+    filter: Result<(Compiled, State), String>,
+}
+
+fn corpus_present() -> bool {
+    if Path::new(SAMPLES).is_dir() && Path::new(FILTERS).join("filter.d/sshd.conf").is_file() {
+        return true;
+    }
+    let message = format!("the fail2ban corpus test needs Debian's fail2ban ({SAMPLES}); run scripts/test.sh as root");
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{message}");
+    }
+    eprintln!("SKIPPED: {message}");
+    false
+}
+
+/// Evaluates the corpus's conditions: `name == 'x'`, `opts.get('k') != 'v'`.
+fn condition(expr: &str, name: &str, opts: &BTreeMap<String, String>) -> bool {
+    let (lhs, rhs, eq) = if let Some((l, r)) = expr.split_once("!=") {
+        (l, r, false)
+    } else if let Some((l, r)) = expr.split_once("==") {
+        (l, r, true)
+    } else {
+        panic!("condition `{expr}`: not a comparison this reader knows");
+    };
+    let lit = |s: &str| s.trim().trim_matches(|c| c == '\'' || c == '"').to_string();
+    let lhs = lhs.trim();
+    let value = if lhs == "name" {
+        Some(name.to_string())
+    } else if let Some(key) = lhs.strip_prefix("opts.get(").and_then(|k| k.strip_suffix(')')) {
+        opts.get(&lit(key)).cloned()
+    } else {
+        panic!("condition `{expr}`: unknown left side `{lhs}`");
+    };
+    (value.as_deref() == Some(lit(rhs).as_str())) == eq
+}
+
+fn options(v: &Value) -> BTreeMap<String, String> {
+    v.as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn load(name: &str, opts: &BTreeMap<String, String>) -> Result<(Compiled, State), String> {
+    let filter = FilterRef {
+        name: name.to_string(),
+        options: opts.iter().filter(|(k, _)| !k.starts_with("test.")).map(|(k, v)| (k.clone(), v.clone())).collect(),
+    };
+    let def = Definition::load(Path::new(FILTERS), &filter).map_err(|e| e.to_string())?;
+    let compiled = Compiled::new(def).map_err(|e| e.to_string())?;
+    let state = compiled.state();
+    Ok((compiled, state))
+}
+
+/// Whether `host` is what the entry expects.
+fn same_host(got: &Host, want: &str) -> bool {
+    match (got, want.parse::<std::net::IpAddr>()) {
+        (Host::Addr(a, None), Ok(w)) => *a == w,
+        _ => got.to_string() == want,
+    }
+}
+
+/// Replays one sample log (and what it adds) through its definition.
+fn replay(name: &str) -> Vec<Entry> {
+    let mut entries = Vec::new();
+    let mut files = vec![name.to_string()];
+    let mut runs: Vec<Run> = Vec::new();
+    // Filters by option set, kept across sections and files as fail2ban's test does.
+    let mut cache: BTreeMap<String, Run> = BTreeMap::new();
+    let mut common: BTreeMap<String, String> = BTreeMap::new();
+    let mut i = 0;
+    while i < files.len() {
+        let file = files[i].clone();
+        i += 1;
+        let bytes = std::fs::read(Path::new(SAMPLES).join(&file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let mut lines = text.split('\n').enumerate().peekable();
+        let mut ignore_block = false;
+        while let Some((n, raw)) = lines.next() {
+            let raw = raw.trim_end_matches('\r');
+            let annotation = raw.starts_with('#').then(|| raw.trim_start_matches('#')).and_then(|r| {
+                let r = r.strip_prefix(' ').unwrap_or(r);
+                ["failJSON", "fileOptions", "filterOptions", "addFILE"]
+                    .into_iter()
+                    .find_map(|k| r.strip_prefix(k).and_then(|v| v.strip_prefix(':')).map(|v| (k, v)))
+            });
+            let (faildata, line_no, line) = match annotation {
+                Some((kind, json)) => {
+                    let v: Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{file}:{}: {e}", n + 1));
+                    match kind {
+                        "fileOptions" => {
+                            common = options(&v);
+                            continue;
+                        }
+                        "filterOptions" => {
+                            // Runs go back to the cache before the section changes.
+                            for r in runs.drain(..) {
+                                cache.insert(r.name.clone(), r);
+                            }
+                            ignore_block = false;
+                            let sets: Vec<Value> = match v {
+                                Value::Array(a) => a,
+                                o => vec![o],
+                            };
+                            for set in sets {
+                                let mut opts = common.clone();
+                                opts.extend(options(&set));
+                                if let Some(c) = opts.get("test.condition") {
+                                    ignore_block = !condition(c, name, &opts);
+                                }
+                                if ignore_block {
+                                    continue;
+                                }
+                                let real: BTreeMap<_, _> = opts
+                                    .iter()
+                                    .filter(|(k, _)| !k.starts_with("test."))
+                                    .map(|(k, v)| (k.clone(), v.clone()))
+                                    .collect();
+                                let run_name =
+                                    opts.get("test.filter-name").cloned().unwrap_or_else(|| format!("{real:?}"));
+                                let run = cache.remove(&run_name).unwrap_or_else(|| Run {
+                                    name: run_name.clone(),
+                                    filter: load(name, &real),
+                                    opts: opts.clone(),
+                                });
+                                runs.push(Run { opts, ..run });
+                            }
+                            continue;
+                        }
+                        "addFILE" => {
+                            files.push(v.as_str().expect("addFILE names a file").to_string());
+                            continue;
+                        }
+                        _ => {}
+                    }
+                    let Some((m, next)) = lines.next() else { break };
+                    (v, m + 1, next.trim_end_matches('\r').to_string())
+                }
+                None if ignore_block || raw.starts_with('#') || raw.trim().is_empty() => continue,
+                None => (Value::Object(Default::default()), n + 1, raw.to_string()),
+            };
+            if ignore_block {
+                continue;
+            }
+            if runs.is_empty() {
+                let run = cache.remove("{}").unwrap_or_else(|| Run {
+                    name: "{}".into(),
+                    filter: load(name, &BTreeMap::new()),
+                    opts: BTreeMap::new(),
+                });
+                runs.push(run);
+            }
+            let want_match = faildata.get("match").and_then(Value::as_bool).unwrap_or(false);
+            let want_host = faildata.get("host").and_then(Value::as_str).map(str::to_string);
+            for run in &mut runs {
+                if let Some(c) = faildata.get("constraint").and_then(Value::as_str)
+                    && !condition(c, name, &run.opts)
+                {
+                    continue;
+                }
+                let at = format!("{file}:{line_no} {}", run.name);
+                let (compiled, state) = match &mut run.filter {
+                    Ok(f) => (&f.0, &mut f.1),
+                    Err(e) => {
+                        entries.push(Entry { at, ok: false, detail: format!("definition not loaded: {e}") });
+                        continue;
+                    }
+                };
+                let journal = run.opts.get("logtype").is_some_and(|t| t == "journal");
+                let text = if journal {
+                    format!("{}{line}", run.opts.get("test.prefix-line").map(String::as_str).unwrap_or(""))
+                } else {
+                    line.clone()
+                };
+                let outcome = if journal {
+                    compiled.line_dated(state, &text, TEST_NOW)
+                } else {
+                    compiled.line(state, &text, TEST_NOW)
+                };
+                let (ok, detail) = match (&outcome.failure, want_match) {
+                    (None, false) => (true, String::new()),
+                    (None, true) => (false, format!("missed (want {})", want_host.as_deref().unwrap_or("?"))),
+                    (Some(f), false) => (false, format!("matched {} by failregex {} but must not", f.host, f.regex)),
+                    (Some(f), true) => match &want_host {
+                        Some(h) if !same_host(&f.host, h) => (false, format!("host {} instead of {h}", f.host)),
+                        _ => (true, String::new()),
+                    },
+                };
+                entries.push(Entry { at, ok, detail: if ok { detail } else { format!("{detail}: {line}") } });
+            }
+        }
+    }
+    entries
+}
+
+/// The sample logs that have a definition in filter.d.
+fn samples() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(Path::new(FILTERS).join("filter.d"))
+        .expect("filter.d")
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            let stem = name.strip_suffix(".conf")?.to_string();
+            (stem != "common" && Path::new(SAMPLES).join(&stem).is_file()).then_some(stem)
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+fn known_gaps() -> BTreeMap<String, String> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fail2ban-known-gaps.txt");
+    std::fs::read_to_string(&path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (at, why) =
+                l.split_once(" -- ").unwrap_or_else(|| panic!("{}: `{l}`: expected `ENTRY -- reason`", path.display()));
+            (at.trim().to_string(), why.trim().to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn fail2ban_definitions_pass_fail2bans_own_samples() {
+    if !corpus_present() {
+        return;
+    }
+    let gaps = known_gaps();
+    let mut total = 0;
+    let mut right = 0;
+    let mut unexpected = Vec::new();
+    let mut listed_but_right = Vec::new();
+    let mut per_filter = Vec::new();
+    let mut seen = BTreeSet::new();
+    for name in samples() {
+        let entries = replay(&name);
+        let ok = entries.iter().filter(|e| e.ok).count();
+        per_filter.push(format!("{name}: {ok}/{}", entries.len()));
+        total += entries.len();
+        right += ok;
+        for e in entries {
+            seen.insert(e.at.clone());
+            match (e.ok, gaps.contains_key(&e.at)) {
+                (false, false) => unexpected.push(format!("{} -- {}", e.at, e.detail)),
+                (true, true) => listed_but_right.push(e.at),
+                _ => {}
+            }
+        }
+    }
+    let stale: Vec<&String> = gaps.keys().filter(|k| !seen.contains(*k)).collect();
+    let share = right as f64 / total as f64;
+    eprintln!("fail2ban corpus: {right} of {total} entries right ({:.2}%)\n{}", share * 100.0, per_filter.join("\n"));
+    assert!(
+        unexpected.is_empty(),
+        "{} entries wrong and not in the known gaps:\n{}",
+        unexpected.len(),
+        unexpected.join("\n")
+    );
+    assert!(listed_but_right.is_empty(), "known gaps that now pass (remove them): {listed_but_right:#?}");
+    assert!(stale.is_empty(), "known gaps that name no entry: {stale:#?}");
+    assert!(total > 1000, "the corpus has thousands of entries; read {total}");
+    assert!(share >= 0.99, "{right} of {total} right: under 99%");
+}
