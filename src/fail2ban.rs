@@ -232,11 +232,18 @@ pub struct Fail2banConfig {
     /// How long a ban read from fail2ban.log is recorded (the log does not say; its
     /// `Unban` line ends it sooner).
     pub log_bantime: Duration,
+    /// fail2ban's configuration directory, where `[filter.NAME] fail2ban = "..."`
+    /// definitions are read (`filter.d/NAME.conf`).
+    pub dir: std::path::PathBuf,
 }
 
 impl Default for Fail2banConfig {
     fn default() -> Self {
-        Fail2banConfig { categories: Vec::new(), log_bantime: Duration::from_secs(600) }
+        Fail2banConfig {
+            categories: Vec::new(),
+            log_bantime: Duration::from_secs(600),
+            dir: std::path::PathBuf::from("/etc/fail2ban"),
+        }
     }
 }
 

@@ -120,8 +120,9 @@ pub fn execute(cli: Cli) -> Result<u8, CliError> {
             Ok(exit::OK)
         }
         Command::Import { file, ban, json } => import(&cli.config, &cli.socket, &file, ban.length, ban.reason, json),
-        Command::Scan { filters, show_matches, show_missed, json, files } => {
-            scan(cli.config.as_deref(), &filters, (show_matches, show_missed), json, &files)
+        Command::Scan { filters, fail2ban_filters, show_matches, show_missed, json, files } => {
+            let wanted = (&filters[..], &fail2ban_filters[..]);
+            scan(cli.config.as_deref(), wanted, (show_matches, show_missed), json, &files)
         }
         Command::Firewall { action: FirewallCommand::Show { json } } => firewall_show(cli.config.as_deref(), json),
         Command::Firewall { action: FirewallCommand::Teardown } => firewall_teardown(),
@@ -294,10 +295,11 @@ fn parse_import_json(text: &str) -> (Vec<String>, Vec<String>) {
     (targets, invalid)
 }
 
-/// `banshare scan`: the config's filters (or those named) over the files, on log time.
+/// `banshare scan`: the config's filters (or those named, and fail2ban definitions) over
+/// the files, on log time.
 fn scan(
     config_path: Option<&Path>,
-    names: &[String],
+    (names, fail2ban): (&[String], &[String]),
     (show_matches, show_missed): (bool, bool),
     json: bool,
     files: &[PathBuf],
@@ -306,7 +308,8 @@ fn scan(
     use crate::detect::{Filter, FilterSet};
 
     let config = load_config(config_path)?;
-    let wanted: Vec<&String> = if names.is_empty() { config.filters.keys().collect() } else { names.iter().collect() };
+    let wanted: Vec<&String> =
+        if names.is_empty() && fail2ban.is_empty() { config.filters.keys().collect() } else { names.iter().collect() };
     let mut filters = Vec::new();
     for name in wanted {
         let spec = config.filters.get(name).ok_or_else(|| {
@@ -314,6 +317,11 @@ fn scan(
             CliError::new(exit::BAD_INPUT, format!("--filter {name}: no such filter (known: {})", known.join(", ")))
         })?;
         filters.push(Filter::compile(spec.clone()).map_err(|e| CliError::new(exit::BAD_INPUT, e.to_string()))?);
+    }
+    for text in fail2ban {
+        let spec = fail2ban_spec(&config, text)
+            .map_err(|m| CliError::new(exit::BAD_INPUT, format!("--fail2ban-filter {text}: {m}")))?;
+        filters.push(Filter::compile(spec).map_err(|e| CliError::new(exit::BAD_INPUT, e.message))?);
     }
     let mut scanner = Scanner::new(FilterSet::new(filters), config.escalation, config.decisions.ipv6_prefix);
     for file in files {
@@ -334,6 +342,27 @@ fn scan(
     let report = scanner.finish();
     print(json, &report, || output::scan(&report));
     Ok(exit::OK)
+}
+
+/// A filter running fail2ban's definition `text` (`sshd[mode=aggressive]`), with the
+/// default window and the jail's category.
+fn fail2ban_spec(config: &crate::config::Config, text: &str) -> Result<crate::detect::FilterSpec, String> {
+    use crate::detect::builtin;
+    use crate::detect::filter::Fail2banDefinition;
+
+    let filter: crate::detect::f2b::FilterRef = text.parse()?;
+    let category = crate::fail2ban::jail_category(&filter.name, &config.fail2ban.categories).unwrap_or("other");
+    Ok(crate::detect::FilterSpec {
+        name: filter.to_string(),
+        category: category.to_string(),
+        failregex: Vec::new(),
+        helperregex: Vec::new(),
+        ignoreregex: Vec::new(),
+        maxretry: builtin::MAXRETRY,
+        findtime: builtin::FINDTIME,
+        bantime: builtin::BANTIME,
+        fail2ban: Some(Fail2banDefinition { dir: config.fail2ban.dir.clone(), filter }),
+    })
 }
 
 /// Lines per batch handed to a matching thread.
@@ -376,6 +405,8 @@ fn scan_parallel(
     type Tested = (usize, Batch, LineTests);
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
     let filters = scanner.filters().clone();
+    // Filters whose state spans lines run here, in line order, as the results come in.
+    let ordered = filters.filters.iter().any(crate::detect::Filter::ordered);
     let (batch_tx, batch_rx) = mpsc::sync_channel::<(usize, Batch)>(workers);
     let batch_rx = Arc::new(Mutex::new(batch_rx));
     let (done_tx, done_rx) = mpsc::sync_channel::<Tested>(workers);
@@ -404,6 +435,7 @@ fn scan_parallel(
         for _ in 0..workers {
             let (rx, tx, filters) = (Arc::clone(&batch_rx), done_tx.clone(), &filters);
             scope.spawn(move || {
+                let mut scratch = filters.scratch();
                 loop {
                     let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
                     let Ok((seq, mut batch)) = next else { break };
@@ -412,7 +444,7 @@ fn scan_parallel(
                         .into_iter()
                         .map(|r| {
                             let flags = Scanner::sanitize(&mut batch.data[r.clone()]);
-                            (filters.test(&batch.data[r]), flags)
+                            (filters.test_unordered(&batch.data[r], &mut scratch), flags)
                         })
                         .collect();
                     if tx.send((seq, batch, tested)).is_err() {
@@ -431,8 +463,11 @@ fn scan_parallel(
                 for _ in 0..batch.too_long {
                     scanner.too_long();
                 }
-                for (range, (hits, flags)) in batch.lines().zip(tested) {
+                for (range, (mut hits, flags)) in batch.lines().zip(tested) {
                     let line = &batch.data[range];
+                    if ordered {
+                        hits = scanner.filters().settle(line, hits);
+                    }
                     let outcome = scanner.record_raw(line, hits, flags);
                     each(line, outcome);
                 }

@@ -123,6 +123,10 @@ pub enum Command {
         /// Only these filters (repeatable) [default: every filter in the config]
         #[arg(long = "filter", value_name = "NAME")]
         filters: Vec<String>,
+        /// Run fail2ban's definition `filter.d/NAME.conf` (under the config's `fail2ban.dir`,
+        /// default /etc/fail2ban) with its options, e.g. 'sshd[mode=aggressive]' (repeatable)
+        #[arg(long = "fail2ban-filter", value_name = "NAME[OPTIONS]")]
+        fail2ban_filters: Vec<String>,
         /// Print each matched line
         #[arg(long)]
         show_matches: bool,

@@ -15,6 +15,7 @@ use crate::feed::wire::valid_category;
 pub struct RawFail2ban {
     pub categories: Option<BTreeMap<String, String>>,
     pub log_bantime: Option<RawDuration>,
+    pub dir: Option<String>,
 }
 
 pub(super) fn fail2ban_config(
@@ -38,5 +39,16 @@ pub(super) fn fail2ban_config(
         None => d.log_bantime,
         Some(v) => duration(&v).map_err(|got| invalid("fail2ban.log_bantime", "a duration like \"10m\"", &got))?,
     };
-    Ok(Fail2banConfig { categories, log_bantime })
+    let dir = match raw.dir {
+        None => d.dir,
+        Some(dir) if std::path::Path::new(&dir).is_absolute() => dir.into(),
+        Some(dir) => {
+            return Err(invalid(
+                "fail2ban.dir",
+                "an absolute path (fail2ban's configuration directory)",
+                &format!("{dir:?}"),
+            ));
+        }
+    };
+    Ok(Fail2banConfig { categories, log_bantime, dir })
 }

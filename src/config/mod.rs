@@ -26,6 +26,8 @@ use std::collections::BTreeMap;
 
 use crate::clock::parse_duration;
 use crate::decision::parse_target;
+use crate::detect::f2b::FilterRef;
+use crate::detect::filter::Fail2banDefinition;
 use crate::detect::{Escalation, Filter, FilterSpec, builtin};
 pub use crate::enforce::Backend;
 use crate::enforce::{FirewallOptions, RuleAction};
@@ -333,9 +335,10 @@ impl Config {
                 Some(d) => duration(&d).map_err(|got| invalid("detect.bantime_max", "a duration like \"1w\"", &got))?,
             },
         };
+        let fail2ban = fail2ban::fail2ban_config(raw.fail2ban, &invalid)?;
         let mut filters = defaults.filters;
         for (name, raw_filter) in raw.filter.unwrap_or_default() {
-            let spec = filter_spec(&name, raw_filter, filters.remove(&name), &invalid)?;
+            let spec = filter_spec(&name, raw_filter, filters.remove(&name), &fail2ban, &invalid)?;
             filters.insert(name, spec);
         }
         let mut sources = Vec::new();
@@ -401,7 +404,6 @@ impl Config {
         }
 
         let feed = feed::feed_config(raw.feed, &invalid)?;
-        let fail2ban = fail2ban::fail2ban_config(raw.fail2ban, &invalid)?;
         let check = check::check_config(raw.check, &feed.base_url, &invalid)?;
 
         Ok(Config {
@@ -441,9 +443,32 @@ fn filter_spec(
     name: &str,
     raw: raw::RawFilter,
     base: Option<FilterSpec>,
+    f2b: &Fail2banConfig,
     invalid: &dyn Fn(&str, &str, &dyn fmt::Display) -> ConfigError,
 ) -> Result<FilterSpec, ConfigError> {
     let key = |k: &str| format!("filter.{name}.{k}");
+    let definition = match &raw.fail2ban {
+        None => None,
+        Some(text) => {
+            for (k, set) in [
+                ("mode", raw.mode.is_some()),
+                ("failregex", raw.failregex.is_some()),
+                ("ignoreregex", raw.ignoreregex.is_some()),
+            ] {
+                if set {
+                    return Err(invalid(
+                        &key(k),
+                        "nothing beside `fail2ban` (give fail2ban's options in brackets: \"sshd[mode=aggressive]\")",
+                        &"a value",
+                    ));
+                }
+            }
+            let filter: FilterRef = text.parse().map_err(|m: String| {
+                invalid(&key("fail2ban"), "a fail2ban filter like \"sshd[mode=aggressive]\"", &m)
+            })?;
+            Some(Fail2banDefinition { dir: f2b.dir.clone(), filter })
+        }
+    };
     let aggressive = match raw.mode.as_deref() {
         None | Some("normal") => false,
         Some("aggressive") if name == "sshd" => true,
@@ -458,6 +483,17 @@ fn filter_spec(
     };
     let mut spec = match (base, &raw.failregex) {
         (Some(b), _) => b,
+        (None, _) if definition.is_some() => FilterSpec {
+            name: name.to_string(),
+            category: crate::fail2ban::jail_category(name, &f2b.categories).unwrap_or("other").to_string(),
+            failregex: Vec::new(),
+            helperregex: Vec::new(),
+            ignoreregex: Vec::new(),
+            maxretry: builtin::MAXRETRY,
+            findtime: builtin::FINDTIME,
+            bantime: builtin::BANTIME,
+            fail2ban: None,
+        },
         (None, None) => {
             return Err(invalid(
                 &key("failregex"),
@@ -474,8 +510,16 @@ fn filter_spec(
             maxretry: builtin::MAXRETRY,
             findtime: builtin::FINDTIME,
             bantime: builtin::BANTIME,
+            fail2ban: None,
         },
     };
+    if definition.is_some() {
+        // fail2ban's definition replaces the patterns (a built-in's too).
+        spec.failregex.clear();
+        spec.helperregex.clear();
+        spec.ignoreregex.clear();
+        spec.fail2ban = definition;
+    }
     if let Some(f) = raw.failregex {
         spec.failregex = f;
     }
@@ -507,8 +551,10 @@ fn filter_spec(
     if let Some(d) = raw.bantime {
         spec.bantime = duration(&d).map_err(|got| invalid(&key("bantime"), "a duration like \"1h\"", &got))?;
     }
-    Filter::compile(spec.clone())
-        .map_err(|e| invalid(&format!("filter.{name}.{}[{}]", e.key, e.index), "a regex with <HOST>", &e.message))?;
+    Filter::compile(spec.clone()).map_err(|e| match e.key {
+        "fail2ban" => invalid(&key("fail2ban"), "a fail2ban filter definition banshare can run", &e.message),
+        k => invalid(&format!("filter.{name}.{k}[{}]", e.index), "a regex with <HOST>", &e.message),
+    })?;
     Ok(spec)
 }
 

@@ -54,6 +54,7 @@ pub struct RawFilter {
     pub mode: Option<String>,
     pub failregex: Option<Vec<String>>,
     pub ignoreregex: Option<Vec<String>>,
+    pub fail2ban: Option<String>,
 }
 
 /// `[feed]`: the WAYSCloud community feed.

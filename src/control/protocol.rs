@@ -259,6 +259,9 @@ pub struct SourceStatus {
     /// Matched lines whose timestamp could not be read (the time of reading is used).
     pub no_timestamp: u64,
     pub not_an_address: u64,
+    /// Lines on which a pattern hit the match limit (skipped for that pattern).
+    #[serde(default)]
+    pub match_limit: u64,
     pub too_long: u64,
     pub rotations: u64,
     /// Lines whose reading panicked inside banshare (a bug): skipped, counted, and the

@@ -120,10 +120,15 @@ impl Source {
                     self.status.not_an_address += 1;
                     continue;
                 }
-                Hit::Ignored => continue,
+                Hit::Limit => {
+                    self.status.match_limit += 1;
+                    continue;
+                }
+                // `test` settles prepared results itself.
+                Hit::Ignored | Hit::Prepared(_) => continue,
             };
             let spec = &self.filters.filters[index].spec;
-            let at = match times.parse(line, now) {
+            let at = match failure.at.or_else(|| times.parse(line, now)) {
                 Some(t) => t.min(now),
                 None => {
                     self.status.no_timestamp += 1;

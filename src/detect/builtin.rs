@@ -105,6 +105,7 @@ pub fn spec(name: &str, aggressive: bool) -> Option<FilterSpec> {
         _ => return None,
     };
     Some(FilterSpec {
+        fail2ban: None,
         name: name.into(),
         category: category.into(),
         failregex,

@@ -3,9 +3,15 @@
 //! filter; a [`FilterSet`] holds the filters of one source.
 
 use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
+
+use super::f2b::engine::{Compiled, Host, Outcome, Prepared, Scratch, State};
+use super::f2b::{Definition, FilterRef};
+use crate::clock::Timestamp;
 
 /// What `<HOST>` becomes: an IPv4 address or something with a colon (IPv6, possibly
 /// IPv4-mapped). Only what `std::net` then parses counts; hostnames never match.
@@ -26,12 +32,41 @@ pub struct FilterSpec {
     pub maxretry: u32,
     pub findtime: Duration,
     pub bantime: Duration,
+    /// Run fail2ban's definition instead of the patterns above.
+    pub fail2ban: Option<Fail2banDefinition>,
 }
 
-/// A compiled filter.
+/// A fail2ban filter definition to run: `filter.d/NAME.conf` under `dir`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fail2banDefinition {
+    pub dir: PathBuf,
+    pub filter: FilterRef,
+}
+
+/// A compiled filter: banshare's patterns, or a fail2ban definition.
 #[derive(Debug, Clone)]
 pub struct Filter {
     pub spec: FilterSpec,
+    engine: Engine,
+}
+
+#[derive(Debug, Clone)]
+enum Engine {
+    Patterns(Box<Patterns>),
+    Fail2ban(Fail2banRun),
+}
+
+/// A fail2ban definition and the state of the one stream it reads (its sessions and
+/// line buffer span lines, so lines must reach it in order).
+#[derive(Debug, Clone)]
+struct Fail2banRun {
+    compiled: Arc<Compiled>,
+    state: Arc<Mutex<State>>,
+}
+
+/// banshare's own patterns, compiled.
+#[derive(Debug, Clone)]
+struct Patterns {
     /// `failregex` then `helperregex`; patterns from `helpers_from` on are helpers.
     fail: Vec<Regex>,
     helpers_from: usize,
@@ -96,6 +131,72 @@ fn compile(pattern: &str) -> Result<Regex, regex::Error> {
 
 impl Filter {
     pub fn compile(spec: FilterSpec) -> Result<Filter, FilterError> {
+        let engine = match &spec.fail2ban {
+            Some(def) => {
+                let err = |e: super::f2b::DefinitionError| FilterError {
+                    filter: spec.name.clone(),
+                    key: "fail2ban",
+                    index: 0,
+                    message: e.to_string(),
+                };
+                let compiled = Compiled::new(Definition::load(&def.dir, &def.filter).map_err(err)?).map_err(err)?;
+                let state = Arc::new(Mutex::new(compiled.state()));
+                Engine::Fail2ban(Fail2banRun { compiled: Arc::new(compiled), state })
+            }
+            None => Engine::Patterns(Box::new(Patterns::compile(&spec)?)),
+        };
+        Ok(Filter { spec, engine })
+    }
+
+    /// Whether lines must reach this filter in order (a fail2ban definition: its
+    /// sessions span lines); banshare's patterns judge each line alone.
+    pub fn ordered(&self) -> bool {
+        matches!(self.engine, Engine::Fail2ban(_))
+    }
+
+    /// The fail2ban definition this filter runs, if it runs one.
+    pub fn definition(&self) -> Option<&Definition> {
+        match &self.engine {
+            Engine::Fail2ban(run) => Some(&run.compiled.definition),
+            Engine::Patterns(_) => None,
+        }
+    }
+
+    /// This filter's verdict on `line`, if any of its patterns matches.
+    pub fn test(&self, line: &[u8]) -> Option<Hit> {
+        match &self.engine {
+            Engine::Patterns(p) => p.test(line),
+            Engine::Fail2ban(run) => run.test(line),
+        }
+    }
+}
+
+impl Fail2banRun {
+    fn test(&self, line: &[u8]) -> Option<Hit> {
+        let text = String::from_utf8_lossy(line);
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        Fail2banRun::hit(self.compiled.line(&mut state, &text, Timestamp::now()))
+    }
+
+    fn hit(out: Outcome) -> Option<Hit> {
+        if let Some(f) = out.failure {
+            return Some(match f.host {
+                Host::Addr(addr, _) => Hit::Failure(Failure { addr, session: None, helper: false, at: out.time }),
+                Host::Name(name) => Hit::NotAnAddress(name),
+            });
+        }
+        if out.ignored {
+            Some(Hit::Ignored)
+        } else if out.limit {
+            Some(Hit::Limit)
+        } else {
+            None
+        }
+    }
+}
+
+impl Patterns {
+    fn compile(spec: &FilterSpec) -> Result<Patterns, FilterError> {
         let err = |key, index, message: String| FilterError { filter: spec.name.clone(), key, index, message };
         let mut fail = Vec::new();
         for (i, p) in spec.failregex.iter().enumerate() {
@@ -147,12 +248,11 @@ impl Filter {
                     .collect()
             })
             .unwrap_or_default();
-        let anchored = anchor(&spec, &hosts);
-        Ok(Filter { spec, fail, helpers_from, combined, groups, hosts, ignore, anchored })
+        let anchored = anchor(spec, &hosts);
+        Ok(Patterns { fail, helpers_from, combined, groups, hosts, ignore, anchored })
     }
 
-    /// This filter's verdict on `line`, if any of its patterns matches.
-    pub fn test(&self, line: &[u8]) -> Option<Hit> {
+    fn test(&self, line: &[u8]) -> Option<Hit> {
         let caps;
         let (host, session, helper) = match (&self.anchored, &self.combined) {
             (Some(a), _) => {
@@ -195,7 +295,7 @@ impl Filter {
         }
         let parsed = std::str::from_utf8(host).ok().and_then(parse_host);
         Some(match parsed {
-            Some(addr) => Hit::Failure(Failure { addr, session, helper }),
+            Some(addr) => Hit::Failure(Failure { addr, session, helper, at: None }),
             None => Hit::NotAnAddress(String::from_utf8_lossy(host).into_owned()),
         })
     }
@@ -209,6 +309,8 @@ pub struct Failure {
     pub session: Option<u64>,
     /// Matched by a `helperregex`.
     pub helper: bool,
+    /// The line's time, when the filter read it (fail2ban definitions do).
+    pub at: Option<Timestamp>,
 }
 
 /// What a filter made of a line.
@@ -220,6 +322,11 @@ pub enum Hit {
     Ignored,
     /// A failregex matched but `<HOST>` held no address (a hostname, garbage).
     NotAnAddress(String),
+    /// A pattern hit the match limit on this line: skipped.
+    Limit,
+    /// A fail2ban definition's per-line result, for [`FilterSet::settle`] to finish in
+    /// line order (its sessions span lines).
+    Prepared(Box<Prepared>),
 }
 
 /// The filters of one source, tested together.
@@ -233,9 +340,65 @@ impl FilterSet {
         FilterSet { filters }
     }
 
-    /// Tests `line` against every filter; at most one hit per filter.
+    /// Tests `line` against every filter; at most one hit per filter. Lines must come
+    /// in order (see [`Filter::ordered`]).
     pub fn test(&self, line: &[u8]) -> Vec<(usize, Hit)> {
         self.filters.iter().enumerate().filter_map(|(i, f)| f.test(line).map(|hit| (i, hit))).collect()
+    }
+
+    /// Scratch space for one thread's [`FilterSet::test_unordered`].
+    pub fn scratch(&self) -> Vec<Option<Scratch>> {
+        self.filters
+            .iter()
+            .map(|f| match &f.engine {
+                Engine::Fail2ban(run) => Some(run.compiled.scratch()),
+                Engine::Patterns(_) => None,
+            })
+            .collect()
+    }
+
+    /// The per-line stage, callable from any thread in any order: banshare's patterns
+    /// give their verdicts, fail2ban's single-line definitions a [`Hit::Prepared`];
+    /// [`FilterSet::settle`] then finishes the line, in line order.
+    pub fn test_unordered(&self, line: &[u8], scratch: &mut [Option<Scratch>]) -> Vec<(usize, Hit)> {
+        let mut hits = Vec::new();
+        for (i, f) in self.filters.iter().enumerate() {
+            match (&f.engine, scratch.get_mut(i).and_then(Option::as_mut)) {
+                (Engine::Patterns(p), _) => hits.extend(p.test(line).map(|h| (i, h))),
+                (Engine::Fail2ban(run), Some(sc)) if run.compiled.single_line() => {
+                    let text = String::from_utf8_lossy(line);
+                    let prepared = run.compiled.prepare(sc, &text, Timestamp::now());
+                    hits.push((i, Hit::Prepared(Box::new(prepared))));
+                }
+                (Engine::Fail2ban(_), _) => {}
+            }
+        }
+        hits
+    }
+
+    /// The ordered stage of a line [`FilterSet::test_unordered`] tested: prepared
+    /// results finished, multi-line definitions run.
+    pub fn settle(&self, line: &[u8], hits: Vec<(usize, Hit)>) -> Vec<(usize, Hit)> {
+        let mut done = Vec::with_capacity(hits.len());
+        let mut prepared = vec![false; self.filters.len()];
+        for (i, hit) in hits {
+            match (hit, &self.filters[i].engine) {
+                (Hit::Prepared(p), Engine::Fail2ban(run)) => {
+                    prepared[i] = true;
+                    let mut state = run.state.lock().unwrap_or_else(|e| e.into_inner());
+                    let out = run.compiled.finish(&mut state, *p, Timestamp::now());
+                    done.extend(Fail2banRun::hit(out).map(|h| (i, h)));
+                }
+                (hit, _) => done.push((i, hit)),
+            }
+        }
+        for (i, f) in self.filters.iter().enumerate() {
+            if f.ordered() && !prepared[i] {
+                done.extend(f.test(line).map(|h| (i, h)));
+            }
+        }
+        done.sort_by_key(|(i, _)| *i);
+        done
     }
 }
 
@@ -308,9 +471,9 @@ mod tests {
 
     #[test]
     fn sshd_takes_the_anchored_path_and_agrees_with_the_plain_search() {
-        let f = sshd();
+        let Engine::Patterns(f) = sshd().engine else { panic!("patterns") };
         assert!(f.anchored.is_some(), "every sshd pattern starts with \\bsshd");
-        let plain = Filter { anchored: None, ..f.clone() };
+        let plain = Patterns { anchored: None, ..(*f).clone() };
         for line in [
             "Jan  2 03:04:05 web1 sshd[11]: Failed password for root from 45.155.205.7 port 22 ssh2",
             // A host named like the program: the first "sshd" is not the program tag.
@@ -327,7 +490,12 @@ mod tests {
         let hit = f.test(b"Jan  2 03:04:05 sshd-box sshd[11]: Failed password for root from 45.155.205.8 port 22 ssh2");
         assert_eq!(
             hit,
-            Some(Hit::Failure(Failure { addr: "45.155.205.8".parse().unwrap(), session: Some(11), helper: false }))
+            Some(Hit::Failure(Failure {
+                addr: "45.155.205.8".parse().unwrap(),
+                session: Some(11),
+                helper: false,
+                at: None
+            }))
         );
         let injected = f.test(
             b"Jan  2 03:04:05 web1 sshd[11]: Failed password for invalid user a from 1.2.3.4 port 1 from 45.155.205.10 port 22 ssh2",
@@ -346,7 +514,7 @@ mod tests {
             ..super::super::builtin::spec("sshd", false).unwrap()
         };
         let f = Filter::compile(FilterSpec { helperregex: Vec::new(), ..spec }).unwrap();
-        assert!(f.anchored.is_none());
+        assert!(matches!(&f.engine, Engine::Patterns(p) if p.anchored.is_none()));
         assert!(matches!(f.test(b"x login failed from 45.155.205.7"), Some(Hit::Failure(_))));
     }
 }

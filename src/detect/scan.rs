@@ -62,6 +62,8 @@ pub struct LineCounts {
     pub no_timestamp: u64,
     /// Matches whose `<HOST>` was not an IP address (a hostname, garbage).
     pub not_an_address: u64,
+    /// Lines on which a pattern hit the match limit (skipped for that pattern).
+    pub match_limit: u64,
     pub invalid_utf8: u64,
     pub nul_bytes: u64,
     pub too_long: u64,
@@ -204,6 +206,9 @@ impl Scanner {
                     self.reports[index].ignored += 1;
                 }
                 Hit::NotAnAddress(_) => self.lines.not_an_address += 1,
+                Hit::Limit => self.lines.match_limit += 1,
+                // Settled by `FilterSet::settle` before recording.
+                Hit::Prepared(_) => {}
                 Hit::Failure(f) => {
                     failure = true;
                     self.failure(index, f, line);
@@ -224,7 +229,7 @@ impl Scanner {
 
     fn failure(&mut self, index: usize, failure: Failure, line: &[u8]) {
         let addr = failure.addr;
-        let at = match self.times.parse(line, self.now) {
+        let at = match failure.at.or_else(|| self.times.parse(line, self.now)) {
             Some(t) => t,
             None => {
                 self.lines.no_timestamp += 1;

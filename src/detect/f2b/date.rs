@@ -13,6 +13,8 @@
 
 use std::collections::HashMap;
 
+use pcre2::bytes::CaptureLocations;
+
 use super::regex::{Re, Search};
 use crate::clock::Timestamp;
 use crate::detect::time::{TimeParser, utc, year_of};
@@ -265,63 +267,70 @@ impl DateDetector {
     /// leftmost of the others (the first, on a tie). `last` is the template that found
     /// the previous date; it is tried first and kept if it finds one at the same place.
     pub fn find(&self, line: &str, last: &mut Option<(usize, usize)>, clock: &mut Clock) -> Option<Found> {
-        let found = self.search(line, last)?;
-        let (index, start, end, groups) = found;
-        let t = &self.templates[index];
-        Some(Found { start, end, time: clock.read(t, line, (start, end), &groups) })
+        if clock.locs.len() != self.templates.len() {
+            clock.locs = self.templates.iter().map(|t| t.re.locations()).collect();
+        }
+        let hit = self.search(line, last, &mut clock.locs)?;
+        let t = &self.templates[hit.template];
+        Some(Found { start: hit.start, end: hit.end, time: clock.read(t, line, (hit.start, hit.end), &hit.groups) })
     }
 
-    #[allow(clippy::type_complexity)]
-    fn search(
-        &self,
-        line: &str,
-        last: &mut Option<(usize, usize)>,
-    ) -> Option<(usize, usize, usize, Vec<(usize, usize, usize)>)> {
-        let date_of = |t: &Template| -> Option<(usize, usize, Vec<(usize, usize, usize)>)> {
-            let mut locs = t.re.locations();
-            match t.re.search(&mut locs, line) {
+    fn search(&self, line: &str, last: &mut Option<(usize, usize)>, locs: &mut [CaptureLocations]) -> Option<DateHit> {
+        let mut date_of = |template: usize| -> Option<DateHit> {
+            let locs = &mut locs[template];
+            match self.templates[template].re.search(locs, line) {
                 Search::Match { groups, .. } => {
-                    let (s, e) = (locs.get(1)?.0, locs.get(1)?.1);
-                    Some((s, e, groups))
+                    let (start, end) = locs.get(1)?;
+                    Some(DateHit { template, start, end, groups })
                 }
                 _ => None,
             }
         };
         if let Some((i, at)) = *last
-            && let Some(t) = self.templates.get(i)
-            && let Some((s, e, g)) = date_of(t)
-            && (t.anchored || s == at)
+            && i < self.templates.len()
+            && let Some(hit) = date_of(i)
+            && (self.templates[i].anchored || hit.start == at)
         {
-            return Some((i, s, e, g));
+            return Some(hit);
         }
-        let mut best: Option<(usize, usize, usize, Vec<(usize, usize, usize)>)> = None;
-        for (i, t) in self.templates.iter().enumerate() {
-            let Some((s, e, g)) = date_of(t) else { continue };
-            if t.anchored || s <= 1 {
-                best = Some((i, s, e, g));
+        let mut best: Option<DateHit> = None;
+        for i in 0..self.templates.len() {
+            let Some(hit) = date_of(i) else { continue };
+            if self.templates[i].anchored || hit.start <= 1 {
+                best = Some(hit);
                 break;
             }
-            if best.as_ref().is_none_or(|b| s < b.1) {
-                best = Some((i, s, e, g));
+            if best.as_ref().is_none_or(|b| hit.start < b.start) {
+                best = Some(hit);
             }
         }
-        if let Some((i, s, _, _)) = &best {
-            *last = Some((*i, *s));
+        if let Some(hit) = &best {
+            *last = Some((hit.template, hit.start));
         }
         best
     }
 }
 
+/// A template's match: the date's span and the fields' groups.
+struct DateHit {
+    template: usize,
+    start: usize,
+    end: usize,
+    groups: Vec<(usize, usize, usize)>,
+}
+
 /// Reads found dates as times: `now` for a missing year, the host's zone without one.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Clock {
     pub now: Timestamp,
     parser: TimeParser,
+    /// Capture slots of each template, made once (each holds a JIT stack).
+    locs: Vec<CaptureLocations>,
 }
 
 impl Clock {
     pub fn new(now: Timestamp) -> Clock {
-        Clock { now, parser: TimeParser::default() }
+        Clock { now, parser: TimeParser::default(), locs: Vec::new() }
     }
 
     fn read(

@@ -148,80 +148,170 @@ impl Compiled {
 
     /// A new stream's state.
     pub fn state(&self) -> State {
-        State {
-            buffer: VecDeque::new(),
-            sessions: HashMap::new(),
-            last_time: None,
-            last_template: None,
-            clock: Clock::new(Timestamp(0)),
-            locs: None,
-        }
+        State { buffer: VecDeque::new(), sessions: HashMap::new(), last_time: None, scratch: Scratch::default() }
+    }
+
+    /// Scratch space for [`Compiled::prepare`] (one per thread).
+    pub fn scratch(&self) -> Scratch {
+        Scratch::default()
+    }
+
+    /// Whether each line can be matched alone ([`Compiled::prepare`], in any thread and
+    /// order) before its session is settled in order ([`Compiled::finish`]): true unless
+    /// `maxlines` joins lines.
+    pub fn single_line(&self) -> bool {
+        self.definition.maxlines <= 1
     }
 
     /// Runs one line (without its newline) read at `now`.
     pub fn line(&self, st: &mut State, line: &str, now: Timestamp) -> Outcome {
-        let mut out = Outcome::default();
-        st.clock.now = now;
-        let found = self.dates.find(line, &mut st.last_template, &mut st.clock);
-        let text = match found {
-            Some(f) => {
-                if f.time.is_some() {
-                    st.last_time = f.time;
-                }
-                format!("{}{}", &line[..f.start], &line[f.end..])
-            }
-            None => {
-                out.no_date = true;
-                line.to_string()
-            }
-        };
-        out.time = found.and_then(|f| f.time).or(st.last_time);
-        self.with_locations(st, out, text, now)
+        if self.single_line() {
+            let prepared = self.prepare(&mut st.scratch, line, now);
+            return self.finish(st, prepared, now);
+        }
+        let (text, time, no_date) = self.undated(&mut st.scratch, line, now);
+        self.multi_line(st, text, Outcome { time, no_date, ..Outcome::default() }, now)
     }
 
     /// Runs one line whose time is known (a journal entry's): no date is searched.
     pub fn line_dated(&self, st: &mut State, line: &str, at: Timestamp) -> Outcome {
-        st.last_time = Some(at);
         let out = Outcome { time: Some(at), ..Outcome::default() };
-        self.with_locations(st, out, line.to_string(), at)
+        if self.single_line() {
+            let mut locs = st.scratch.locs.take().unwrap_or_else(|| Locations::new(self));
+            let prepared = self.matching(&mut locs, format!("{line}\n"), out);
+            st.scratch.locs = Some(locs);
+            return self.finish(st, prepared, at);
+        }
+        self.multi_line(st, line.to_string(), out, at)
     }
 
-    fn with_locations(&self, st: &mut State, out: Outcome, text: String, now: Timestamp) -> Outcome {
-        let mut locs = st.locs.take().unwrap_or_else(|| Locations::new(self));
-        let out = self.run(st, &mut locs, out, text, now);
-        st.locs = Some(locs);
-        out
+    /// The line without its date, the date's time, and whether it had none.
+    fn undated(&self, sc: &mut Scratch, line: &str, now: Timestamp) -> (String, Option<Timestamp>, bool) {
+        sc.clock.now = now;
+        match self.dates.find(line, &mut sc.last_template, &mut sc.clock) {
+            Some(f) => (format!("{}{}", &line[..f.start], &line[f.end..]), f.time, false),
+            None => (line.to_string(), None, true),
+        }
     }
 
-    fn run(&self, st: &mut State, locs: &mut Locations, mut out: Outcome, text: String, now: Timestamp) -> Outcome {
+    /// The per-line stage of a single-line definition: the date, the prefregex, the
+    /// first failregex that matches and no ignoreregex vetoes. No session state: lines
+    /// may be prepared in any thread and order, then finished in order.
+    pub fn prepare(&self, sc: &mut Scratch, line: &str, now: Timestamp) -> Prepared {
+        let (mut text, time, no_date) = self.undated(sc, line, now);
+        text.push('\n');
+        let mut locs = sc.locs.take().unwrap_or_else(|| Locations::new(self));
+        let prepared = self.matching(&mut locs, text, Outcome { time, no_date, ..Outcome::default() });
+        sc.locs = Some(locs);
+        prepared
+    }
+
+    fn matching(&self, locs: &mut Locations, buf: String, mut out: Outcome) -> Prepared {
+        let mut content = None;
+        let pre = match self.prefilter(locs, &buf, &mut content) {
+            Ok(pre) => pre,
+            Err(()) => {
+                out.limit = true;
+                return Prepared { out, matched: None };
+            }
+        };
+        let Some(pre) = pre else { return Prepared { out, matched: None } };
+        let buf = content.map(|c| format!("{c}\n")).unwrap_or(buf);
+        let matched = self.failregex_match(locs, &buf, &pre, None, &mut out);
+        Prepared { out, matched: matched.map(Box::new) }
+    }
+
+    /// The ordered stage: the session merge and the failure's host.
+    pub fn finish(&self, st: &mut State, prepared: Prepared, now: Timestamp) -> Outcome {
+        let Prepared { mut out, matched } = prepared;
+        if out.time.is_some() {
+            st.last_time = out.time;
+        } else {
+            out.time = st.last_time;
+        }
+        match matched {
+            Some(m) => {
+                let (index, fail) = *m;
+                let at = out.time.unwrap_or(now);
+                self.conclude(st, index, fail, at, out)
+            }
+            None => out,
+        }
+    }
+
+    /// A line of a multi-line definition: buffered with the lines before it.
+    fn multi_line(&self, st: &mut State, text: String, mut out: Outcome, now: Timestamp) -> Outcome {
+        if out.time.is_some() {
+            st.last_time = out.time;
+        } else {
+            out.time = st.last_time;
+        }
         let at = out.time.unwrap_or(now);
         st.buffer.push_back(text);
         while st.buffer.len() > self.definition.maxlines {
             st.buffer.pop_front();
         }
-        let mut buf = joined(&st.buffer);
-        let mut pre = Fail::default();
-        if let Some(pref) = &self.pref {
-            match pref.re.search(&mut locs.pref, &buf) {
-                Search::Match { groups, .. } => {
-                    pre.set_groups(&pref.re, &buf, &groups);
-                    if let Some(content) = pre.values.remove("content")
-                        && !content.is_empty()
-                    {
-                        st.buffer.clear();
-                        st.buffer.push_back(content);
-                        buf = joined(&st.buffer);
-                    }
-                }
-                Search::NoMatch => return out,
-                Search::Limit => {
-                    out.limit = true;
-                    return out;
-                }
+        let mut locs = st.scratch.locs.take().unwrap_or_else(|| Locations::new(self));
+        let buf = joined(&st.buffer);
+        let mut content = None;
+        let matched = match self.prefilter(&mut locs, &buf, &mut content) {
+            Err(()) => {
+                out.limit = true;
+                None
             }
+            Ok(None) => None,
+            Ok(Some(pre)) => {
+                let buf = match content {
+                    Some(c) => {
+                        st.buffer.clear();
+                        st.buffer.push_back(c);
+                        joined(&st.buffer)
+                    }
+                    None => buf,
+                };
+                let mut buffer = std::mem::take(&mut st.buffer);
+                let m = self.failregex_match(&mut locs, &buf, &pre, Some(&mut buffer), &mut out);
+                st.buffer = buffer;
+                m
+            }
+        };
+        st.scratch.locs = Some(locs);
+        match matched {
+            Some((index, fail)) => self.conclude(st, index, fail, at, out),
+            None => out,
         }
+    }
+
+    /// The prefregex's groups on `buf` (with `content` set to its `<F-CONTENT>`);
+    /// `Ok(None)` when it does not match (the line is not the filter's), `Err` at the
+    /// match limit. Without a prefregex: no groups.
+    fn prefilter(&self, locs: &mut Locations, buf: &str, content: &mut Option<String>) -> Result<Option<Fail>, ()> {
+        let Some(pref) = &self.pref else { return Ok(Some(Fail::default())) };
+        match pref.re.search(&mut locs.pref, buf) {
+            Search::Match { groups, .. } => {
+                let mut pre = Fail::default();
+                pre.set_groups(&pref.re, buf, &groups);
+                *content = pre.values.remove("content").filter(|c| !c.is_empty());
+                Ok(Some(pre))
+            }
+            Search::NoMatch => Ok(None),
+            Search::Limit => Err(()),
+        }
+    }
+
+    /// The first failregex that matches `buf` and no ignoreregex vetoes, with its groups
+    /// merged over the prefregex's. `buffer` (multi-line) keeps the lines the match did
+    /// not take.
+    fn failregex_match(
+        &self,
+        locs: &mut Locations,
+        buf: &str,
+        pre: &Fail,
+        mut buffer: Option<&mut VecDeque<String>>,
+        out: &mut Outcome,
+    ) -> Option<(usize, Fail)> {
         for (index, rx) in self.fail.iter().enumerate() {
-            let (span, groups) = match rx.re.search(&mut locs.fail[index], &buf) {
+            let (span, groups) = match rx.re.search(&mut locs.fail[index], buf) {
                 Search::Match { span, groups } => (span, groups),
                 Search::NoMatch => continue,
                 Search::Limit => {
@@ -229,85 +319,109 @@ impl Compiled {
                     continue;
                 }
             };
-            let (matched, unmatched) = self.split_lines(st, &buf, span, rx, &groups);
-            let ignore_buf = if self.definition.maxlines > 1 { joined(&matched) } else { buf.clone() };
+            let mut matched_buf = None;
+            if let Some(buffer) = buffer.as_deref_mut() {
+                let (matched, unmatched) = split_lines(buffer, buf, span, rx, &groups);
+                *buffer = unmatched;
+                matched_buf = Some(joined(&matched));
+            }
+            let ignore_buf = matched_buf.as_deref().unwrap_or(buf);
             for (i, ig) in self.ignore.iter().enumerate() {
-                match ig.re.search(&mut locs.ignore[i], &ignore_buf) {
+                match ig.re.search(&mut locs.ignore[i], ignore_buf) {
                     Search::Match { .. } => {
                         out.ignored = true;
-                        if self.definition.maxlines > 1 {
-                            st.buffer = unmatched;
-                        }
-                        return out;
+                        return None;
                     }
                     Search::Limit => out.limit = true,
                     Search::NoMatch => {}
                 }
             }
-            if self.definition.maxlines > 1 {
-                st.buffer = unmatched;
-            }
             let mut fail = pre.clone();
-            fail.set_groups(&rx.re, &buf, &groups);
+            fail.set_groups(&rx.re, buf, &groups);
             fail.apply_alternatives();
-            let mlfid = fail.values.get("mlfid").cloned();
-            if let Some(id) = &mlfid {
-                fail = st.merge(id, fail, at);
-                if fail.truthy("nofail") {
-                    out.helper = true;
-                    return out;
-                }
-            }
-            let Some(host) = fail.host() else {
-                // A session line without an address yet: its failure waits for one.
-                if let Some(s) = mlfid.as_ref().and_then(|id| st.sessions.get_mut(id)) {
-                    s.fail.values.insert("mlfpending".into(), "1".into());
-                }
-                out.helper = true;
-                return out;
-            };
-            let user = fail.values.get("user").filter(|u| !u.is_empty()).cloned();
-            out.failure = Some(Failure { regex: index, host, user });
-            return out;
+            return Some((index, fail));
         }
-        out
+        None
     }
 
-    /// The buffer's lines the match spans, and the others (which stay buffered).
-    fn split_lines(
-        &self,
-        st: &State,
-        buf: &str,
-        (start, end): (usize, usize),
-        rx: &Rx,
-        groups: &[(usize, usize, usize)],
-    ) -> (VecDeque<String>, VecDeque<String>) {
-        if st.buffer.len() <= 1 {
-            return (st.buffer.clone(), VecDeque::new());
-        }
-        let line_start = buf[..(start + 1).min(buf.len())].rfind('\n').map_or(0, |i| i + 1);
-        let line_end =
-            buf[end.saturating_sub(1).min(buf.len())..].find('\n').map_or(buf.len(), |i| end.saturating_sub(1) + i + 1);
-        let first = buf[..line_start].matches('\n').count();
-        let last = buf[..line_end].matches('\n').count();
-        let mut matched: VecDeque<String> =
-            st.buffer.iter().skip(first).take(last.saturating_sub(first)).cloned().collect();
-        let mut unmatched: VecDeque<String> = st.buffer.iter().take(first).cloned().collect();
-        // Lines a <SKIPLINES> passed over are not part of the match.
-        let skipped: Vec<&str> = rx
-            .re
-            .names()
-            .filter(|(n, _)| n.starts_with("skiplines"))
-            .filter_map(|(_, i)| groups.iter().find(|g| g.0 == i))
-            .flat_map(|(_, s, e)| buf[*s..*e].lines())
-            .collect();
-        for s in skipped {
-            if let Some(pos) = matched.iter().position(|l| l == s) {
-                unmatched.extend(matched.remove(pos));
+    /// Settles a match: its session's verdict, then its host.
+    fn conclude(&self, st: &mut State, index: usize, mut fail: Fail, at: Timestamp, mut out: Outcome) -> Outcome {
+        let mlfid = fail.values.get("mlfid").cloned();
+        if let Some(id) = &mlfid {
+            fail = st.merge(id, fail, at);
+            if fail.truthy("nofail") {
+                out.helper = true;
+                return out;
             }
         }
-        unmatched.extend(st.buffer.iter().skip(last).cloned());
-        (matched, unmatched)
+        let Some(host) = fail.host() else {
+            // A session line without an address yet: its failure waits for one.
+            if let Some(s) = mlfid.as_ref().and_then(|id| st.sessions.get_mut(id)) {
+                s.fail.values.insert("mlfpending".into(), "1".into());
+            }
+            out.helper = true;
+            return out;
+        };
+        let user = fail.values.get("user").filter(|u| !u.is_empty()).cloned();
+        out.failure = Some(Failure { regex: index, host, user });
+        out
+    }
+}
+
+/// The buffer's lines the match spans, and the others (which stay buffered).
+fn split_lines(
+    buffer: &VecDeque<String>,
+    buf: &str,
+    (start, end): (usize, usize),
+    rx: &Rx,
+    groups: &[(usize, usize, usize)],
+) -> (VecDeque<String>, VecDeque<String>) {
+    if buffer.len() <= 1 {
+        return (buffer.clone(), VecDeque::new());
+    }
+    let line_start = buf[..(start + 1).min(buf.len())].rfind('\n').map_or(0, |i| i + 1);
+    let from = end.saturating_sub(1).min(buf.len());
+    let line_end = buf[from..].find('\n').map_or(buf.len(), |i| from + i + 1);
+    let first = buf[..line_start].matches('\n').count();
+    let last = buf[..line_end].matches('\n').count();
+    let mut matched: VecDeque<String> = buffer.iter().skip(first).take(last.saturating_sub(first)).cloned().collect();
+    let mut unmatched: VecDeque<String> = buffer.iter().take(first).cloned().collect();
+    // Lines a <SKIPLINES> passed over are not part of the match.
+    let skipped: Vec<&str> = rx
+        .re
+        .names()
+        .filter(|(n, _)| n.starts_with("skiplines"))
+        .filter_map(|(_, i)| groups.iter().find(|g| g.0 == i))
+        .flat_map(|(_, s, e)| buf[*s..*e].lines())
+        .collect();
+    for s in skipped {
+        if let Some(pos) = matched.iter().position(|l| l == s) {
+            unmatched.extend(matched.remove(pos));
+        }
+    }
+    unmatched.extend(buffer.iter().skip(last).cloned());
+    (matched, unmatched)
+}
+
+/// A line after the per-line stage: what it showed and the match to settle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared {
+    out: Outcome,
+    matched: Option<Box<(usize, Fail)>>,
+}
+
+/// Per-thread scratch: the date template that found the last date, the clock, capture
+/// slots.
+#[derive(Debug)]
+pub struct Scratch {
+    last_template: Option<(usize, usize)>,
+    clock: Clock,
+    locs: Option<Locations>,
+}
+
+impl Default for Scratch {
+    fn default() -> Scratch {
+        Scratch { last_template: None, clock: Clock::new(Timestamp(0)), locs: None }
     }
 }
 
@@ -342,7 +456,7 @@ impl Locations {
 }
 
 /// What a match (and its session) captured.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Fail {
     values: HashMap<String, String>,
     users: BTreeSet<String>,
@@ -415,9 +529,7 @@ pub struct State {
     buffer: VecDeque<String>,
     sessions: HashMap<String, Session>,
     last_time: Option<Timestamp>,
-    last_template: Option<(usize, usize)>,
-    clock: Clock,
-    locs: Option<Locations>,
+    scratch: Scratch,
 }
 
 impl State {
