@@ -321,7 +321,9 @@ fn scan(
     for text in fail2ban {
         let spec = fail2ban_spec(&config, text)
             .map_err(|m| CliError::new(exit::BAD_INPUT, format!("--fail2ban-filter {text}: {m}")))?;
-        filters.push(Filter::compile(spec).map_err(|e| CliError::new(exit::BAD_INPUT, e.message))?);
+        let filter = Filter::compile(spec)
+            .map_err(|e| CliError::new(exit::BAD_INPUT, format!("--fail2ban-filter {text}: {}", e.message)))?;
+        filters.push(filter);
     }
     let mut scanner = Scanner::new(FilterSet::new(filters), config.escalation, config.decisions.ipv6_prefix);
     for file in files {

@@ -17,6 +17,7 @@ mod detect;
 mod enforcement;
 mod fail2ban;
 mod fail2ban_corpus;
+mod fail2ban_filters;
 mod feed;
 mod feed_reporter;
 mod firewall;
