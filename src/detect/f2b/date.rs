@@ -11,8 +11,6 @@
 //!
 //! The default forms below are banshare's own list of the formats daemons log.
 
-use std::collections::HashMap;
-
 use pcre2::bytes::CaptureLocations;
 
 use super::regex::{Re, Search};
@@ -137,8 +135,8 @@ struct Template {
     kind: Kind,
     /// Found only at the line's start (or end): the first such match is taken.
     anchored: bool,
-    /// Group indices by field name.
-    groups: HashMap<String, usize>,
+    /// The group index of each field the template has.
+    fields: Fields,
 }
 
 /// Builds the regex of a `strptime` pattern with fail2ban's boundaries.
@@ -200,8 +198,24 @@ fn finish(re: &str, word_begin: bool, start: bool, word_end: bool, kind: Kind) -
     }
     let anchored = start || re.starts_with('^') || re.starts_with("(?i)^") || re.ends_with('$');
     let re = Re::new(&full, false)?;
-    let groups = re.names().map(|(n, i)| (n.to_string(), i)).collect();
-    Ok(Template { re, kind, anchored, groups })
+    let group = |name: &str| re.group(name);
+    let fields = Fields {
+        year: group("Y"),
+        year2: group("y"),
+        month: group("m"),
+        month_name: group("b").or_else(|| group("B")),
+        day: group("d"),
+        hour: group("H"),
+        hour12: group("I"),
+        ampm: group("p"),
+        minute: group("M"),
+        second: group("S"),
+        fraction: group("f"),
+        zone: group("z"),
+        zone_name: group("Z"),
+        epoch: group("s"),
+    };
+    Ok(Template { re, kind, anchored, fields })
 }
 
 /// Adds the templates of one `datepattern` line.
@@ -272,16 +286,17 @@ impl DateDetector {
         }
         let hit = self.search(line, last, &mut clock.locs)?;
         let t = &self.templates[hit.template];
-        Some(Found { start: hit.start, end: hit.end, time: clock.read(t, line, (hit.start, hit.end), &hit.groups) })
+        let time = clock.read(t, line, (hit.start, hit.end), hit.template);
+        Some(Found { start: hit.start, end: hit.end, time })
     }
 
     fn search(&self, line: &str, last: &mut Option<(usize, usize)>, locs: &mut [CaptureLocations]) -> Option<DateHit> {
         let mut date_of = |template: usize| -> Option<DateHit> {
             let locs = &mut locs[template];
             match self.templates[template].re.search(locs, line) {
-                Search::Match { groups, .. } => {
+                Search::Match { .. } => {
                     let (start, end) = locs.get(1)?;
-                    Some(DateHit { template, start, end, groups })
+                    Some(DateHit { template, start, end })
                 }
                 _ => None,
             }
@@ -311,12 +326,30 @@ impl DateDetector {
     }
 }
 
-/// A template's match: the date's span and the fields' groups.
+/// A template's match: the date's span (its fields are in the template's locations).
 struct DateHit {
     template: usize,
     start: usize,
     end: usize,
-    groups: Vec<(usize, usize, usize)>,
+}
+
+/// Group indices of a template's `strptime` fields.
+#[derive(Debug, Default)]
+struct Fields {
+    year: Option<usize>,
+    year2: Option<usize>,
+    month: Option<usize>,
+    month_name: Option<usize>,
+    day: Option<usize>,
+    hour: Option<usize>,
+    hour12: Option<usize>,
+    ampm: Option<usize>,
+    minute: Option<usize>,
+    second: Option<usize>,
+    fraction: Option<usize>,
+    zone: Option<usize>,
+    zone_name: Option<usize>,
+    epoch: Option<usize>,
 }
 
 /// Reads found dates as times: `now` for a missing year, the host's zone without one.
@@ -333,18 +366,15 @@ impl Clock {
         Clock { now, parser: TimeParser::default(), locs: Vec::new() }
     }
 
-    fn read(
-        &mut self,
-        t: &Template,
-        line: &str,
-        span: (usize, usize),
-        groups: &[(usize, usize, usize)],
-    ) -> Option<Timestamp> {
-        let text = |name: &str| -> Option<String> {
-            let i = *t.groups.get(name)?;
-            groups.iter().find(|(g, _, _)| *g == i).map(|(_, s, e)| line[*s..*e].trim().to_string())
+    fn read(&mut self, t: &Template, line: &str, span: (usize, usize), template: usize) -> Option<Timestamp> {
+        let locs = &self.locs[template];
+        let text = |group: Option<usize>| -> Option<&str> {
+            let (s, e) = locs.get(group?)?;
+            Some(line[s..e].trim())
         };
+        let n = |group: Option<usize>| text(group).and_then(|v| v.parse::<i64>().ok());
         let whole = &line[span.0..span.1];
+        let f = &t.fields;
         match t.kind {
             // `@4000000052f3c8e82d1e7a9c`: seconds in hex after the `@4`.
             Kind::Tai64n => i64::from_str_radix(whole.get(2..17)?, 16).ok().map(|s| Timestamp(s * 1000)),
@@ -358,54 +388,67 @@ impl Clock {
                 };
                 Some(Timestamp((secs * 1000.0) as i64))
             }
-            Kind::Fields => self.fields(&text),
+            Kind::Fields => {
+                if let Some(s) = n(f.epoch) {
+                    return Some(Timestamp(s * 1000));
+                }
+                let month = n(f.month).or_else(|| {
+                    let name = text(f.month_name)?.to_ascii_lowercase();
+                    MONTHS.iter().position(|m| name.starts_with(m)).map(|i| i as i64 + 1)
+                });
+                let mut hour = n(f.hour).unwrap_or(0);
+                if let Some(h) = n(f.hour12) {
+                    let pm = text(f.ampm).is_some_and(|p| p.eq_ignore_ascii_case("PM"));
+                    hour = h % 12 + if pm { 12 } else { 0 };
+                }
+                let secs = hour * 3600 + n(f.minute).unwrap_or(0) * 60 + n(f.second).unwrap_or(0);
+                let ms = text(f.fraction).map_or(0, |frac| {
+                    let digits: String = frac.chars().chain("000".chars()).take(3).collect();
+                    digits.parse::<i64>().unwrap_or(0)
+                });
+                let year = n(f.year).or_else(|| n(f.year2).map(|y| 2000 + y));
+                let zone = text(f.zone)
+                    .or_else(|| text(f.zone_name).filter(|z| matches!(*z, "Z" | "UTC" | "GMT")))
+                    .map(offset);
+                let date = Date { month, day: n(f.day), secs, ms, year, zone };
+                self.time_of(date)
+            }
         }
     }
 
-    fn fields(&mut self, text: &dyn Fn(&str) -> Option<String>) -> Option<Timestamp> {
-        let n = |name: &str| text(name).and_then(|v| v.parse::<i64>().ok());
-        if let Some(s) = n("s") {
-            return Some(Timestamp(s * 1000));
-        }
-        let month = n("m").or_else(|| {
-            let name = text("b").or_else(|| text("B"))?.to_lowercase();
-            MONTHS.iter().position(|m| name.starts_with(m)).map(|i| i as i64 + 1)
-        });
-        let mut hour = n("H").unwrap_or(0);
-        if let Some(h) = n("I") {
-            let pm = text("p").is_some_and(|p| p.eq_ignore_ascii_case("PM"));
-            hour = h % 12 + if pm { 12 } else { 0 };
-        }
-        let secs = hour * 3600 + n("M").unwrap_or(0) * 60 + n("S").unwrap_or(0);
-        let ms = text("f").map(|f| {
-            let digits: String = f.chars().chain("000".chars()).take(3).collect();
-            digits.parse::<i64>().unwrap_or(0)
-        });
-        let now_year = year_of(self.now);
-        let year = n("Y").or_else(|| n("y").map(|y| 2000 + y));
-        let (month, day) = match (month, n("d")) {
-            (Some(m), Some(d)) => (m, d),
+    /// The time of a date read from a line.
+    fn time_of(&mut self, d: Date) -> Option<Timestamp> {
+        let (Some(month), Some(day)) = (d.month, d.day) else {
             // A time of day alone: today.
-            _ => {
-                let days = self.now.0.div_euclid(86_400_000);
-                let midnight = days * 86_400_000;
-                return Some(Timestamp(midnight + secs * 1000 + ms.unwrap_or(0)));
-            }
+            let midnight = self.now.0.div_euclid(86_400_000) * 86_400_000;
+            return Some(Timestamp(midnight + d.secs * 1000 + d.ms));
         };
-        let zone = text("z").or_else(|| text("Z").filter(|z| matches!(z.as_str(), "Z" | "UTC" | "GMT")));
-        let at = |s: &mut Self, y: i64| match zone.clone() {
-            Some(z) => utc(y, month, day, secs, ms.unwrap_or(0), offset(&z)?),
-            None => s.parser.local(y, month, day, secs, ms.unwrap_or(0)),
+        let now = self.now;
+        let parser = &mut self.parser;
+        let mut at = |y: i64| match d.zone {
+            Some(offset) => utc(y, month, day, d.secs, d.ms, offset?),
+            None => parser.local(y, month, day, d.secs, d.ms),
         };
-        match year {
-            Some(y) => at(self, y),
+        match d.year {
+            Some(y) => at(y),
             None => {
                 // No year: this year, unless that is more than a day ahead of now.
-                let this = at(self, now_year)?;
-                if this.0 > self.now.0 + 86_400_000 { at(self, now_year - 1) } else { Some(this) }
+                let this = at(year_of(now))?;
+                if this.0 > now.0 + 86_400_000 { at(year_of(now) - 1) } else { Some(this) }
             }
         }
     }
+}
+
+/// The parts of a date as a line gives them.
+struct Date {
+    month: Option<i64>,
+    day: Option<i64>,
+    secs: i64,
+    ms: i64,
+    year: Option<i64>,
+    /// The zone's offset, when the line gives a zone (`None` inside: unreadable).
+    zone: Option<Option<i64>>,
 }
 
 /// Seconds east of UTC of `Z`, `UTC`, `GMT`, `+01`, `+0100`, `-01:30`.

@@ -207,17 +207,25 @@ impl Compiled {
     }
 
     fn matching(&self, locs: &mut Locations, buf: String, mut out: Outcome) -> Prepared {
-        let mut content = None;
-        let pre = match self.prefilter(locs, &buf, &mut content) {
-            Ok(pre) => pre,
-            Err(()) => {
+        let content = match self.prefilter(locs, &buf) {
+            Pref::Match { content } => content,
+            Pref::Miss => return Prepared { out, matched: None },
+            Pref::Limit => {
                 out.limit = true;
                 return Prepared { out, matched: None };
             }
         };
-        let Some(pre) = pre else { return Prepared { out, matched: None } };
-        let buf = content.map(|c| format!("{c}\n")).unwrap_or(buf);
-        let matched = self.failregex_match(locs, &buf, &pre, None, &mut out);
+        let owned;
+        let content_buf = match content {
+            // The content runs to the line's end: the line's own newline ends it.
+            Some((s, e)) if &buf[e..] == "\n" => &buf[s..],
+            Some((s, e)) => {
+                owned = format!("{}\n", &buf[s..e]);
+                &owned
+            }
+            None => &buf,
+        };
+        let matched = self.failregex_match(locs, content_buf, &buf, None, &mut out);
         Prepared { out, matched: matched.map(Box::new) }
     }
 
@@ -253,24 +261,23 @@ impl Compiled {
         }
         let mut locs = st.scratch.locs.take().unwrap_or_else(|| Locations::new(self));
         let buf = joined(&st.buffer);
-        let mut content = None;
-        let matched = match self.prefilter(&mut locs, &buf, &mut content) {
-            Err(()) => {
+        let matched = match self.prefilter(&mut locs, &buf) {
+            Pref::Limit => {
                 out.limit = true;
                 None
             }
-            Ok(None) => None,
-            Ok(Some(pre)) => {
-                let buf = match content {
-                    Some(c) => {
+            Pref::Miss => None,
+            Pref::Match { content } => {
+                let content_buf = match content {
+                    Some((s, e)) => {
                         st.buffer.clear();
-                        st.buffer.push_back(c);
+                        st.buffer.push_back(buf[s..e].to_string());
                         joined(&st.buffer)
                     }
-                    None => buf,
+                    None => buf.clone(),
                 };
                 let mut buffer = std::mem::take(&mut st.buffer);
-                let m = self.failregex_match(&mut locs, &buf, &pre, Some(&mut buffer), &mut out);
+                let m = self.failregex_match(&mut locs, &content_buf, &buf, Some(&mut buffer), &mut out);
                 st.buffer = buffer;
                 m
             }
@@ -282,37 +289,34 @@ impl Compiled {
         }
     }
 
-    /// The prefregex's groups on `buf` (with `content` set to its `<F-CONTENT>`);
-    /// `Ok(None)` when it does not match (the line is not the filter's), `Err` at the
-    /// match limit. Without a prefregex: no groups.
-    fn prefilter(&self, locs: &mut Locations, buf: &str, content: &mut Option<String>) -> Result<Option<Fail>, ()> {
-        let Some(pref) = &self.pref else { return Ok(Some(Fail::default())) };
+    /// The prefregex on `buf`: whether the line is the filter's, and its `<F-CONTENT>`
+    /// (what the failregexes see). Its groups stay in `locs.pref` for the line's match.
+    fn prefilter(&self, locs: &mut Locations, buf: &str) -> Pref {
+        let Some(pref) = &self.pref else { return Pref::Match { content: None } };
         match pref.re.search(&mut locs.pref, buf) {
-            Search::Match { groups, .. } => {
-                let mut pre = Fail::default();
-                pre.set_groups(&pref.re, buf, &groups);
-                *content = pre.values.remove("content").filter(|c| !c.is_empty());
-                Ok(Some(pre))
+            Search::Match { .. } => {
+                let content = pref.re.group("content").and_then(|c| locs.pref.get(c)).filter(|(s, e)| e > s);
+                Pref::Match { content }
             }
-            Search::NoMatch => Ok(None),
-            Search::Limit => Err(()),
+            Search::NoMatch => Pref::Miss,
+            Search::Limit => Pref::Limit,
         }
     }
 
     /// The first failregex that matches `buf` and no ignoreregex vetoes, with its groups
-    /// merged over the prefregex's. `buffer` (multi-line) keeps the lines the match did
-    /// not take.
+    /// merged over the prefregex's (which matched `pre_buf`). `buffer` (multi-line) keeps
+    /// the lines the match did not take.
     fn failregex_match(
         &self,
         locs: &mut Locations,
         buf: &str,
-        pre: &Fail,
+        pre_buf: &str,
         mut buffer: Option<&mut VecDeque<String>>,
         out: &mut Outcome,
     ) -> Option<(usize, Fail)> {
         for (index, rx) in self.fail.iter().enumerate() {
-            let (span, groups) = match rx.re.search(&mut locs.fail[index], buf) {
-                Search::Match { span, groups } => (span, groups),
+            let span = match rx.re.search(&mut locs.fail[index], buf) {
+                Search::Match { span } => span,
                 Search::NoMatch => continue,
                 Search::Limit => {
                     out.limit = true;
@@ -321,7 +325,7 @@ impl Compiled {
             };
             let mut matched_buf = None;
             if let Some(buffer) = buffer.as_deref_mut() {
-                let (matched, unmatched) = split_lines(buffer, buf, span, rx, &groups);
+                let (matched, unmatched) = split_lines(buffer, buf, span, rx, &locs.fail[index]);
                 *buffer = unmatched;
                 matched_buf = Some(joined(&matched));
             }
@@ -336,8 +340,12 @@ impl Compiled {
                     Search::NoMatch => {}
                 }
             }
-            let mut fail = pre.clone();
-            fail.set_groups(&rx.re, buf, &groups);
+            let mut fail = Fail::default();
+            if let Some(pref) = &self.pref {
+                fail.set_groups(&pref.re, pre_buf, &locs.pref);
+                fail.values.remove("content");
+            }
+            fail.set_groups(&rx.re, buf, &locs.fail[index]);
             fail.apply_alternatives();
             return Some((index, fail));
         }
@@ -374,7 +382,7 @@ fn split_lines(
     buf: &str,
     (start, end): (usize, usize),
     rx: &Rx,
-    groups: &[(usize, usize, usize)],
+    locs: &CaptureLocations,
 ) -> (VecDeque<String>, VecDeque<String>) {
     if buffer.len() <= 1 {
         return (buffer.clone(), VecDeque::new());
@@ -391,8 +399,8 @@ fn split_lines(
         .re
         .names()
         .filter(|(n, _)| n.starts_with("skiplines"))
-        .filter_map(|(_, i)| groups.iter().find(|g| g.0 == i))
-        .flat_map(|(_, s, e)| buf[*s..*e].lines())
+        .filter_map(|(_, i)| locs.get(i))
+        .flat_map(|(s, e)| buf[s..e].lines())
         .collect();
     for s in skipped {
         if let Some(pos) = matched.iter().position(|l| l == s) {
@@ -401,6 +409,17 @@ fn split_lines(
     }
     unmatched.extend(buffer.iter().skip(last).cloned());
     (matched, unmatched)
+}
+
+/// What the prefregex made of a line.
+enum Pref {
+    /// Not the filter's line.
+    Miss,
+    Limit,
+    /// The filter's line; `content` the span of its `<F-CONTENT>`.
+    Match {
+        content: Option<(usize, usize)>,
+    },
 }
 
 /// A line after the per-line stage: what it showed and the match to settle.
@@ -465,11 +484,11 @@ struct Fail {
 impl Fail {
     /// Sets the groups of `re` that took part; those that did not are cleared (as a
     /// failregex's unmatched group overrides the prefregex's value).
-    fn set_groups(&mut self, re: &Re, buf: &str, groups: &[(usize, usize, usize)]) {
-        for (name, i) in re.names() {
-            match groups.iter().find(|g| g.0 == i) {
-                Some((_, s, e)) => {
-                    self.values.insert(name.to_string(), buf[*s..*e].to_string());
+    fn set_groups(&mut self, re: &Re, buf: &str, locs: &CaptureLocations) {
+        for (name, span) in re.spans(locs) {
+            match span {
+                Some((s, e)) => {
+                    self.values.insert(name.to_string(), buf[s..e].to_string());
                 }
                 None => {
                     self.values.remove(name);
@@ -604,12 +623,16 @@ impl State {
 
     fn remember(&mut self, id: &str, fail: Fail, at: Timestamp) {
         if self.sessions.len() >= MAX_SESSIONS {
+            // Sessions past their time go first; if that is not enough, the older half
+            // (amortised: this runs once per MAX_SESSIONS / 2 new sessions at most).
             let oldest = at.0 - SESSION_TTL_MS;
             self.sessions.retain(|_, s| s.seen.0 > oldest);
-            if self.sessions.len() >= MAX_SESSIONS
-                && let Some(k) = self.sessions.iter().min_by_key(|(_, s)| s.seen.0).map(|(k, _)| k.clone())
-            {
-                self.sessions.remove(&k);
+            if self.sessions.len() >= MAX_SESSIONS {
+                let mut seen: Vec<i64> = self.sessions.values().map(|s| s.seen.0).collect();
+                let mid = seen.len() / 2;
+                let (_, median, _) = seen.select_nth_unstable(mid);
+                let median = *median;
+                self.sessions.retain(|_, s| s.seen.0 > median);
             }
         }
         self.sessions.insert(id.to_string(), Session { fail, seen: at });

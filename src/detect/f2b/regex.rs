@@ -192,10 +192,9 @@ pub struct Re {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Search {
     NoMatch,
-    /// The match's span and each named group that took part, with its span.
+    /// The match's span; the groups are in the locations searched with ([`Re::spans`]).
     Match {
         span: (usize, usize),
-        groups: Vec<(usize, usize, usize)>,
     },
     /// The match limit or the JIT stack ran out: neither a match nor a miss.
     Limit,
@@ -228,6 +227,12 @@ impl Re {
         self.names.iter().map(|(n, i)| (n.as_str(), *i))
     }
 
+    /// Each named group and its span in the last match `locs` holds (`None`: it took no
+    /// part).
+    pub fn spans<'l>(&'l self, locs: &'l CaptureLocations) -> impl Iterator<Item = (&'l str, Option<(usize, usize)>)> {
+        self.names.iter().map(move |(n, i)| (n.as_str(), locs.get(*i)))
+    }
+
     pub fn locations(&self) -> CaptureLocations {
         self.re.capture_locations()
     }
@@ -236,10 +241,7 @@ impl Re {
     pub fn search(&self, locs: &mut CaptureLocations, subject: &str) -> Search {
         match self.re.captures_read(locs, subject.as_bytes()) {
             Ok(None) => Search::NoMatch,
-            Ok(Some(m)) => Search::Match {
-                span: (m.start(), m.end()),
-                groups: self.names.iter().filter_map(|(_, i)| locs.get(*i).map(|(s, e)| (*i, s, e))).collect(),
-            },
+            Ok(Some(m)) => Search::Match { span: (m.start(), m.end()) },
             Err(_) => Search::Limit,
         }
     }
@@ -257,10 +259,9 @@ mod tests {
     fn groups(re: &Re, s: &str) -> Option<Vec<(String, String)>> {
         let mut locs = re.locations();
         match re.search(&mut locs, s) {
-            Search::Match { groups, .. } => Some(
-                groups
-                    .into_iter()
-                    .map(|(i, a, b)| (re.names().find(|(_, j)| *j == i).unwrap().0.to_string(), s[a..b].to_string()))
+            Search::Match { .. } => Some(
+                re.spans(&locs)
+                    .filter_map(|(n, span)| span.map(|(a, b)| (n.to_string(), s[a..b].to_string())))
                     .collect(),
             ),
             _ => None,
