@@ -368,7 +368,7 @@ fn fail2ban_spec(config: &crate::config::Config, text: &str) -> Result<crate::de
 }
 
 /// Lines per batch handed to a matching thread.
-const SCAN_BATCH: usize = 2048;
+const SCAN_BATCH: usize = 512;
 
 /// One batch of raw lines: the bytes, where each line ends, and lines skipped as too long.
 #[derive(Default)]

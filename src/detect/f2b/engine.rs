@@ -355,14 +355,15 @@ impl Compiled {
     /// Settles a match: its session's verdict, then its host.
     fn conclude(&self, st: &mut State, index: usize, mut fail: Fail, at: Timestamp, mut out: Outcome) -> Outcome {
         let mlfid = fail.values.get("mlfid").cloned();
-        if let Some(id) = &mlfid {
-            fail = st.merge(id, fail, at);
-            if fail.truthy("nofail") {
-                out.helper = true;
-                return out;
-            }
+        let verdict = match &mlfid {
+            Some(id) => st.merge(id, fail, at),
+            None => Verdict::of(&mut fail),
+        };
+        if verdict.nofail {
+            out.helper = true;
+            return out;
         }
-        let Some(host) = fail.host() else {
+        let Some(host) = verdict.host else {
             // A session line without an address yet: its failure waits for one.
             if let Some(s) = mlfid.as_ref().and_then(|id| st.sessions.get_mut(id)) {
                 s.fail.values.insert("mlfpending".into(), "1".into());
@@ -370,8 +371,7 @@ impl Compiled {
             out.helper = true;
             return out;
         };
-        let user = fail.values.get("user").filter(|u| !u.is_empty()).cloned();
-        out.failure = Some(Failure { regex: index, host, user });
+        out.failure = Some(Failure { regex: index, host, user: verdict.user });
         out
     }
 }
@@ -535,6 +535,31 @@ impl Fail {
     }
 }
 
+/// What a line's merged data says: whether it is no failure, its host and user. Taking
+/// it consumes the pending mark, and a pending failure or a second user of the session
+/// clears `nofail` (several users tried: a login that worked does not excuse them).
+#[derive(Debug)]
+struct Verdict {
+    nofail: bool,
+    host: Option<Host>,
+    user: Option<String>,
+}
+
+impl Verdict {
+    fn of(fail: &mut Fail) -> Verdict {
+        let pending = fail.values.remove("mlfpending").is_some_and(|v| !v.is_empty());
+        if pending || fail.users.len() > 1 {
+            fail.values.remove("nofail");
+            fail.values.remove("mlfgained");
+        }
+        Verdict {
+            nofail: fail.truthy("nofail"),
+            host: fail.host(),
+            user: fail.values.get("user").filter(|u| !u.is_empty()).cloned(),
+        }
+    }
+}
+
 /// One session's merged data.
 #[derive(Debug, Clone)]
 struct Session {
@@ -557,8 +582,9 @@ impl State {
         self.sessions.len()
     }
 
-    /// Merges a session line's data into its session, as fail2ban does.
-    fn merge(&mut self, id: &str, mut fail: Fail, at: Timestamp) -> Fail {
+    /// Merges a session line's data into its session, as fail2ban does, and tells what
+    /// the merged session says of this line.
+    fn merge(&mut self, id: &str, mut fail: Fail, at: Timestamp) -> Verdict {
         const NOFAIL: u8 = 1;
         const FORGET: u8 = 2;
         const WAS_NOFAIL: u8 = 4;
@@ -577,10 +603,13 @@ impl State {
             flags |= FORGET;
         }
         let user = fail.values.get("user").filter(|u| !u.is_empty()).cloned();
-        let (mut merged, users) = if let Some(s) = self.sessions.get_mut(id) {
+        // The merged data: the session's (updated in place, as Python shares the object),
+        // or the line's own when the session is new or ends here.
+        let (merged, forget): (&mut Fail, bool) = if self.sessions.contains_key(id) {
+            let s = self.sessions.get_mut(id).expect("present");
+            s.seen = at;
             let cached = &mut s.fail;
             cached.users.extend(user);
-            let users = cached.users.len();
             if cached.values.remove("nofail").is_some_and(|v| !v.is_empty()) {
                 flags |= WAS_NOFAIL;
             }
@@ -591,34 +620,21 @@ impl State {
                 cached.values.remove("mlfpending");
             }
             cached.values.extend(fail.values);
-            s.seen = at;
-            let merged = cached.clone();
-            if flags & FORGET != 0 {
-                self.sessions.remove(id);
-            }
-            (merged, users)
+            (cached, flags & FORGET != 0)
         } else if flags & FORGET == 0 {
             fail.users.extend(user);
-            let users = fail.users.len();
-            self.remember(id, fail.clone(), at);
-            (fail, users)
+            self.remember(id, fail, at);
+            (&mut self.sessions.get_mut(id).expect("just remembered").fail, false)
         } else {
-            (fail, 0)
+            fail.users.clear();
+            let verdict = Verdict::of(&mut fail);
+            return verdict;
         };
-        let pending = merged.values.remove("mlfpending").is_some_and(|v| !v.is_empty());
-        if pending || users > 1 {
-            merged.values.remove("nofail");
-            merged.values.remove("mlfgained");
+        let verdict = Verdict::of(merged);
+        if forget {
+            self.sessions.remove(id);
         }
-        // The session keeps what the merge consumed (Python shares the object).
-        if let Some(s) = self.sessions.get_mut(id) {
-            s.fail.values.remove("mlfpending");
-            if pending || users > 1 {
-                s.fail.values.remove("nofail");
-                s.fail.values.remove("mlfgained");
-            }
-        }
-        merged
+        verdict
     }
 
     fn remember(&mut self, id: &str, fail: Fail, at: Timestamp) {
