@@ -126,6 +126,7 @@ pub fn execute(cli: Cli) -> Result<u8, CliError> {
         }
         Command::Firewall { action: FirewallCommand::Show { json } } => firewall_show(cli.config.as_deref(), json),
         Command::Firewall { action: FirewallCommand::Teardown } => firewall_teardown(),
+        Command::Fail2ban { action: super::Fail2banCommand::Jails { dir } } => fail2ban_jails(&dir),
         Command::Reload { json } => {
             // A broken file is the daemon's to judge and report (it keeps the old config
             // and `status` says why).
@@ -343,6 +344,16 @@ fn scan(
     }
     let report = scanner.finish();
     print(json, &report, || output::scan(&report));
+    Ok(exit::OK)
+}
+
+/// `banshare fail2ban jails`: fail2ban's enabled jails as banshare config, on stdout.
+fn fail2ban_jails(dir: &Path) -> Result<u8, CliError> {
+    let converted = crate::config::jails::convert(dir).map_err(|e| CliError::new(exit::BAD_INPUT, e.to_string()))?;
+    emit_line(converted.toml().trim_end());
+    if converted.jails.is_empty() {
+        eprintln!("banshare: no enabled jail under {}", dir.display());
+    }
     Ok(exit::OK)
 }
 

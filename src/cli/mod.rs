@@ -217,6 +217,11 @@ pub enum Command {
         #[command(subcommand)]
         action: ConfigCommand,
     },
+    /// fail2ban tools
+    Fail2ban {
+        #[command(subcommand)]
+        action: Fail2banCommand,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff), generated from these definitions
@@ -282,6 +287,18 @@ pub enum FirewallCommand {
     },
     /// Remove banshare's nftables table and ipset sets and rules (package removal does this)
     Teardown,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Fail2banCommand {
+    /// Print the enabled jails of a fail2ban configuration as banshare config: each
+    /// jail's filter definition with its options, window and log paths (a comment for
+    /// each setting that does not carry over)
+    Jails {
+        /// fail2ban's configuration directory
+        #[arg(long, default_value = "/etc/fail2ban")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

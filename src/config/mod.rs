@@ -14,6 +14,8 @@ mod raw;
 pub use crate::check::ProviderConfig;
 pub use check::{CheckConfig, Listen};
 pub use fail2ban::Fail2banConfig;
+
+pub mod jails;
 pub use feed::FeedConfig;
 
 use std::fmt;

@@ -169,3 +169,70 @@ fn what_banshare_cannot_run_is_an_error_naming_file_line_and_construct() {
     let run = bad.cli(&["scan", log.to_str().unwrap()]);
     assert!(run.stderr.contains("key `fail2ban.dir`: expected an absolute path"), "{}", run.stderr);
 }
+
+/// A copy of Debian's fail2ban configuration with `jail_local` as its jail.local.
+fn fail2ban_copy(jail_local: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new("cp").args(["-r", "/etc/fail2ban/."]).arg(dir.path()).status().unwrap();
+    assert!(status.success(), "copy /etc/fail2ban");
+    std::fs::write(dir.path().join("jail.local"), jail_local).unwrap();
+    dir
+}
+
+#[test]
+fn fail2ban_jails_become_banshare_config_that_detects_the_same_attacks() {
+    if !fail2ban_installed() {
+        return;
+    }
+    let logs = tempfile::tempdir().unwrap();
+    let auth = logs.path().join("auth.log");
+    let f2b = fail2ban_copy(&format!(
+        "[DEFAULT]\nignoreip = 127.0.0.1/8 ::1 192.0.2.0/24 trusted.example.org\nbantime.increment = true\nbantime.maxtime = 1w\n\n\
+         [sshd]\nenabled = true\nmode = aggressive\nlogpath = {}\nmaxretry = 3\nfindtime = 10m\nbantime = 2h\n\n\
+         [nginx-http-auth]\nenabled = true\nlogpath = {}/nginx/error.log\nbantime = -1\n\n\
+         [postfix]\nenabled = true\nbackend = systemd\n\n[dovecot]\nenabled = false\n",
+        auth.display(),
+        logs.path().display()
+    ));
+    let env = Env::new("");
+    let run = env.cli(&["fail2ban", "jails", "--dir", f2b.path().to_str().unwrap()]);
+    run.expect_code(0);
+    let toml = run.stdout.clone();
+    for want in [
+        "allowlist = [\"127.0.0.1/8\", \"::1\", \"192.0.2.0/24\"]".to_string(),
+        "# not carried over: ignoreip `trusted.example.org`: not an address or network".to_string(),
+        "[detect]\nbantime_factor = 2\nbantime_max = \"1w\"".to_string(),
+        format!("[[source]]\npath = \"{}\"\nfilters = [\"sshd\"]", auth.display()),
+        "[filter.sshd]\nfail2ban = \"sshd[mode=aggressive]\"\nmaxretry = 3\nfindtime = \"10m\"\nbantime = \"2h\""
+            .to_string(),
+        "# not carried over: bantime `-1` (permanent): banshare's detection bans need a length".to_string(),
+        "journal = \"_SYSTEMD_UNIT=postfix".to_string(),
+    ] {
+        assert!(toml.contains(&want), "want {want:?} in:\n{toml}");
+    }
+    assert!(!toml.contains("dovecot"), "a disabled jail is not converted:\n{toml}");
+
+    // The converted config loads as it is, and the daemon running it bans what fail2ban's
+    // jail would: three scanners' probes (aggressive mode only) from one address.
+    let env = Env::new(&format!("{toml}\n[fail2ban]\ndir = {:?}\n", f2b.path()));
+    env.cli(&["config", "check"]).expect_code(0);
+    let daemon = env.start_in_process();
+    let now = Timestamp::now();
+    append(
+        &auth,
+        &(0..3)
+            .map(|i| {
+                format!(
+                    "{now} web1 sshd[{}]: Did not receive identification string from 198.51.100.7 port 4{i}",
+                    300 + i
+                )
+            })
+            .collect::<Vec<_>>(),
+    );
+    wait_for("the scanner's ban", Duration::from_secs(10), || env.listed().contains(&"198.51.100.7/32".to_string()));
+    let list = env.cli(&["list", "--json"]).json();
+    let d = &list["decisions"][0];
+    let secs = |t: &str| humantime::parse_rfc3339(t).unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert_eq!(secs(d["expires"].as_str().unwrap()) - secs(d["created"].as_str().unwrap()), 7200, "the jail's bantime");
+    daemon.stop();
+}

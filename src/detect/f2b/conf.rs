@@ -34,6 +34,8 @@ pub struct Conf {
     known: HashMap<String, Options>,
     /// The files read, in merge order.
     pub files: Vec<PathBuf>,
+    /// Section names in the order they first appeared.
+    order: Vec<String>,
 }
 
 /// How deep `%(name)s` may nest (Python's limit).
@@ -66,13 +68,34 @@ impl Conf {
             return Err(DefinitionError::new(file, "no such file".into()));
         }
         collect(file, &mut Vec::new(), &mut order, &mut parsed)?;
+        Ok(Conf::merged(order, parsed))
+    }
+
+    /// Reads `files` in this order (each with its includes, not its `.local`: list it),
+    /// as fail2ban reads `jail.conf`, `jail.d/*.conf`, `jail.local`, `jail.d/*.local`.
+    /// Files that do not exist are skipped.
+    pub fn read_files(files: &[PathBuf]) -> Result<Conf, DefinitionError> {
+        let mut order = Vec::new();
+        let mut parsed = HashMap::new();
+        for f in files.iter().filter(|f| f.is_file()) {
+            one(f, &mut Vec::new(), &mut order, &mut parsed)?;
+        }
+        Ok(Conf::merged(order, parsed))
+    }
+
+    fn merged(order: Vec<PathBuf>, mut parsed: HashMap<PathBuf, Ini>) -> Conf {
         let mut conf = Conf::default();
         for path in order {
             let ini = parsed.remove(&path).expect("each collected file was parsed");
             conf.merge(&path, ini);
             conf.files.push(path);
         }
-        Ok(conf)
+        conf
+    }
+
+    /// The sections other than `[DEFAULT]` and `[INCLUDES]`, in the order they appeared.
+    pub fn sections(&self) -> impl Iterator<Item = &str> {
+        self.order.iter().map(String::as_str).filter(|s| *s != "INCLUDES")
     }
 
     fn merge(&mut self, path: &Path, ini: Ini) {
@@ -92,6 +115,9 @@ impl Conf {
                 }
                 _ => (section.name.clone(), String::new()),
             };
+            if !self.sections.contains_key(&name) {
+                self.order.push(name.clone());
+            }
             let target = self.sections.entry(name.clone()).or_default();
             for (key, value) in values {
                 let key = format!("{key}{cond}");

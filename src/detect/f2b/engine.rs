@@ -103,6 +103,38 @@ pub struct Compiled {
     fail: Vec<Rx>,
     ignore: Vec<Rx>,
     dates: DateDetector,
+    /// The failregexes the `regex` crate also reads, in one set: one pass over a line
+    /// tells which of them can match, and PCRE2 runs only those (and the others).
+    screen: Option<Screen>,
+}
+
+/// See [`Compiled::screen`].
+#[derive(Debug)]
+struct Screen {
+    set: regex::RegexSet,
+    /// For each failregex, its pattern in the set (`None`: not screened, always run).
+    member: Vec<Option<usize>>,
+}
+
+impl Screen {
+    /// The set, from the failregexes the `regex` crate compiles. Its patterns run in
+    /// multi-line mode, so `^` and `$` match wherever PCRE2's do (and more): the screen
+    /// may let a line through that PCRE2 then refuses, never the reverse.
+    fn new(fail: &[Rx]) -> Option<Screen> {
+        let mut member = Vec::with_capacity(fail.len());
+        let mut patterns = Vec::new();
+        for rx in fail {
+            let p = super::regex::translate(&expand(&rx.pattern.text)).ok();
+            let p = p.map(|p| format!("(?m){p}")).filter(|p| regex::Regex::new(p).is_ok());
+            member.push(p.as_ref().map(|_| patterns.len()));
+            patterns.extend(p);
+        }
+        if patterns.is_empty() {
+            return None;
+        }
+        let set = regex::RegexSetBuilder::new(&patterns).size_limit(32 << 20).build().ok()?;
+        Some(Screen { set, member })
+    }
 }
 
 impl Compiled {
@@ -138,7 +170,8 @@ impl Compiled {
             let f = definition.files.last().unwrap_or(&definition.file);
             DefinitionError::new(f, e)
         })?;
-        Ok(Compiled { definition, pref, fail, ignore, dates })
+        let screen = if definition.maxlines > 1 { None } else { Screen::new(&fail) };
+        Ok(Compiled { definition, pref, fail, ignore, dates, screen })
     }
 
     /// The failregexes as written (expanded `%(..)s` and `<tags>` of the definition).
@@ -314,7 +347,14 @@ impl Compiled {
         mut buffer: Option<&mut VecDeque<String>>,
         out: &mut Outcome,
     ) -> Option<(usize, Fail)> {
+        let screened = self.screen.as_ref().map(|s| (s, s.set.matches(buf)));
         for (index, rx) in self.fail.iter().enumerate() {
+            if let Some((screen, hits)) = &screened
+                && let Some(k) = screen.member[index]
+                && !hits.matched(k)
+            {
+                continue;
+            }
             let span = match rx.re.search(&mut locs.fail[index], buf) {
                 Search::Match { span } => span,
                 Search::NoMatch => continue,

@@ -63,7 +63,10 @@ impl fmt::Display for FilterRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.name)?;
         if !self.options.is_empty() {
-            let opts: Vec<String> = self.options.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let value = |v: &str| {
+                if v.contains([',', ']', '"']) || v.trim() != v { format!("'{v}'") } else { v.to_string() }
+            };
+            let opts: Vec<String> = self.options.iter().map(|(k, v)| format!("{k}={}", value(v))).collect();
             write!(f, "[{}]", opts.join(", "))?;
         }
         Ok(())
