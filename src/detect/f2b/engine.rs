@@ -19,6 +19,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use pcre2::bytes::CaptureLocations;
 
@@ -406,7 +407,7 @@ impl Compiled {
         let Some(host) = verdict.host else {
             // A session line without an address yet: its failure waits for one.
             if let Some(s) = mlfid.as_ref().and_then(|id| st.sessions.get_mut(id)) {
-                s.fail.values.insert("mlfpending".into(), "1".into());
+                s.fail.values.insert(Arc::from("mlfpending"), "1".into());
             }
             out.helper = true;
             return out;
@@ -514,10 +515,39 @@ impl Locations {
     }
 }
 
+/// Captured values by group name: a handful, looked up in order (no hashing, and the
+/// names are the patterns' own, shared).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Values(Vec<(Arc<str>, String)>);
+
+impl Values {
+    fn get(&self, key: &str) -> Option<&String> {
+        self.0.iter().find(|(k, _)| &**k == key).map(|(_, v)| v)
+    }
+
+    fn insert(&mut self, key: Arc<str>, value: String) {
+        match self.0.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, v)) => *v = value,
+            None => self.0.push((key, value)),
+        }
+    }
+
+    fn remove(&mut self, key: &str) -> Option<String> {
+        let i = self.0.iter().position(|(k, _)| &**k == key)?;
+        Some(self.0.swap_remove(i).1)
+    }
+
+    fn extend(&mut self, other: Values) {
+        for (k, v) in other.0 {
+            self.insert(k, v);
+        }
+    }
+}
+
 /// What a match (and its session) captured.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Fail {
-    values: HashMap<String, String>,
+    values: Values,
     users: BTreeSet<String>,
 }
 
@@ -528,7 +558,7 @@ impl Fail {
         for (name, span) in re.spans(locs) {
             match span {
                 Some((s, e)) => {
-                    self.values.insert(name.to_string(), buf[s..e].to_string());
+                    self.values.insert(name.clone(), buf[s..e].to_string());
                 }
                 None => {
                     self.values.remove(name);
@@ -541,6 +571,7 @@ impl Fail {
     fn apply_alternatives(&mut self) {
         let alts: Vec<(String, String)> = self
             .values
+            .0
             .iter()
             .filter_map(|(k, v)| {
                 let name = k.strip_prefix("alt_")?;
@@ -550,7 +581,7 @@ impl Fail {
             .collect();
         for (name, v) in alts {
             if !self.truthy(&name) {
-                self.values.insert(name, v);
+                self.values.insert(Arc::from(name.as_str()), v);
             }
         }
     }
@@ -633,8 +664,8 @@ impl State {
         if fail.truthy("mlfgained") {
             flags |= GAINED | NOFAIL;
             if !fail.truthy("nofail") {
-                let g = fail.values["mlfgained"].clone();
-                fail.values.insert("nofail".into(), g);
+                let g = fail.values.get("mlfgained").cloned().unwrap_or_default();
+                fail.values.insert(Arc::from("nofail"), g);
             }
         } else if fail.truthy("nofail") {
             flags |= NOFAIL;

@@ -11,6 +11,8 @@
 //! Every pattern runs under a match limit: a pattern and a line that would backtrack
 //! without end stop with [`Search::Limit`], which the caller counts and skips.
 
+use std::sync::Arc;
+
 use pcre2::bytes::{CaptureLocations, Regex, RegexBuilder};
 
 /// The most backtracking steps one search may take.
@@ -185,7 +187,7 @@ pub fn translate(pattern: &str) -> Result<String, String> {
 pub struct Re {
     re: Regex,
     /// Group index of each name.
-    names: Vec<(String, usize)>,
+    names: Vec<(Arc<str>, usize)>,
 }
 
 /// What one search found.
@@ -213,24 +215,31 @@ impl Re {
             .max_jit_stack_size(Some(1 << 20))
             .build(&format!("(*LIMIT_MATCH={MATCH_LIMIT}){translated}"))
             .map_err(|e| e.to_string())?;
-        let names =
-            re.capture_names().iter().enumerate().filter_map(|(i, n)| n.as_ref().map(|n| (n.clone(), i))).collect();
+        let names = re
+            .capture_names()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| n.as_deref().map(|n| (Arc::from(n), i)))
+            .collect();
         Ok(Re { re, names })
     }
 
     /// The index of group `name`.
     pub fn group(&self, name: &str) -> Option<usize> {
-        self.names.iter().find(|(n, _)| n == name).map(|(_, i)| *i)
+        self.names.iter().find(|(n, _)| &**n == name).map(|(_, i)| *i)
     }
 
     pub fn names(&self) -> impl Iterator<Item = (&str, usize)> {
-        self.names.iter().map(|(n, i)| (n.as_str(), *i))
+        self.names.iter().map(|(n, i)| (&**n, *i))
     }
 
     /// Each named group and its span in the last match `locs` holds (`None`: it took no
     /// part).
-    pub fn spans<'l>(&'l self, locs: &'l CaptureLocations) -> impl Iterator<Item = (&'l str, Option<(usize, usize)>)> {
-        self.names.iter().map(move |(n, i)| (n.as_str(), locs.get(*i)))
+    pub fn spans<'l>(
+        &'l self,
+        locs: &'l CaptureLocations,
+    ) -> impl Iterator<Item = (&'l Arc<str>, Option<(usize, usize)>)> {
+        self.names.iter().map(move |(n, i)| (n, locs.get(*i)))
     }
 
     pub fn locations(&self) -> CaptureLocations {
