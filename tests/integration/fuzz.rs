@@ -1,7 +1,9 @@
 //! Fuzzing on the stable toolchain: a seeded mutation fuzzer (no coverage guidance) for
 //! every parser that takes outside input: log lines (the timestamp reader and every
-//! built-in filter, both modes), control-socket requests, the config, the feed's JSON and
-//! fail2ban's log lines. Seeds come from fail2ban's own sample logs (read from the
+//! built-in filter, both modes), control-socket requests, the config, the feed's JSON,
+//! fail2ban's log lines, fail2ban's filter definitions (their reader, tags, patterns and
+//! dates, with lines run through what compiles) and log lines through fail2ban's own
+//! definitions. Seeds come from fail2ban's own sample logs (read from the
 //! installed package, never copied here), our fixtures, the shipped config and valid
 //! requests; mutations flip, insert, delete, repeat and splice bytes.
 //!
@@ -231,5 +233,75 @@ fn fuzz_fail2ban_log_lines() {
     }
     fuzz("fail2ban-log", seeds, |line| {
         let _ = banshare::fail2ban::parse_log_line(&String::from_utf8_lossy(line));
+    });
+}
+
+/// Debian's fail2ban definitions, as installed (the suite installs fail2ban).
+const FILTER_D: &str = "/etc/fail2ban/filter.d";
+
+#[test]
+fn fuzz_fail2ban_definitions_and_filter_references() {
+    use banshare::detect::f2b::engine::Compiled;
+    use banshare::detect::f2b::{Definition, FilterRef};
+
+    let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(FILTER_D)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "conf"))
+        .filter_map(|e| std::fs::read(e.path()).ok())
+        .collect();
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        assert!(seeds.len() > 50, "fail2ban's filter.d is installed ({FILTER_D}): {} seeds", seeds.len());
+    }
+    seeds.push(b"sshd[mode=aggressive, publickey=\"invalid, x\", logtype='journal']".to_vec());
+    // A directory the mutated definition is written into, with fail2ban's common files.
+    let dir = tempfile::tempdir().unwrap();
+    let filter_d = dir.path().join("filter.d");
+    std::fs::create_dir(&filter_d).unwrap();
+    for common in ["common.conf", "apache-common.conf", "botsearch-common.conf"] {
+        let _ = std::fs::copy(Path::new(FILTER_D).join(common), filter_d.join(common));
+    }
+    let lines = log_seeds();
+    let now = banshare::clock::Timestamp::now();
+    fuzz("fail2ban-definition", seeds, |text| {
+        let text = String::from_utf8_lossy(text);
+        let _ = text.parse::<FilterRef>();
+        std::fs::write(filter_d.join("fuzz.conf"), text.as_bytes()).unwrap();
+        let filter = FilterRef { name: "fuzz".into(), options: vec![("mode".into(), "aggressive".into())] };
+        let Ok(def) = Definition::load(dir.path(), &filter) else { return };
+        let Ok(compiled) = Compiled::new(def) else { return };
+        let mut state = compiled.state();
+        for line in lines.iter().step_by(97).take(20) {
+            let _ = compiled.line(&mut state, &String::from_utf8_lossy(line), now);
+        }
+    });
+}
+
+#[test]
+fn fuzz_log_lines_through_fail2bans_definitions() {
+    use banshare::detect::f2b::engine::Compiled;
+    use banshare::detect::f2b::{Definition, FilterRef};
+
+    let mut compiled = Vec::new();
+    for spec in
+        ["sshd[mode=aggressive]", "apache-auth", "dovecot", "postfix[mode=aggressive]", "nginx-http-auth", "exim"]
+    {
+        let filter: FilterRef = spec.parse().unwrap();
+        match Definition::load(Path::new("/etc/fail2ban"), &filter).and_then(Compiled::new) {
+            Ok(c) => compiled.push(c),
+            Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => panic!("{spec}: {e}"),
+            Err(_) => {}
+        }
+    }
+    let states: Vec<_> = compiled.iter().map(|c| std::sync::Mutex::new(c.state())).collect();
+    let now = banshare::clock::Timestamp::now();
+    fuzz("fail2ban-line", log_seeds(), |line| {
+        let line = String::from_utf8_lossy(line);
+        for (c, st) in compiled.iter().zip(&states) {
+            let mut st = st.lock().unwrap_or_else(|e| e.into_inner());
+            let _ = c.line(&mut st, &line, now);
+            let _ = c.line_dated(&mut st, &line, now);
+        }
     });
 }
