@@ -11,7 +11,9 @@
 //!    so each poll costs a process start of about 2 ms and the figure is an upper
 //!    bound).
 //!
-//! Prints the median, the 99th percentile and the maximum of each.
+//! Prints the median, the 99th percentile and the maximum of each. With
+//! `BANSHARE_BENCH_FAIL2BAN=sshd` the filter runs fail2ban's own definition
+//! (`/etc/fail2ban/filter.d/sshd.conf`) instead of the built-in patterns.
 
 // Tests drive real programs (ip, nft, the banshare binary) directly.
 #![allow(clippy::disallowed_types)]
@@ -63,8 +65,10 @@ fn run<F: FnMut() -> bool>(backend: &str, done: impl Fn(&Path, &str) -> F) -> Ve
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("auth.log");
     std::fs::write(&log, "").unwrap();
+    let definition =
+        std::env::var("BANSHARE_BENCH_FAIL2BAN").map(|d| format!("fail2ban = {d:?}\n")).unwrap_or_default();
     let text = format!(
-        "state_dir = {:?}\nsocket = {:?}\n[[source]]\npath = {:?}\nfilters = [\"sshd\"]\n[filter.sshd]\nmaxretry = 1\n[firewall]\nbackend = {backend:?}\n",
+        "state_dir = {:?}\nsocket = {:?}\n[[source]]\npath = {:?}\nfilters = [\"sshd\"]\n[filter.sshd]\nmaxretry = 1\n{definition}[firewall]\nbackend = {backend:?}\n",
         dir.path().join("state"),
         dir.path().join("s.sock"),
         log
