@@ -153,6 +153,19 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> Option<i64> {
     Some(era * 146_097 + doe - 719_468)
 }
 
+/// The host zone's calendar date (year, month, day) at `t`.
+pub(crate) fn local_date(t: Timestamp) -> Option<(i64, i64, i64)> {
+    // SAFETY: localtime_r fills the tm we own from a time_t we own.
+    unsafe {
+        let secs = t.0.div_euclid(1000) as libc::time_t;
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&secs, &mut tm).is_null() {
+            return None;
+        }
+        Some((i64::from(tm.tm_year) + 1900, i64::from(tm.tm_mon) + 1, i64::from(tm.tm_mday)))
+    }
+}
+
 pub(crate) fn year_of(t: Timestamp) -> i64 {
     // Inverse of days_from_civil, year only.
     let z = t.0.div_euclid(86_400_000) + 719_468;

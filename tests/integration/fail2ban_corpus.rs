@@ -2,8 +2,10 @@
 //! test (`samplestestcase.py`) reads them: each sample log that has a definition in
 //! `/etc/fail2ban/filter.d`, with its `# fileOptions:`, `# filterOptions:` sections
 //! (each option set run as its own filter, `test.condition` honoured), `# addFILE:`
-//! includes and `# failJSON:` entries (`match`, `host`, `constraint`); a line without a
-//! `failJSON` must not match. Journal-type sections are replayed as fail2ban's journal
+//! includes and `# failJSON:` entries (`match`, `host`, `time`, `constraint`); a line
+//! without a `failJSON` must not match. Times are fail2ban's test zone's wall clock
+//! (Europe/Zurich); a date without a zone is read in this process's zone, so it is compared
+//! as wall-clock time. Journal-type sections are replayed as fail2ban's journal
 //! backend hands lines over (no date search, `test.prefix-line` prepended).
 //!
 //! Every entry must come out right, or be listed with its reason in
@@ -101,6 +103,57 @@ fn same_host(got: &Host, want: &str) -> bool {
     }
 }
 
+/// Days since 1970-01-01 of a date (proleptic Gregorian).
+fn days(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468
+}
+
+/// The last Sunday of a month, as days since 1970.
+fn last_sunday(y: i64, m: i64) -> i64 {
+    let next = if m == 12 { days(y + 1, 1, 1) } else { days(y, m + 1, 1) };
+    let last = next - 1;
+    // 1970-01-01 was a Thursday.
+    last - (last + 4).rem_euclid(7)
+}
+
+/// fail2ban's sample test reads times in Europe/Zurich: CET, CEST from the last Sunday of
+/// March 01:00 UTC to the last Sunday of October 01:00 UTC (since 1981).
+fn zurich_to_utc(naive_secs: i64) -> i64 {
+    let y = 1970 + naive_secs.div_euclid(86_400 * 365) + 1;
+    let year = (y - 2..=y).rev().find(|y| days(*y, 1, 1) * 86_400 <= naive_secs).unwrap_or(y);
+    let start = last_sunday(year, 3) * 86_400 + 3600;
+    let end = last_sunday(year, 10) * 86_400 + 3600;
+    let summer = naive_secs - 7200 >= start && naive_secs - 7200 < end;
+    naive_secs - if summer { 7200 } else { 3600 }
+}
+
+/// Whether banshare's time of the line is the entry's `time` (wall clock in Zurich,
+/// `2005-08-14T11:40:00` or with `.ffffff`). A date without a zone is read in this
+/// process's zone: it is compared as wall-clock time.
+fn same_time(got: Option<Timestamp>, want: &str) -> bool {
+    let Some(got) = got else { return false };
+    let (date, clock) = want.split_once('T').expect("failJSON time");
+    let d: Vec<i64> = date.split('-').map(|p| p.parse().unwrap()).collect();
+    let (hms, frac) = clock.split_once('.').unwrap_or((clock, "0"));
+    let c: Vec<i64> = hms.split(':').map(|p| p.parse().unwrap()).collect();
+    let naive = days(d[0], d[1], d[2]) * 86_400 + c[0] * 3600 + c[1] * 60 + c[2];
+    let ms = format!("{frac:0<3}")[..3].parse::<i64>().unwrap();
+    let want_ms = zurich_to_utc(naive) * 1000 + ms;
+    // SAFETY: localtime_r fills the tm we own from a time_t we own.
+    let local_offset = unsafe {
+        let t = got.0.div_euclid(1000) as libc::time_t;
+        let mut tm: libc::tm = std::mem::zeroed();
+        libc::localtime_r(&t, &mut tm);
+        tm.tm_gmtoff
+    };
+    let as_wall_clock = zurich_to_utc(got.0.div_euclid(1000) + local_offset) * 1000 + got.0.rem_euclid(1000);
+    (got.0 - want_ms).abs() < 1000 || (as_wall_clock - want_ms).abs() < 1000
+}
+
 /// Replays one sample log (and what it adds) through its definition.
 fn replay(name: &str) -> Vec<Entry> {
     let mut entries = Vec::new();
@@ -193,6 +246,7 @@ fn replay(name: &str) -> Vec<Entry> {
             }
             let want_match = faildata.get("match").and_then(Value::as_bool).unwrap_or(false);
             let want_host = faildata.get("host").and_then(Value::as_str).map(str::to_string);
+            let want_time = faildata.get("time").and_then(Value::as_str).map(str::to_string);
             for run in &mut runs {
                 if let Some(c) = faildata.get("constraint").and_then(Value::as_str)
                     && !condition(c, name, &run.opts)
@@ -222,8 +276,12 @@ fn replay(name: &str) -> Vec<Entry> {
                     (None, false) => (true, String::new()),
                     (None, true) => (false, format!("missed (want {})", want_host.as_deref().unwrap_or("?"))),
                     (Some(f), false) => (false, format!("matched {} by failregex {} but must not", f.host, f.regex)),
-                    (Some(f), true) => match &want_host {
-                        Some(h) if !same_host(&f.host, h) => (false, format!("host {} instead of {h}", f.host)),
+                    (Some(f), true) => match (&want_host, &want_time) {
+                        (Some(h), _) if !same_host(&f.host, h) => (false, format!("host {} instead of {h}", f.host)),
+                        (_, Some(t)) if !journal && !same_time(outcome.time, t) => (
+                            false,
+                            format!("time {:?} instead of {t} (Europe/Zurich)", outcome.time.map(|t| t.to_string())),
+                        ),
                         _ => (true, String::new()),
                     },
                 };

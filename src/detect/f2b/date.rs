@@ -374,6 +374,11 @@ impl Clock {
         };
         let n = |group: Option<usize>| text(group).and_then(|v| v.parse::<i64>().ok());
         let whole = &line[span.0..span.1];
+        if whole.is_empty() {
+            // A pattern whose date group matched nothing (`^WARNING:()**`): the line
+            // has no date of its own; the caller uses the last one.
+            return None;
+        }
         let f = &t.fields;
         match t.kind {
             // `@4000000052f3c8e82d1e7a9c`: seconds in hex after the `@4`.
@@ -407,9 +412,7 @@ impl Clock {
                     digits.parse::<i64>().unwrap_or(0)
                 });
                 let year = n(f.year).or_else(|| n(f.year2).map(|y| 2000 + y));
-                let zone = text(f.zone)
-                    .or_else(|| text(f.zone_name).filter(|z| matches!(*z, "Z" | "UTC" | "GMT")))
-                    .map(offset);
+                let zone = text(f.zone).map(offset).or_else(|| text(f.zone_name).and_then(zone_abbreviation).map(Some));
                 let date = Date { month, day: n(f.day), secs, ms, year, zone };
                 self.time_of(date)
             }
@@ -419,9 +422,11 @@ impl Clock {
     /// The time of a date read from a line.
     fn time_of(&mut self, d: Date) -> Option<Timestamp> {
         let (Some(month), Some(day)) = (d.month, d.day) else {
-            // A time of day alone: today.
-            let midnight = self.now.0.div_euclid(86_400_000) * 86_400_000;
-            return Some(Timestamp(midnight + d.secs * 1000 + d.ms));
+            // A time of day alone: today (in the host's zone), or yesterday when that is
+            // ahead of now.
+            let (y, m, day) = crate::detect::time::local_date(self.now)?;
+            let today = self.parser.local(y, m, day, d.secs, d.ms)?;
+            return Some(if today.0 > self.now.0 + 60_000 { Timestamp(today.0 - 86_400_000) } else { today });
         };
         let now = self.now;
         let parser = &mut self.parser;
@@ -451,6 +456,29 @@ struct Date {
     zone: Option<Option<i64>>,
 }
 
+/// Seconds east of UTC of a zone's common abbreviation (`PDT`, `CEST`, ...).
+fn zone_abbreviation(z: &str) -> Option<i64> {
+    let hours = match z {
+        "Z" | "UTC" | "GMT" | "UT" | "WET" => 0,
+        "BST" | "CET" | "WEST" => 1,
+        "CEST" | "EET" => 2,
+        "EEST" | "MSK" => 3,
+        "JST" | "KST" => 9,
+        "AEST" => 10,
+        "EST" => -5,
+        "EDT" | "AST" => -4,
+        "CDT" => -5,
+        "CST" | "MDT" => -6,
+        "MST" => -7,
+        "PST" => -8,
+        "PDT" => -7,
+        "AKST" => -9,
+        "HST" => -10,
+        _ => return None,
+    };
+    Some(hours * 3600)
+}
+
 /// Seconds east of UTC of `Z`, `UTC`, `GMT`, `+01`, `+0100`, `-01:30`.
 fn offset(z: &str) -> Option<i64> {
     if matches!(z, "Z" | "UTC" | "GMT") {
@@ -460,4 +488,49 @@ fn offset(z: &str) -> Option<i64> {
     let digits: String = z[1..].chars().filter(char::is_ascii_digit).collect();
     let (h, m) = (digits.get(..2)?.parse::<i64>().ok()?, digits.get(2..4).map_or(Some(0), |m| m.parse().ok())?);
     Some(sign * (h * 3600 + m * 60))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The time `pattern` reads from `line` at `now`, in UTC.
+    fn read(pattern: Option<&str>, line: &str, now: &str) -> Option<(String, String)> {
+        // SAFETY: tests in this module are the only users of TZ in this process.
+        unsafe { std::env::set_var("TZ", "UTC") };
+        let now = Timestamp(
+            humantime::parse_rfc3339(now).unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64,
+        );
+        let d = DateDetector::new(pattern).unwrap();
+        let f = d.find(line, &mut None, &mut Clock::new(now))?;
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(f.time?.0 as u64);
+        let millis = humantime::format_rfc3339_millis(t).to_string();
+        Some((line[f.start..f.end].to_string(), millis.replace(".000Z", "Z")))
+    }
+
+    #[test]
+    fn reads_the_forms_daemons_log() {
+        let now = "2026-11-23T12:00:00Z";
+        let at = |p, l| read(p, l, now).map(|(_, t)| t);
+        assert_eq!(
+            at(Some("^%b %d, %ExY %I:%M:%S %p"), "apr 15, 2013 8:34:08 PM org.x warn").as_deref(),
+            Some("2013-04-15T20:34:08Z")
+        );
+        assert_eq!(at(None, "Nov 23 10:00:01 host sshd[1]: x").as_deref(), Some("2026-11-23T10:00:01Z"));
+        assert_eq!(
+            at(None, "Dec 31 23:59:59 host x").as_deref(),
+            Some("2025-12-31T23:59:59Z"),
+            "no year, ahead of now: last year"
+        );
+        assert_eq!(at(None, "2026-11-23 10:00:01,123 +0100 x").as_deref(), Some("2026-11-23T09:00:01.123Z"));
+        assert_eq!(
+            at(None, "1.2.3.4 - - [23/Nov/2026:10:00:01 -0500] \"GET /\"").as_deref(),
+            Some("2026-11-23T15:00:01Z")
+        );
+        assert_eq!(at(Some("{^LN-BEG}EPOCH"), "1795000000.250 x").as_deref(), Some("2026-11-18T11:06:40.250Z"));
+        assert_eq!(at(Some("{^LN-BEG}TAI64N"), "@4000000069222d8000000000 x").as_deref(), Some("2025-11-22T21:39:12Z"));
+        let (span, _) = read(Some("^[^\\[]*\\[({DATE})"), "x [Mon Nov 23 10:00:01.5 2026] y", now).unwrap();
+        assert_eq!(span, "Mon Nov 23 10:00:01.5 2026", "the pattern's own group is the span taken out");
+        assert_eq!(read(None, "no date here", now), None);
+    }
 }
