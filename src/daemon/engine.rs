@@ -310,6 +310,9 @@ impl Engine {
             ("socket", new.socket != old.socket),
             ("firewall.backend", new.firewall != old.firewall),
             ("check.listen", new.check.listen != old.check.listen),
+            // The followers run the sources and filters they started with.
+            ("source", new.sources != old.sources),
+            ("filter", new.filters != old.filters),
         ] {
             if changed {
                 tracing::warn!(key = what, "changing {what} takes a restart; the running daemon keeps the old value");
