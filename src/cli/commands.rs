@@ -360,21 +360,14 @@ fn fail2ban_jails(dir: &Path) -> Result<u8, CliError> {
 /// A filter running fail2ban's definition `text` (`sshd[mode=aggressive]`), with the
 /// default window and the jail's category.
 fn fail2ban_spec(config: &crate::config::Config, text: &str) -> Result<crate::detect::FilterSpec, String> {
-    use crate::detect::builtin;
     use crate::detect::filter::Fail2banDefinition;
 
     let filter: crate::detect::f2b::FilterRef = text.parse()?;
     let category = crate::fail2ban::jail_category(&filter.name, &config.fail2ban.categories).unwrap_or("other");
+    let spec = crate::detect::FilterSpec::new(&filter.to_string(), category);
     Ok(crate::detect::FilterSpec {
-        name: filter.to_string(),
-        category: category.to_string(),
-        failregex: Vec::new(),
-        helperregex: Vec::new(),
-        ignoreregex: Vec::new(),
-        maxretry: builtin::MAXRETRY,
-        findtime: builtin::FINDTIME,
-        bantime: builtin::BANTIME,
         fail2ban: Some(Fail2banDefinition { dir: config.fail2ban.dir.clone(), filter }),
+        ..spec
     })
 }
 

@@ -485,17 +485,9 @@ fn filter_spec(
     };
     let mut spec = match (base, &raw.failregex) {
         (Some(b), _) => b,
-        (None, _) if definition.is_some() => FilterSpec {
-            name: name.to_string(),
-            category: crate::fail2ban::jail_category(name, &f2b.categories).unwrap_or("other").to_string(),
-            failregex: Vec::new(),
-            helperregex: Vec::new(),
-            ignoreregex: Vec::new(),
-            maxretry: builtin::MAXRETRY,
-            findtime: builtin::FINDTIME,
-            bantime: builtin::BANTIME,
-            fail2ban: None,
-        },
+        (None, _) if definition.is_some() => {
+            FilterSpec::new(name, crate::fail2ban::jail_category(name, &f2b.categories).unwrap_or("other"))
+        }
         (None, None) => {
             return Err(invalid(
                 &key("failregex"),
@@ -503,17 +495,7 @@ fn filter_spec(
                 &"nothing",
             ));
         }
-        (None, Some(_)) => FilterSpec {
-            name: name.to_string(),
-            category: "other".into(),
-            failregex: Vec::new(),
-            helperregex: Vec::new(),
-            ignoreregex: Vec::new(),
-            maxretry: builtin::MAXRETRY,
-            findtime: builtin::FINDTIME,
-            bantime: builtin::BANTIME,
-            fail2ban: None,
-        },
+        (None, Some(_)) => FilterSpec::new(name, "other"),
     };
     if definition.is_some() {
         // fail2ban's definition replaces the patterns (a built-in's too).

@@ -36,6 +36,23 @@ pub struct FilterSpec {
     pub fail2ban: Option<Fail2banDefinition>,
 }
 
+impl FilterSpec {
+    /// A filter of the config's own (no patterns yet) with the default window.
+    pub fn new(name: &str, category: &str) -> FilterSpec {
+        FilterSpec {
+            name: name.to_string(),
+            category: category.to_string(),
+            failregex: Vec::new(),
+            helperregex: Vec::new(),
+            ignoreregex: Vec::new(),
+            maxretry: super::builtin::MAXRETRY,
+            findtime: super::builtin::FINDTIME,
+            bantime: super::builtin::BANTIME,
+            fail2ban: None,
+        }
+    }
+}
+
 /// A fail2ban filter definition to run: `filter.d/NAME.conf` under `dir`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fail2banDefinition {
