@@ -48,6 +48,56 @@ pub struct Engine {
     /// fail2ban events heard lately: one ban told by the action and by fail2ban.log is
     /// one decision and one journal line.
     pub(super) fail2ban_echoes: Mutex<crate::fail2ban::Echoes>,
+    /// Reloads asking the followers to take up the new config, and their answers.
+    pub(super) follow_sync: FollowSync,
+}
+
+/// A reload's request that the log followers take up the config in force, and the
+/// followers' answer: generations, counted up.
+#[derive(Debug, Default)]
+pub(super) struct FollowSync {
+    /// (requested, answered)
+    state: Mutex<(u64, u64)>,
+    changed: std::sync::Condvar,
+}
+
+impl FollowSync {
+    /// Asks for the config in force to be taken up; returns the generation to wait for.
+    pub(super) fn request(&self) -> u64 {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.0 += 1;
+        self.changed.notify_all();
+        st.0
+    }
+
+    /// Waits until generation `gen` is answered; false after `timeout`.
+    pub(super) fn wait_answered(&self, generation: u64, timeout: Duration) -> bool {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (st, _) =
+            self.changed.wait_timeout_while(st, timeout, |st| st.1 < generation).unwrap_or_else(|e| e.into_inner());
+        st.1 >= generation
+    }
+
+    /// The followers' side: waits up to `timeout` for a request newer than `seen`.
+    pub(super) fn wait_requested(&self, seen: u64, timeout: Duration) -> Option<u64> {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (st, _) =
+            self.changed.wait_timeout_while(st, timeout, |st| st.0 <= seen).unwrap_or_else(|e| e.into_inner());
+        (st.0 > seen).then_some(st.0)
+    }
+
+    /// The followers' side: generation `gen` is taken up.
+    pub(super) fn answer(&self, generation: u64) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.1 = st.1.max(generation);
+        self.changed.notify_all();
+    }
+
+    /// Wakes every waiter (at shutdown).
+    pub(super) fn wake(&self) {
+        let _st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        self.changed.notify_all();
+    }
 }
 
 /// The config in force and how it got there.
@@ -73,6 +123,7 @@ impl Engine {
             kernel_reads: Default::default(),
             follower_restarts: Default::default(),
             fail2ban_echoes: Default::default(),
+            follow_sync: FollowSync::default(),
         }
     }
 
@@ -310,9 +361,6 @@ impl Engine {
             ("socket", new.socket != old.socket),
             ("firewall.backend", new.firewall != old.firewall),
             ("check.listen", new.check.listen != old.check.listen),
-            // The followers run the sources and filters they started with.
-            ("source", new.sources != old.sources),
-            ("filter", new.filters != old.filters),
         ] {
             if changed {
                 tracing::warn!(key = what, "changing {what} takes a restart; the running daemon keeps the old value");
@@ -328,8 +376,17 @@ impl Engine {
         self.feed.reconfigure(&new.feed);
         let origin = new.origin().to_string();
         tracing::info!(config = %origin, "config reloaded from {origin}");
-        let mut info = self.info.write().unwrap_or_else(|e| e.into_inner());
-        *info = Info { config: Arc::new(new), loaded: now, reload_error: None };
+        {
+            let mut info = self.info.write().unwrap_or_else(|e| e.into_inner());
+            *info = Info { config: Arc::new(new), loaded: now, reload_error: None };
+        }
+        // The log followers take up new sources and filters (and edited fail2ban
+        // definitions) before reload answers.
+        let generation = self.follow_sync.request();
+        if !self.follow_sync.wait_answered(generation, FOLLOWERS_RELOAD_WAIT) {
+            tracing::warn!("the log followers did not take up the new config within {FOLLOWERS_RELOAD_WAIT:?}");
+            restart_needed.push("source/filter (the log followers did not restart in time)".into());
+        }
         Ok((origin, restart_needed))
     }
 }
@@ -353,6 +410,9 @@ fn detection_target(guard: &Guard, addr: IpAddr, prefix: u8) -> IpNet {
         }
     }
 }
+
+/// How long a reload waits for the log followers to take up the new config.
+const FOLLOWERS_RELOAD_WAIT: Duration = Duration::from_secs(10);
 
 /// How long one firewall job may run before the worker counts as stuck.
 pub(super) const WORKER_STUCK_AFTER: Duration = Duration::from_secs(300);

@@ -243,6 +243,88 @@ impl Followers {
     }
 }
 
+/// What the followers run: the sources, the filters they use and the fail2ban
+/// definitions those read (as loaded now: an edited definition file is a change).
+#[derive(Debug, PartialEq)]
+struct Plan {
+    sources: Vec<crate::config::SourceConfig>,
+    filters: Vec<(FilterSpec, Option<Result<crate::detect::f2b::Definition, String>>)>,
+}
+
+impl Plan {
+    fn of(config: &Config) -> Plan {
+        let sources = if config.sources.is_empty() { default_sources() } else { config.sources.clone() };
+        let mut names: Vec<&String> = sources.iter().flat_map(|s| &s.filters).collect();
+        names.sort();
+        names.dedup();
+        let filters = names
+            .into_iter()
+            .filter_map(|n| config.filters.get(n))
+            .map(|spec| {
+                let def = spec
+                    .fail2ban
+                    .as_ref()
+                    .map(|d| crate::detect::f2b::Definition::load(&d.dir, &d.filter).map_err(|e| e.to_string()));
+                (spec.clone(), def)
+            })
+            .collect();
+        Plan { sources, filters }
+    }
+}
+
+/// Keeps the followers in step with the config: at each reload, when the sources, the
+/// filters or a fail2ban definition they run changed, stops them (their checkpoints
+/// saved) and starts them on the new config, then answers the reload. Failures counted
+/// in the windows so far start over then; lines are neither lost nor read twice.
+pub struct Supervisor {
+    stop: Arc<AtomicBool>,
+    engine: Arc<Engine>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Supervisor {
+    pub fn spawn(engine: Arc<Engine>) -> Supervisor {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (e, st) = (Arc::clone(&engine), Arc::clone(&stop));
+        let thread = std::thread::Builder::new()
+            .name("banshare-follow".into())
+            .spawn(move || {
+                let config = e.config();
+                let mut plan = Plan::of(&config);
+                let mut followers = Followers::spawn(Arc::clone(&e), &config);
+                let mut seen = 0;
+                while !st.load(Ordering::SeqCst) {
+                    let Some(generation) = e.follow_sync.wait_requested(seen, Duration::from_millis(500)) else {
+                        continue;
+                    };
+                    seen = generation;
+                    let config = e.config();
+                    let next = Plan::of(&config);
+                    if next != plan {
+                        followers.stop();
+                        e.sources.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                        followers = Followers::spawn(Arc::clone(&e), &config);
+                        plan = next;
+                        tracing::info!("log followers restarted on the new sources and filters");
+                    }
+                    e.follow_sync.answer(generation);
+                }
+                followers.stop();
+            })
+            .expect("spawn the follower supervisor");
+        Supervisor { stop, engine, thread: Some(thread) }
+    }
+
+    /// Stops the followers (their checkpoints saved) and returns once they have.
+    pub fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.engine.follow_sync.wake();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// Runs `follow` on its own thread until it returns (at stop); when it panics (a bug),
 /// counts it, logs it and starts it again after a second: the followed logs resume from
 /// their checkpoints, the other threads never noticed.

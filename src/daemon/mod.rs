@@ -78,7 +78,7 @@ pub enum DaemonError {
 pub struct DaemonHandle {
     engine: Arc<Engine>,
     /// The log followers (plain threads: they block on inotify and journalctl).
-    followers: Option<follow::Followers>,
+    followers: Option<follow::Supervisor>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
     socket: PathBuf,
@@ -196,7 +196,7 @@ pub async fn start_with(config: Config, empty: Empty) -> Result<DaemonHandle, Da
     }
     tasks.spawn(feed::pull_loop(Arc::clone(&engine), shutdown_rx));
 
-    let followers = Some(follow::Followers::spawn(Arc::clone(&engine), &engine.config()));
+    let followers = Some(follow::Supervisor::spawn(Arc::clone(&engine)));
 
     tracing::info!(config = %origin, socket = %socket.display(), "banshare ready (config {origin}, control socket {})", socket.display());
     notify("READY=1\nSTATUS=ready");

@@ -352,6 +352,9 @@ fn work(mut enforcer: Enforcer, rx: Receiver<Job>, shared: Shared) {
                     }
                 }
                 let result = enforcer.apply(&changes, Timestamp::now());
+                // Idle again before the waiters hear: one that asks for health right
+                // after its answer must not see this job as still running.
+                shared.busy_since.store(0, Ordering::SeqCst);
                 last_batch = std::time::Instant::now();
                 dirty |= shared.record(&result, Some(&changes));
                 shared.batches.fetch_add(1, Ordering::Relaxed);
@@ -361,6 +364,7 @@ fn work(mut enforcer: Enforcer, rx: Receiver<Job>, shared: Shared) {
             }
             Job::Reconcile { active, done } => {
                 let result = enforcer.reconcile(&active, Timestamp::now());
+                shared.busy_since.store(0, Ordering::SeqCst);
                 let _ = done.send(result.as_ref().map(Vec::clone).map_err(|e| e.to_string()));
                 dirty = shared.record(&result, None);
             }

@@ -185,3 +185,56 @@ fn lines_read_again_after_a_crash_are_not_counted_twice() {
     assert!((3590..=3610).contains(&length), "still one 1 h ban, not escalated: {length} s: {q}");
     assert_eq!(daemon.stop(), Some(0));
 }
+
+#[test]
+fn a_reload_puts_new_sources_filters_and_edited_fail2ban_definitions_in_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let (auth, app) = (dir.path().join("auth.log"), dir.path().join("app.log"));
+    let f2b = dir.path().join("fail2ban");
+    std::fs::create_dir_all(f2b.join("filter.d")).unwrap();
+    let definition = |re: &str| {
+        std::fs::write(f2b.join("filter.d/myapp.conf"), format!("[Definition]\nfailregex = {re}\n")).unwrap()
+    };
+    definition(r"^\s*myapp: bad login from <HOST>$");
+    let config = |maxretry: u32, with_app: bool| {
+        let mut c =
+            format!("[[source]]\npath = {auth:?}\nfilters = [\"sshd\"]\n[filter.sshd]\nmaxretry = {maxretry}\n");
+        if with_app {
+            c.push_str(&format!(
+                "[[source]]\npath = {app:?}\nfilters = [\"myapp\"]\n[filter.myapp]\nfail2ban = \"myapp\"\nmaxretry = 1\n[fail2ban]\ndir = {f2b:?}\n"
+            ));
+        }
+        c
+    };
+    let env = Env::new(&config(5, false));
+    let daemon = env.start_in_process();
+    append(&auth, &failures("203.0.113.30", 2, 100));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(env.listed().is_empty());
+
+    // A lower maxretry and a new source: in force when reload answers.
+    env.write_config(&config(2, true));
+    let run = env.cli(&["reload"]);
+    run.expect_code(0);
+    assert!(run.stdout.starts_with("reloaded: ") && !run.stdout.contains("takes a restart"), "{}", run.stdout);
+    append(&auth, &failures("203.0.113.31", 2, 200));
+    wait_for("a ban at the new maxretry", Duration::from_secs(10), || {
+        env.listed().contains(&"203.0.113.31/32".to_string())
+    });
+    let now = Timestamp::now();
+    append(&app, &[format!("{now} myapp: bad login from 203.0.113.32")]);
+    wait_for("a ban from the new source", Duration::from_secs(10), || {
+        env.listed().contains(&"203.0.113.32/32".to_string())
+    });
+
+    // An edited fail2ban definition, the config unchanged: reload reads it again.
+    definition(r"^\s*myapp: denied <HOST>$");
+    env.cli(&["reload"]).expect_code(0);
+    append(&app, &[format!("{now} myapp: denied 203.0.113.33")]);
+    wait_for("a ban by the edited definition", Duration::from_secs(10), || {
+        env.listed().contains(&"203.0.113.33/32".to_string())
+    });
+    let status = env.cli(&["status", "--json"]).json();
+    assert_eq!(status["sources"].as_array().unwrap().len(), 2, "the sources in force: {status}");
+    daemon.stop();
+}
