@@ -286,12 +286,13 @@ impl Supervisor {
     pub fn spawn(engine: Arc<Engine>) -> Supervisor {
         let stop = Arc::new(AtomicBool::new(false));
         let (e, st) = (Arc::clone(&engine), Arc::clone(&stop));
+        // The first followers start here, as the daemon starts; the thread takes them over.
+        let config = engine.config();
+        let mut plan = Plan::of(&config);
+        let mut followers = Followers::spawn(Arc::clone(&engine), &config);
         let thread = std::thread::Builder::new()
             .name("banshare-follow".into())
             .spawn(move || {
-                let config = e.config();
-                let mut plan = Plan::of(&config);
-                let mut followers = Followers::spawn(Arc::clone(&e), &config);
                 let mut seen = 0;
                 while !st.load(Ordering::SeqCst) {
                     let Some(generation) = e.follow_sync.wait_requested(seen, Duration::from_millis(500)) else {
