@@ -250,6 +250,9 @@ impl Conf {
                 } else {
                     value
                 };
+                if out.len() + value.len() > super::MAX_VALUE {
+                    return Err(err(format!("{key}: expands beyond {} KiB at %({name})s", super::MAX_VALUE >> 10)));
+                }
                 out.push_str(&value);
                 rest = &r[close + 2..];
             } else {

@@ -269,6 +269,9 @@ impl DateDetector {
         match datepattern {
             None => add(&mut templates, "{DEFAULT}")?,
             Some(lines) => {
+                if lines.len() > super::engine::MAX_PATTERN {
+                    return Err(format!("a datepattern of {} KiB: longer than banshare compiles", lines.len() >> 10));
+                }
                 for line in lines.lines().map(str::trim).filter(|l| !l.is_empty()) {
                     add(&mut templates, line)?;
                 }

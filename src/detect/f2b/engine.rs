@@ -28,6 +28,9 @@ use super::regex::{Re, Search, expand};
 use super::{Definition, DefinitionError, Pattern};
 use crate::clock::Timestamp;
 
+/// The longest pattern compiled (fail2ban's longest, sshd's expanded, is under 2 KiB).
+pub const MAX_PATTERN: usize = 64 << 10;
+
 /// Sessions remembered per stream; the oldest is dropped past this.
 pub const MAX_SESSIONS: usize = 10_000;
 /// A session not heard from for this long (log time) is forgotten.
@@ -86,6 +89,17 @@ struct Rx {
 
 impl Rx {
     fn new(p: &Pattern, multi_line: bool) -> Result<Rx, DefinitionError> {
+        if p.text.len() > MAX_PATTERN {
+            return Err(DefinitionError::at(
+                &p.file,
+                p.line,
+                format!(
+                    "a pattern of {} KiB: longer than the {} KiB banshare compiles",
+                    p.text.len() >> 10,
+                    MAX_PATTERN >> 10
+                ),
+            ));
+        }
         let re = Re::new(&expand(&p.text), multi_line)
             .map_err(|e| DefinitionError::at(&p.file, p.line, format!("`{}`: {e}", p.text)))?;
         Ok(Rx { re, pattern: p.clone() })

@@ -152,6 +152,10 @@ const KEYS: &[&str] = &["prefregex", "failregex", "ignoreregex", "maxlines", "da
 /// Most times one tag may be replaced in one value (fail2ban's limit is 50).
 const MAX_TAG_REPLACE: usize = 50;
 
+/// The longest a value may grow by substitution and interpolation: tags that repeat
+/// one another double a value at each step.
+pub const MAX_VALUE: usize = 1 << 20;
+
 impl Definition {
     /// Reads `filter.d/NAME.conf` under `dir` with the reference's options.
     pub fn load(dir: &Path, filter: &FilterRef) -> Result<Definition, DefinitionError> {
@@ -259,6 +263,13 @@ fn substitute(
             if tag == key || counts.get(&tag).is_some_and(|n| *n >= MAX_TAG_REPLACE) {
                 return Err(format!("{key}: <{tag}> refers to itself and cannot be resolved"));
             }
+            let occurrences = value.matches(&format!("<{tag}>")).count();
+            if value.len() + occurrences * r.len() > MAX_VALUE {
+                return Err(format!(
+                    "{key}: expands beyond {} KiB at <{tag}> (tags that repeat one another?)",
+                    MAX_VALUE >> 10
+                ));
+            }
             value = value.replace(&format!("<{tag}>"), &r);
             *counts.entry(tag).or_default() += 1;
             replaced = true;
@@ -333,5 +344,12 @@ mod tests {
         assert_eq!(substitute("failregex", "<mdre-<mode>> <F-USER>", &tags, &lookup).unwrap(), "^ddos <HOST> <F-USER>");
         let e = substitute("failregex", "<a>", &tags, &lookup).unwrap_err();
         assert!(e.contains("refers to itself"), "{e}");
+        // Tags that double one another: 2^40 copies, refused at the size limit (a
+        // fuzzer's definition took the test process to 24 GB before the limit).
+        let doubling: BTreeMap<String, String> =
+            (0..40).map(|i| (format!("t{i}"), format!("<t{}><t{}>", i + 1, i + 1))).collect();
+        let none = |_: &str| -> Result<Option<String>, DefinitionError> { Ok(None) };
+        let e = substitute("failregex", "<t0>", &doubling, &none).unwrap_err();
+        assert!(e.contains("expands beyond 1024 KiB"), "{e}");
     }
 }
