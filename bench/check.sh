@@ -23,19 +23,8 @@ done
 if ((${#need[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null
 fi
-cargo build --release --quiet
-cargo build --release --quiet --example wayscloud-emulator
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    [[ -n "${KEEP:-}" ]] && echo "kept $work" >&2 || rm -rf "$work"
-}
-trap cleanup EXIT
-
 . bench/lib.sh
+bench_setup
 emu_port=$(free_port)
 check_port=$(free_port)
 base_port=$(free_port)

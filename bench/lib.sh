@@ -3,6 +3,22 @@
 
 KEY="wayscloud_ipintel_test_5ecret5ecret"
 
+# bench_setup: builds banshare and the emulator, makes the scratch directory $work, and at
+# exit kills what was started into $pids and removes $work (KEEP=1 keeps it).
+bench_setup() {
+    cargo build --release --quiet
+    cargo build --release --quiet --example wayscloud-emulator
+    work=$(mktemp -d)
+    pids=()
+    trap bench_cleanup EXIT
+}
+
+bench_cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    if [[ -n "${KEEP:-}" ]]; then echo "kept $work" >&2; else rm -rf "$work"; fi
+}
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # write_check_config WORK EMULATOR_PORT CHECK_PORT: WORK/banshare.toml and WORK/api-key.

@@ -12,18 +12,8 @@ runs=${2:-5}
 web=${BANSHARE_TEST_CACHE:-/var/cache/banshare-tests}/web
 [[ -x $web/venv/bin/python && -d $web/node/node_modules/express ]] \
     || { echo "run scripts/install-test-deps.sh first (as root)" >&2; exit 1; }
-cargo build --release --quiet
-cargo build --release --quiet --example wayscloud-emulator
-
-work=$(mktemp -d)
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
 . bench/lib.sh
+bench_setup
 emu_port=$(free_port)
 check_port=$(free_port)
 target/release/examples/wayscloud-emulator --port "$emu_port" >"$work/emulator.log" 2>&1 &

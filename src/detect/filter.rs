@@ -171,14 +171,6 @@ impl Filter {
         matches!(self.engine, Engine::Fail2ban(_))
     }
 
-    /// The fail2ban definition this filter runs, if it runs one.
-    pub fn definition(&self) -> Option<&Definition> {
-        match &self.engine {
-            Engine::Fail2ban(run) => Some(&run.compiled.definition),
-            Engine::Patterns(_) => None,
-        }
-    }
-
     /// This filter's verdict on `line`, if any of its patterns matches.
     pub fn test(&self, line: &[u8]) -> Option<Hit> {
         match &self.engine {

@@ -71,11 +71,6 @@ pub struct Outcome {
     pub time: Option<Timestamp>,
     /// A failregex matched but an ignoreregex vetoed it.
     pub ignored: bool,
-    /// A failregex matched a line that only gathers session data (or waits for an
-    /// address), not a failure.
-    pub helper: bool,
-    /// The line had no date a template found.
-    pub no_date: bool,
     /// A search hit the match limit (the pattern is skipped for this line).
     pub limit: bool,
 }
@@ -189,11 +184,6 @@ impl Compiled {
         Ok(Compiled { definition, pref, fail, ignore, dates, screen })
     }
 
-    /// The failregexes as written (expanded `%(..)s` and `<tags>` of the definition).
-    pub fn failregex(&self) -> impl Iterator<Item = &str> {
-        self.fail.iter().map(|r| r.pattern.text.as_str())
-    }
-
     /// A new stream's state.
     pub fn state(&self) -> State {
         State { buffer: VecDeque::new(), sessions: HashMap::new(), last_time: None, scratch: Scratch::default() }
@@ -217,28 +207,26 @@ impl Compiled {
             let prepared = self.prepare(&mut st.scratch, line, now);
             return self.finish(st, prepared, now);
         }
-        let (text, time, no_date) = self.undated(&mut st.scratch, line, now);
-        self.multi_line(st, text, Outcome { time, no_date, ..Outcome::default() }, now)
+        let (text, time) = self.undated(&mut st.scratch, line, now);
+        self.multi_line(st, text, Outcome { time, ..Outcome::default() }, now)
     }
 
     /// Runs one line whose time is known (a journal entry's): no date is searched.
     pub fn line_dated(&self, st: &mut State, line: &str, at: Timestamp) -> Outcome {
         let out = Outcome { time: Some(at), ..Outcome::default() };
         if self.single_line() {
-            let mut locs = st.scratch.locs.take().unwrap_or_else(|| Locations::new(self));
-            let prepared = self.matching(&mut locs, format!("{line}\n"), out);
-            st.scratch.locs = Some(locs);
+            let prepared = self.matching(st.scratch.locations(self), format!("{line}\n"), out);
             return self.finish(st, prepared, at);
         }
         self.multi_line(st, line.to_string(), out, at)
     }
 
-    /// The line without its date, the date's time, and whether it had none.
-    fn undated(&self, sc: &mut Scratch, line: &str, now: Timestamp) -> (String, Option<Timestamp>, bool) {
+    /// The line without its date, and the date's time.
+    fn undated(&self, sc: &mut Scratch, line: &str, now: Timestamp) -> (String, Option<Timestamp>) {
         sc.clock.now = now;
         match self.dates.find(line, &mut sc.last_template, &mut sc.clock) {
-            Some(f) => (format!("{}{}", &line[..f.start], &line[f.end..]), f.time, false),
-            None => (line.to_string(), None, true),
+            Some(f) => (format!("{}{}", &line[..f.start], &line[f.end..]), f.time),
+            None => (line.to_string(), None),
         }
     }
 
@@ -246,12 +234,9 @@ impl Compiled {
     /// first failregex that matches and no ignoreregex vetoes. No session state: lines
     /// may be prepared in any thread and order, then finished in order.
     pub fn prepare(&self, sc: &mut Scratch, line: &str, now: Timestamp) -> Prepared {
-        let (mut text, time, no_date) = self.undated(sc, line, now);
+        let (mut text, time) = self.undated(sc, line, now);
         text.push('\n');
-        let mut locs = sc.locs.take().unwrap_or_else(|| Locations::new(self));
-        let prepared = self.matching(&mut locs, text, Outcome { time, no_date, ..Outcome::default() });
-        sc.locs = Some(locs);
-        prepared
+        self.matching(sc.locations(self), text, Outcome { time, ..Outcome::default() })
     }
 
     fn matching(&self, locs: &mut Locations, buf: String, mut out: Outcome) -> Prepared {
@@ -307,9 +292,9 @@ impl Compiled {
         while st.buffer.len() > self.definition.maxlines {
             st.buffer.pop_front();
         }
-        let mut locs = st.scratch.locs.take().unwrap_or_else(|| Locations::new(self));
+        let locs = st.scratch.locations(self);
         let buf = joined(&st.buffer);
-        let matched = match self.prefilter(&mut locs, &buf) {
+        let matched = match self.prefilter(locs, &buf) {
             Pref::Limit => {
                 out.limit = true;
                 None
@@ -325,12 +310,11 @@ impl Compiled {
                     None => buf.clone(),
                 };
                 let mut buffer = std::mem::take(&mut st.buffer);
-                let m = self.failregex_match(&mut locs, &content_buf, &buf, Some(&mut buffer), &mut out);
+                let m = self.failregex_match(locs, &content_buf, &buf, Some(&mut buffer), &mut out);
                 st.buffer = buffer;
                 m
             }
         };
-        st.scratch.locs = Some(locs);
         match matched {
             Some((index, fail)) => self.conclude(st, index, fail, at, out),
             None => out,
@@ -341,9 +325,10 @@ impl Compiled {
     /// (what the failregexes see). Its groups stay in `locs.pref` for the line's match.
     fn prefilter(&self, locs: &mut Locations, buf: &str) -> Pref {
         let Some(pref) = &self.pref else { return Pref::Match { content: None } };
-        match pref.re.search(&mut locs.pref, buf) {
+        let pref_locs = locs.pref.as_mut().expect("slots for the prefregex");
+        match pref.re.search(pref_locs, buf) {
             Search::Match { .. } => {
-                let content = pref.re.group("content").and_then(|c| locs.pref.get(c)).filter(|(s, e)| e > s);
+                let content = pref.re.group("content").and_then(|c| pref_locs.get(c)).filter(|(s, e)| e > s);
                 Pref::Match { content }
             }
             Search::NoMatch => Pref::Miss,
@@ -396,8 +381,8 @@ impl Compiled {
                 }
             }
             let mut fail = Fail::default();
-            if let Some(pref) = &self.pref {
-                fail.set_groups(&pref.re, pre_buf, &locs.pref);
+            if let (Some(pref), Some(pref_locs)) = (&self.pref, &locs.pref) {
+                fail.set_groups(&pref.re, pre_buf, pref_locs);
                 fail.values.remove("content");
             }
             fail.set_groups(&rx.re, buf, &locs.fail[index]);
@@ -414,8 +399,8 @@ impl Compiled {
             Some(id) => st.merge(id, fail, at),
             None => Verdict::of(&mut fail),
         };
+        // A line that only gathers data for its session is no failure.
         if verdict.nofail {
-            out.helper = true;
             return out;
         }
         let Some(host) = verdict.host else {
@@ -423,7 +408,6 @@ impl Compiled {
             if let Some(s) = mlfid.as_ref().and_then(|id| st.sessions.get_mut(id)) {
                 s.fail.values.insert(Arc::from("mlfpending"), "1".into());
             }
-            out.helper = true;
             return out;
         };
         out.failure = Some(Failure { regex: index, host, user: verdict.user });
@@ -493,6 +477,13 @@ pub struct Scratch {
     locs: Option<Locations>,
 }
 
+impl Scratch {
+    /// The capture slots, made at the first line.
+    fn locations(&mut self, c: &Compiled) -> &mut Locations {
+        self.locs.get_or_insert_with(|| Locations::new(c))
+    }
+}
+
 impl Default for Scratch {
     fn default() -> Scratch {
         Scratch { last_template: None, clock: Clock::new(Timestamp(0)), locs: None }
@@ -514,7 +505,7 @@ fn joined(lines: &VecDeque<String>) -> String {
 /// Reusable capture slots of each pattern.
 #[derive(Debug)]
 struct Locations {
-    pref: CaptureLocations,
+    pref: Option<CaptureLocations>,
     fail: Vec<CaptureLocations>,
     ignore: Vec<CaptureLocations>,
 }
@@ -522,7 +513,7 @@ struct Locations {
 impl Locations {
     fn new(c: &Compiled) -> Locations {
         Locations {
-            pref: c.pref.as_ref().map_or_else(|| c.fail[0].re.locations(), |p| p.re.locations()),
+            pref: c.pref.as_ref().map(|p| p.re.locations()),
             fail: c.fail.iter().map(|r| r.re.locations()).collect(),
             ignore: c.ignore.iter().map(|r| r.re.locations()).collect(),
         }
@@ -662,11 +653,6 @@ pub struct State {
 }
 
 impl State {
-    /// Sessions now remembered.
-    pub fn sessions(&self) -> usize {
-        self.sessions.len()
-    }
-
     /// Merges a session line's data into its session, as fail2ban does, and tells what
     /// the merged session says of this line.
     fn merge(&mut self, id: &str, mut fail: Fail, at: Timestamp) -> Verdict {

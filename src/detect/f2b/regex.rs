@@ -254,11 +254,6 @@ impl Re {
             Err(_) => Search::Limit,
         }
     }
-
-    /// Whether `subject` matches; `None` when the search hit the limit.
-    pub fn is_match(&self, subject: &str) -> Option<bool> {
-        self.re.is_match(subject.as_bytes()).ok()
-    }
 }
 
 #[cfg(test)]
@@ -303,7 +298,9 @@ mod tests {
         assert_eq!(translate(r"(?iu)x(?i:y)(?P<n>z)(?:w)(?u)").unwrap(), r"(?i)x(?i:y)(?P<n>z)(?:w)");
         assert!(translate(r"(?a)x").unwrap_err().contains("no PCRE2 equivalent"));
         let re = Re::new(r"^(?P<c>a)?(?(c)b|c)$", false).unwrap();
-        assert_eq!((re.is_match("ab"), re.is_match("c"), re.is_match("ac")), (Some(true), Some(true), Some(false)));
+        let mut locs = re.locations();
+        let mut matches = |s| matches!(re.search(&mut locs, s), Search::Match { .. });
+        assert_eq!((matches("ab"), matches("c"), matches("ac")), (true, true, false));
     }
 
     #[test]
