@@ -211,6 +211,13 @@ fn fail2ban_jails_become_banshare_config_that_detects_the_same_attacks() {
         assert!(toml.contains(&want), "want {want:?} in:\n{toml}");
     }
     assert!(!toml.contains("dovecot"), "a disabled jail is not converted:\n{toml}");
+    let missing = env.cli(&["fail2ban", "jails", "--dir", "/nonexistent/fail2ban"]);
+    missing.expect_code(2);
+    assert!(
+        missing.stderr.contains("/nonexistent/fail2ban/jail.conf: no such file (nor jail.local, jail.d/)"),
+        "{}",
+        missing.stderr
+    );
 
     // The converted config loads as it is, and the daemon running it bans what fail2ban's
     // jail would: three scanners' probes (aggressive mode only) from one address.
