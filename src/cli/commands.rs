@@ -365,10 +365,7 @@ fn fail2ban_spec(config: &crate::config::Config, text: &str) -> Result<crate::de
     let filter: crate::detect::f2b::FilterRef = text.parse()?;
     let category = crate::fail2ban::jail_category(&filter.name, &config.fail2ban.categories).unwrap_or("other");
     let spec = crate::detect::FilterSpec::new(&filter.to_string(), category);
-    Ok(crate::detect::FilterSpec {
-        fail2ban: Some(Fail2banDefinition { dir: config.fail2ban.dir.clone(), filter }),
-        ..spec
-    })
+    Ok(crate::detect::FilterSpec { fail2ban: Some(Fail2banDefinition::on_disk(&config.fail2ban.dir, filter)), ..spec })
 }
 
 /// Lines per batch handed to a matching thread.

@@ -155,10 +155,7 @@ impl Default for Config {
                 ipv6_prefix: 64,
                 retention: Duration::from_secs(30 * 24 * 3600),
             },
-            filters: builtin::NAMES
-                .iter()
-                .map(|n| (n.to_string(), builtin::spec(n, false).expect("built-in filter")))
-                .collect(),
+            filters: builtin::BUILT_INS.iter().map(|b| (b.name.to_string(), b.spec(&[]))).collect(),
             escalation: Escalation::default(),
             sources: Vec::new(),
             feed: FeedConfig::default(),
@@ -468,20 +465,17 @@ fn filter_spec(
             let filter: FilterRef = text.parse().map_err(|m: String| {
                 invalid(&key("fail2ban"), "a fail2ban filter like \"sshd[mode=aggressive]\"", &m)
             })?;
-            Some(Fail2banDefinition { dir: f2b.dir.clone(), filter })
+            Some(Fail2banDefinition::on_disk(&f2b.dir, filter))
         }
     };
-    let aggressive = match raw.mode.as_deref() {
-        None | Some("normal") => false,
-        Some("aggressive") if name == "sshd" => true,
-        Some(other) => {
-            let expected = if name == "sshd" { "\"normal\" or \"aggressive\"" } else { "no mode (only sshd has one)" };
-            return Err(invalid(&key("mode"), expected, &format!("{other:?}")));
+    let base = match (base, raw.mode.as_deref(), builtin::get(name)) {
+        (Some(_), Some(mode), Some(b)) => {
+            Some(b.with_mode(Some(mode)).map_err(|expected| invalid(&key("mode"), &expected, &format!("{mode:?}")))?)
         }
-    };
-    let base = match base {
-        Some(_) if aggressive => builtin::spec(name, true),
-        other => other,
+        (_, Some(mode), None) => {
+            return Err(invalid(&key("mode"), "no mode (only built-in filters have one)", &format!("{mode:?}")));
+        }
+        (base, _, _) => base,
     };
     let mut spec = match (base, &raw.failregex) {
         (Some(b), _) => b,
@@ -651,7 +645,8 @@ mod tests {
         .unwrap();
         let sshd = &c.filters["sshd"];
         assert_eq!(sshd.maxretry, 3);
-        assert!(sshd.failregex.iter().any(|r| r.contains("Did not receive identification")), "aggressive patterns");
+        let options = &sshd.fail2ban.as_ref().expect("a built-in runs its definition").filter.options;
+        assert_eq!(options, &[("mode".to_string(), "aggressive".to_string())]);
         assert_eq!(c.filters["myapp"].category, "web_bruteforce");
         assert_eq!(c.filters["nginx-botsearch"].maxretry, 2, "untouched built-ins keep their defaults");
         assert_eq!(c.escalation.factor, 3.0);
@@ -672,8 +667,20 @@ mod tests {
         );
         let e = parse("[filter.sshd]\nmaxretry = 0").unwrap_err();
         assert!(e.contains("key `filter.sshd.maxretry`: expected a count of at least 1, got 0"), "{e}");
-        let e = parse("[filter.dovecot]\nmode = \"aggressive\"").unwrap_err();
-        assert!(e.contains("key `filter.dovecot.mode`: expected no mode (only sshd has one)"), "{e}");
+        let e = parse("[filter.nginx-limit-req]\nmode = \"aggressive\"").unwrap_err();
+        assert!(
+            e.contains("key `filter.nginx-limit-req.mode`: expected no mode (the built-in nginx-limit-req has none)"),
+            "{e}"
+        );
+        let e = parse("[filter.sshd]\nmode = \"agressive\"").unwrap_err();
+        assert!(
+            e.contains(
+                r#"key `filter.sshd.mode`: expected one of "normal", "ddos", "extra", "aggressive", got "agressive""#
+            ),
+            "{e}"
+        );
+        let e = parse("[filter.myapp]\nmode = \"aggressive\"\nfailregex = ['x <HOST>']").unwrap_err();
+        assert!(e.contains("key `filter.myapp.mode`: expected no mode (only built-in filters have one)"), "{e}");
         let e = parse("[filter.sshd]\ncategory = \"SSH!\"").unwrap_err();
         assert!(e.contains("key `filter.sshd.category`"), "{e}");
         let e = parse("[filter.sshd]\nmaxretries = 3").unwrap_err();

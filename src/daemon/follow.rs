@@ -261,10 +261,7 @@ impl Plan {
             .into_iter()
             .filter_map(|n| config.filters.get(n))
             .map(|spec| {
-                let def = spec
-                    .fail2ban
-                    .as_ref()
-                    .map(|d| crate::detect::f2b::Definition::load(&d.dir, &d.filter).map_err(|e| e.to_string()));
+                let def = spec.fail2ban.as_ref().map(|d| d.load().map_err(|e| e.to_string()));
                 (spec.clone(), def)
             })
             .collect();

@@ -10,7 +10,7 @@ use std::time::Duration;
 use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
 
 use super::f2b::engine::{Compiled, Host, Outcome, Prepared, Scratch, State};
-use super::f2b::{Definition, FilterRef};
+use super::f2b::{Definition, Files, FilterRef};
 use crate::clock::Timestamp;
 
 /// What `<HOST>` becomes: an IPv4 address or something with a colon (IPv6, possibly
@@ -53,11 +53,24 @@ impl FilterSpec {
     }
 }
 
-/// A fail2ban filter definition to run: `filter.d/NAME.conf` under `dir`.
+/// A definition to run: `filter.d/NAME.conf` under `dir`, read from `files` (fail2ban's
+/// on the disk, or banshare's built-in ones).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fail2banDefinition {
+    pub files: Files,
     pub dir: PathBuf,
     pub filter: FilterRef,
+}
+
+impl Fail2banDefinition {
+    /// fail2ban's definition `filter` under `dir` on the disk.
+    pub fn on_disk(dir: &std::path::Path, filter: FilterRef) -> Fail2banDefinition {
+        Fail2banDefinition { files: Files::Disk, dir: dir.to_path_buf(), filter }
+    }
+
+    pub fn load(&self) -> Result<Definition, super::f2b::DefinitionError> {
+        Definition::load_from(self.files, &self.dir, &self.filter)
+    }
 }
 
 /// A compiled filter: banshare's patterns, or a fail2ban definition.
@@ -156,7 +169,7 @@ impl Filter {
                     index: 0,
                     message: e.to_string(),
                 };
-                let compiled = Compiled::new(Definition::load(&def.dir, &def.filter).map_err(err)?).map_err(err)?;
+                let compiled = Compiled::new(def.load().map_err(err)?).map_err(err)?;
                 let state = Arc::new(Mutex::new(compiled.state()));
                 Engine::Fail2ban(Fail2banRun { compiled: Arc::new(compiled), state })
             }
@@ -474,8 +487,20 @@ pub fn parse_host(text: &str) -> Option<IpAddr> {
 mod tests {
     use super::*;
 
+    /// A config's own sshd patterns (as a user writes them, with a session capture).
     fn sshd() -> Filter {
-        Filter::compile(super::super::builtin::spec("sshd", false).unwrap()).unwrap()
+        let prefix = r"(?-u:\b)sshd(?:-session)?(?:\[(?P<session>\d+)\])?: ";
+        let spec = FilterSpec {
+            failregex: vec![
+                format!(r"{prefix}Failed \S+ for (?:invalid user )?.* from <HOST> port \d+"),
+                format!(r"{prefix}Invalid user .* from <HOST>"),
+            ],
+            helperregex: vec![format!(
+                r"{prefix}Connection closed by (?:invalid|authenticating) user .* <HOST> port \d+ \[preauth\]"
+            )],
+            ..FilterSpec::new("sshd", "ssh_bruteforce")
+        };
+        Filter::compile(spec).unwrap()
     }
 
     #[test]
@@ -492,7 +517,7 @@ mod tests {
             // The username tries to inject another address: the last one is taken.
             "Jan  2 03:04:05 web1 sshd[11]: Failed password for invalid user a from 1.2.3.4 port 1 from 45.155.205.10 port 22 ssh2",
             "Jan  2 03:04:05 web1 sshd-session[12]: Connection closed by authenticating user root 45.155.205.11 port 5 [preauth]",
-            "Jan  2 03:04:05 web1 sshd[11]: Accepted password for root from 45.155.205.12 port 22 ssh2",
+            "Jan  2 03:04:05 web1 sshd[11]: Invalid user x from 45.155.205.12",
         ] {
             assert_eq!(f.test(line.as_bytes()), plain.test(line.as_bytes()), "{line}");
         }
@@ -520,7 +545,7 @@ mod tests {
     fn filters_without_a_common_leading_word_search_plainly() {
         let spec = FilterSpec {
             failregex: vec![r"login failed from <HOST>".into(), r"(?-u:\b)bad from <HOST>".into()],
-            ..super::super::builtin::spec("sshd", false).unwrap()
+            ..FilterSpec::new("custom", "other")
         };
         let f = Filter::compile(FilterSpec { helperregex: Vec::new(), ..spec }).unwrap();
         assert!(matches!(&f.engine, Engine::Patterns(p) if p.anchored.is_none()));

@@ -154,7 +154,7 @@ mod tests {
     use super::*;
 
     fn spec() -> FilterSpec {
-        builtin::spec("sshd", false).unwrap()
+        builtin::spec("sshd").unwrap()
     }
 
     #[test]
@@ -214,12 +214,14 @@ mod session_tests {
         "Nov 23 10:00:09 h sshd[78]: Connection closed by authenticating user root 203.0.113.8 port 5001 [preauth]",
     ];
 
-    #[test]
-    fn a_session_counts_each_attempt_once() {
-        let set = FilterSet::new(vec![Filter::compile(builtin::spec("sshd", false).unwrap()).unwrap()]);
+    /// The failures each address is charged with when `lines` run through the built-in
+    /// sshd filter in `mode`.
+    fn charged(mode: Option<&str>, lines: &[&str]) -> HashMap<IpAddr, u32> {
+        let spec = builtin::get("sshd").unwrap().with_mode(mode).unwrap();
+        let set = FilterSet::new(vec![Filter::compile(spec).unwrap()]);
         let mut d = Detector::default();
         let mut counted: HashMap<IpAddr, u32> = HashMap::new();
-        for (i, line) in SESSION.iter().enumerate() {
+        for (i, line) in lines.iter().enumerate() {
             for (index, hit) in set.test(line.as_bytes()) {
                 if let Hit::Failure(f) = hit
                     && d.counts(index, &f, Timestamp(i as i64))
@@ -228,7 +230,32 @@ mod session_tests {
                 }
             }
         }
-        assert_eq!(counted[&"203.0.113.7".parse::<IpAddr>().unwrap()], 3, "three passwords, three failures");
-        assert_eq!(counted[&"203.0.113.8".parse::<IpAddr>().unwrap()], 1, "a silent publickey failure counts once");
+        counted
+    }
+
+    #[test]
+    fn a_session_counts_each_attempt_once() {
+        let (a, b): (IpAddr, IpAddr) = ("203.0.113.7".parse().unwrap(), "203.0.113.8".parse().unwrap());
+        let normal = charged(None, SESSION);
+        assert_eq!(normal.get(&a), Some(&3), "three passwords, three failures (PAM's line and the close add none)");
+        assert_eq!(normal.get(&b), None, "a close before authentication is no failure in normal mode");
+        let aggressive = charged(Some("aggressive"), SESSION);
+        assert_eq!(aggressive.get(&a), Some(&4), "aggressive mode counts the close before authentication too");
+        assert_eq!(aggressive.get(&b), Some(&1), "a silent scanner counts once in aggressive mode");
+    }
+
+    #[test]
+    fn a_login_after_failed_keys_is_no_failure_but_keys_that_never_log_in_are() {
+        let agent = [
+            "Nov 23 10:00:01 h sshd[80]: Failed publickey for git from 203.0.113.9 port 5000 ssh2: RSA SHA256:a",
+            "Nov 23 10:00:01 h sshd[80]: Failed publickey for git from 203.0.113.9 port 5000 ssh2: ED25519 SHA256:b",
+            "Nov 23 10:00:01 h sshd[80]: Accepted publickey for git from 203.0.113.9 port 5000 ssh2: ED25519 SHA256:c",
+        ];
+        assert!(charged(None, &agent).is_empty(), "an agent offering several keys is no attacker");
+        let scanner = [
+            "Nov 23 10:00:01 h sshd[81]: Failed publickey for root from 203.0.113.10 port 5000 ssh2: RSA SHA256:a",
+            "Nov 23 10:00:02 h sshd[81]: Disconnecting: Too many authentication failures for root [preauth]",
+        ];
+        assert_eq!(charged(None, &scanner).get(&"203.0.113.10".parse().unwrap()), Some(&1));
     }
 }

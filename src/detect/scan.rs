@@ -283,7 +283,7 @@ mod tests {
         let mut r = io::BufReader::with_capacity(1024, &input[..]);
         let mut buf = Vec::new();
         let mut scanner = Scanner::new(
-            FilterSet::new(vec![Filter::compile(builtin::spec("sshd", false).unwrap()).unwrap()]),
+            FilterSet::new(vec![Filter::compile(builtin::spec("sshd").unwrap()).unwrap()]),
             Escalation::default(),
             64,
         );
@@ -307,21 +307,23 @@ mod tests {
     #[test]
     fn a_replay_bans_like_the_daemon_would() {
         let mut scanner = Scanner::new(
-            FilterSet::new(vec![Filter::compile(builtin::spec("sshd", false).unwrap()).unwrap()]),
+            FilterSet::new(vec![Filter::compile(builtin::spec("sshd").unwrap()).unwrap()]),
             Escalation::default(),
             64,
         );
         for i in 0..12 {
             scanner.line(
-                format!("2026-11-23T10:00:{i:02}Z h sshd[1]: Failed password for root from 203.0.113.7 port 1 ssh2")
+                format!("2026-11-23T10:00:{i:02}Z h sshd[{i}]: Failed password for root from 203.0.113.7 port 1 ssh2")
                     .as_bytes(),
             );
             scanner.line(
-                format!("2026-11-23T10:00:{i:02}Z h sshd[1]: Failed password for root from 2001:db8::{i} port 1 ssh2")
-                    .as_bytes(),
+                format!(
+                    "2026-11-23T10:00:{i:02}Z h sshd[1{i}]: Failed password for root from 2001:db8::{i} port 1 ssh2"
+                )
+                .as_bytes(),
             );
         }
-        scanner.line(b"2026-11-23T10:01:00Z h sshd[1]: Accepted password for root from 203.0.113.9 port 1 ssh2");
+        scanner.line(b"2026-11-23T10:01:00Z h sshd[99]: Accepted password for root from 203.0.113.9 port 1 ssh2");
         let report = scanner.finish();
         let sshd = &report.filters[0];
         assert_eq!(sshd.matched, 24);

@@ -254,7 +254,7 @@ mod tests {
     /// a failure replays (`BANSHARE_FUZZ_SEED`).
     #[test]
     fn no_line_panics_the_timestamp_parser_or_a_filter() {
-        use crate::detect::builtin::{NAMES, spec};
+        use crate::detect::builtin::BUILT_INS;
         use crate::detect::{Filter, FilterSet};
         let seed: u64 = std::env::var("BANSHARE_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed);
         let mut x = seed | 1;
@@ -291,9 +291,9 @@ mod tests {
             b"::1",
         ];
         let mut filters = Vec::new();
-        for name in NAMES {
-            for aggressive in [false, true] {
-                filters.push(Filter::compile(spec(name, aggressive).unwrap()).unwrap());
+        for b in BUILT_INS {
+            for mode in b.modes.iter().copied().map(Some).chain([None]) {
+                filters.push(Filter::compile(b.with_mode(mode).unwrap()).unwrap());
             }
         }
         let set = FilterSet::new(filters);

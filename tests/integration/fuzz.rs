@@ -16,7 +16,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use banshare::detect::builtin::{NAMES, spec};
+use banshare::detect::builtin::BUILT_INS;
 use banshare::detect::time::TimeParser;
 use banshare::detect::{Filter, FilterSet};
 
@@ -151,9 +151,9 @@ fn log_seeds() -> Vec<Vec<u8>> {
 #[test]
 fn fuzz_log_lines_through_the_timestamp_reader_and_every_built_in_filter() {
     let mut filters = Vec::new();
-    for name in NAMES {
-        for aggressive in [false, true] {
-            filters.push(Filter::compile(spec(name, aggressive).unwrap()).unwrap());
+    for b in BUILT_INS {
+        for mode in b.modes.iter().copied().map(Some).chain([None]) {
+            filters.push(Filter::compile(b.with_mode(mode).unwrap()).unwrap());
         }
     }
     let set = FilterSet::new(filters);

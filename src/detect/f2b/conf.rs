@@ -46,8 +46,53 @@ fn local_of(file: &Path) -> PathBuf {
     file.with_extension("local")
 }
 
-fn read_ini(file: &Path) -> Result<Option<Ini>, DefinitionError> {
-    match std::fs::read(file) {
+/// Where a configuration's files are read from: the disk, or banshare's own built-in
+/// definitions (compiled into the binary, under [`Files::BUILT_IN_ROOT`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Files {
+    Disk,
+    /// Paths (`(built-in)/filter.d/sshd.conf`) and their text.
+    Embedded(&'static [(&'static str, &'static str)]),
+}
+
+impl std::fmt::Debug for Files {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Files::Disk => f.write_str("Disk"),
+            Files::Embedded(table) => write!(f, "Embedded({} files)", table.len()),
+        }
+    }
+}
+
+impl Files {
+    /// The directory the embedded files are named under, in paths and messages.
+    pub const BUILT_IN_ROOT: &'static str = "(built-in)";
+
+    fn embedded(&self, file: &Path) -> Option<Option<&'static str>> {
+        match self {
+            Files::Disk => None,
+            Files::Embedded(table) => Some(table.iter().find(|(p, _)| Path::new(p) == file).map(|(_, t)| *t)),
+        }
+    }
+
+    pub fn is_file(&self, file: &Path) -> bool {
+        match self.embedded(file) {
+            Some(text) => text.is_some(),
+            None => file.is_file(),
+        }
+    }
+
+    fn read(&self, file: &Path) -> std::io::Result<Vec<u8>> {
+        match self.embedded(file) {
+            Some(Some(text)) => Ok(text.as_bytes().to_vec()),
+            Some(None) => Err(std::io::ErrorKind::NotFound.into()),
+            None => std::fs::read(file),
+        }
+    }
+}
+
+fn read_ini(files: Files, file: &Path) -> Result<Option<Ini>, DefinitionError> {
+    match files.read(file) {
         Ok(bytes) => {
             let text = String::from_utf8(bytes).map_err(|e| {
                 DefinitionError::new(file, format!("not UTF-8 (at byte {})", e.utf8_error().valid_up_to()))
@@ -62,12 +107,17 @@ fn read_ini(file: &Path) -> Result<Option<Ini>, DefinitionError> {
 impl Conf {
     /// Reads `file` with its `.local` and includes; `file` itself must exist.
     pub fn read(file: &Path) -> Result<Conf, DefinitionError> {
+        Conf::read_from(Files::Disk, file)
+    }
+
+    /// Like [`Conf::read`], from `files`.
+    pub fn read_from(files: Files, file: &Path) -> Result<Conf, DefinitionError> {
         let mut order = Vec::new();
         let mut parsed = HashMap::new();
-        if !file.is_file() {
+        if !files.is_file(file) {
             return Err(DefinitionError::new(file, "no such file".into()));
         }
-        collect(file, &mut Vec::new(), &mut order, &mut parsed)?;
+        collect(files, file, &mut Vec::new(), &mut order, &mut parsed)?;
         Ok(Conf::merged(order, parsed))
     }
 
@@ -78,7 +128,7 @@ impl Conf {
         let mut order = Vec::new();
         let mut parsed = HashMap::new();
         for f in files.iter().filter(|f| f.is_file()) {
-            one(f, &mut Vec::new(), &mut order, &mut parsed)?;
+            one(Files::Disk, f, &mut Vec::new(), &mut order, &mut parsed)?;
         }
         Ok(Conf::merged(order, parsed))
     }
@@ -268,23 +318,25 @@ impl Conf {
 
 /// Adds `file` (then its `.local`) with their includes to `order`, depth first.
 fn collect(
+    files: Files,
     file: &Path,
     stack: &mut Vec<PathBuf>,
     order: &mut Vec<PathBuf>,
     parsed: &mut HashMap<PathBuf, Ini>,
 ) -> Result<(), DefinitionError> {
-    let mut files = vec![file.to_path_buf()];
+    let mut paths = vec![file.to_path_buf()];
     let local = local_of(file);
-    if local != file && local.is_file() {
-        files.push(local);
+    if local != file && files.is_file(&local) {
+        paths.push(local);
     }
-    for f in files {
-        one(&f, stack, order, parsed)?;
+    for f in paths {
+        one(files, &f, stack, order, parsed)?;
     }
     Ok(())
 }
 
 fn one(
+    files: Files,
     file: &Path,
     stack: &mut Vec<PathBuf>,
     order: &mut Vec<PathBuf>,
@@ -297,7 +349,7 @@ fn one(
     if order.iter().any(|f| f == file) {
         return Ok(());
     }
-    let Some(ini) = read_ini(file)? else {
+    let Some(ini) = read_ini(files, file)? else {
         return Ok(());
     };
     let dir = file.parent().unwrap_or(Path::new("."));
@@ -310,18 +362,19 @@ fn one(
     let (before, after) = (includes("before"), includes("after"));
     stack.push(file.to_path_buf());
     for (inc, line) in &before {
-        include(file, inc, *line, stack, order, parsed)?;
+        include(files, file, inc, *line, stack, order, parsed)?;
     }
     order.push(file.to_path_buf());
     parsed.insert(file.to_path_buf(), ini);
     for (inc, line) in &after {
-        include(file, inc, *line, stack, order, parsed)?;
+        include(files, file, inc, *line, stack, order, parsed)?;
     }
     stack.pop();
     Ok(())
 }
 
 fn include(
+    files: Files,
     from: &Path,
     inc: &Path,
     line: usize,
@@ -329,13 +382,13 @@ fn include(
     order: &mut Vec<PathBuf>,
     parsed: &mut HashMap<PathBuf, Ini>,
 ) -> Result<(), DefinitionError> {
-    if !inc.is_file() {
+    if !files.is_file(inc) {
         if inc.extension().is_some_and(|e| e == "local") {
             return Ok(());
         }
         return Err(DefinitionError::at(from, line, format!("includes {}, which does not exist", inc.display())));
     }
-    collect(inc, stack, order, parsed)
+    collect(files, inc, stack, order, parsed)
 }
 
 #[cfg(test)]

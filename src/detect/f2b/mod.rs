@@ -24,6 +24,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use conf::Conf;
+pub use conf::Files;
 
 /// A definition that cannot be read or run, with where and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -159,8 +160,13 @@ pub const MAX_VALUE: usize = 1 << 20;
 impl Definition {
     /// Reads `filter.d/NAME.conf` under `dir` with the reference's options.
     pub fn load(dir: &Path, filter: &FilterRef) -> Result<Definition, DefinitionError> {
+        Definition::load_from(Files::Disk, dir, filter)
+    }
+
+    /// Like [`Definition::load`], from `files`.
+    pub fn load_from(files: Files, dir: &Path, filter: &FilterRef) -> Result<Definition, DefinitionError> {
         let file = dir.join("filter.d").join(format!("{}.conf", filter.name));
-        let conf = Conf::read(&file)?;
+        let conf = Conf::read_from(files, &file)?;
         if !conf.has_section("Definition") {
             return Err(DefinitionError::new(&file, "has no [Definition] section".into()));
         }
