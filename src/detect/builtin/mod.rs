@@ -36,7 +36,13 @@ const fn built_in(name: &'static str, category: &'static str, modes: &'static [&
 }
 
 /// Every built-in filter.
-pub const BUILT_INS: &[BuiltIn] = &[built_in("sshd", "ssh_bruteforce", &["normal", "ddos", "extra", "aggressive"])];
+pub const BUILT_INS: &[BuiltIn] = &[
+    built_in("sshd", "ssh_bruteforce", &["normal", "ddos", "extra", "aggressive"]),
+    built_in("nginx-http-auth", "web_bruteforce", &["normal", "auth", "fallback", "aggressive"]),
+    BuiltIn { maxretry: 2, ..built_in("nginx-botsearch", "web_attack", &[]) },
+    built_in("nginx-limit-req", "bad_bot", &[]),
+    built_in("nginx-bad-request", "web_attack", &[]),
+];
 
 /// Names of the built-in filters.
 pub fn names() -> impl Iterator<Item = &'static str> {
@@ -55,7 +61,7 @@ macro_rules! embedded {
 }
 
 /// The definition files, as [`Files::Embedded`] reads them.
-pub const FILES: &[(&str, &str)] = embedded!["common", "sshd"];
+pub const FILES: &[(&str, &str)] = embedded!["common", "sshd", "nginx-http-auth", "nginx-botsearch", "nginx-limit-req", "nginx-bad-request"];
 
 /// The directory the built-in definitions are read from (see [`Files::BUILT_IN_ROOT`]).
 pub fn dir() -> PathBuf {
