@@ -42,6 +42,9 @@ pub const BUILT_INS: &[BuiltIn] = &[
     BuiltIn { maxretry: 2, ..built_in("nginx-botsearch", "web_attack", &[]) },
     built_in("nginx-limit-req", "bad_bot", &[]),
     built_in("nginx-bad-request", "web_attack", &[]),
+    built_in("apache-auth", "web_bruteforce", &["normal", "aggressive"]),
+    built_in("apache-badbots", "bad_bot", &[]),
+    built_in("apache-noscript", "web_attack", &[]),
 ];
 
 /// Names of the built-in filters.
@@ -61,7 +64,11 @@ macro_rules! embedded {
 }
 
 /// The definition files, as [`Files::Embedded`] reads them.
-pub const FILES: &[(&str, &str)] = embedded!["common", "sshd", "nginx-http-auth", "nginx-botsearch", "nginx-limit-req", "nginx-bad-request"];
+pub const FILES: &[(&str, &str)] = embedded!["common", "sshd", "nginx-http-auth", "nginx-botsearch", "nginx-limit-req", "nginx-bad-request",
+    "apache-auth",
+    "apache-badbots",
+    "apache-noscript",
+];
 
 /// The directory the built-in definitions are read from (see [`Files::BUILT_IN_ROOT`]).
 pub fn dir() -> PathBuf {
