@@ -45,6 +45,9 @@ pub const BUILT_INS: &[BuiltIn] = &[
     built_in("apache-auth", "web_bruteforce", &["normal", "aggressive"]),
     built_in("apache-badbots", "bad_bot", &[]),
     built_in("apache-noscript", "web_attack", &[]),
+    built_in("postfix", "mail_bruteforce", &["normal", "more", "rbl", "auth", "errors", "ddos", "extra", "aggressive"]),
+    // banshare's name for postfix's SASL failures (before the postfix filter had modes).
+    BuiltIn { definition: "postfix", fixed: &[("mode", "auth")], ..built_in("postfix-sasl", "mail_bruteforce", &[]) },
 ];
 
 /// Names of the built-in filters.
@@ -68,6 +71,7 @@ pub const FILES: &[(&str, &str)] = embedded!["common", "sshd", "nginx-http-auth"
     "apache-auth",
     "apache-badbots",
     "apache-noscript",
+    "postfix",
 ];
 
 /// The directory the built-in definitions are read from (see [`Files::BUILT_IN_ROOT`]).
