@@ -397,7 +397,7 @@ fn built_in_filters_pass_fail2bans_samples_of_the_same_names() {
         let ok = entries.iter().filter(|e| e.ok).count();
         summary.push(format!("{}: {ok}/{}", b.name, entries.len()));
         total += entries.len();
-        assert!(entries.len() >= 3, "{}: {} entries read", b.name, entries.len());
+        assert!(!entries.is_empty(), "{}: no entry read", b.name);
         wrong.extend(entries.into_iter().filter(|e| !e.ok).map(|e| format!("{} -- {}", e.at, e.detail)));
     }
     eprintln!("built-in filters on fail2ban's corpus ({total} entries):\n{}", summary.join("\n"));

@@ -48,6 +48,13 @@ pub const BUILT_INS: &[BuiltIn] = &[
     built_in("postfix", "mail_bruteforce", &["normal", "more", "rbl", "auth", "errors", "ddos", "extra", "aggressive"]),
     // banshare's name for postfix's SASL failures (before the postfix filter had modes).
     BuiltIn { definition: "postfix", fixed: &[("mode", "auth")], ..built_in("postfix-sasl", "mail_bruteforce", &[]) },
+    built_in("dovecot", "mail_bruteforce", &["normal", "aggressive"]),
+    built_in("courier-auth", "mail_bruteforce", &[]),
+    built_in("exim", "mail_bruteforce", &["normal", "aggressive"]),
+    built_in("roundcube-auth", "web_bruteforce", &[]),
+    built_in("vsftpd", "ftp_bruteforce", &[]),
+    built_in("proftpd", "ftp_bruteforce", &[]),
+    built_in("pure-ftpd", "ftp_bruteforce", &[]),
 ];
 
 /// Names of the built-in filters.
@@ -67,11 +74,24 @@ macro_rules! embedded {
 }
 
 /// The definition files, as [`Files::Embedded`] reads them.
-pub const FILES: &[(&str, &str)] = embedded!["common", "sshd", "nginx-http-auth", "nginx-botsearch", "nginx-limit-req", "nginx-bad-request",
+pub const FILES: &[(&str, &str)] = embedded![
+    "common",
+    "sshd",
+    "nginx-http-auth",
+    "nginx-botsearch",
+    "nginx-limit-req",
+    "nginx-bad-request",
     "apache-auth",
     "apache-badbots",
     "apache-noscript",
     "postfix",
+    "dovecot",
+    "courier-auth",
+    "exim",
+    "roundcube-auth",
+    "vsftpd",
+    "proftpd",
+    "pure-ftpd",
 ];
 
 /// The directory the built-in definitions are read from (see [`Files::BUILT_IN_ROOT`]).
