@@ -693,7 +693,7 @@ mod tests {
         assert_eq!(c.sources.len(), 2);
         assert_eq!(c.sources[1].kind, SourceKind::File("/var/log/nginx/*.log".into()));
         let e = parse("[[source]]\npath = \"/var/log/auth.log\"\nfilters = [\"sshd\", \"sshdd\"]").unwrap_err();
-        assert!(e.contains("key `source[0].filters[1]`: expected one of apache-auth, dovecot,"), "{e}");
+        assert!(e.contains("key `source[0].filters[1]`: expected one of apache-auth, apache-badbots,"), "{e}");
         let e = parse("[[source]]\nfilters = [\"sshd\"]").unwrap_err();
         assert!(e.contains("key `source[0]`: expected exactly one of `path` or `journal`"), "{e}");
         let e = parse("[[source]]\npath = \"auth.log\"\nfilters = [\"sshd\"]").unwrap_err();
