@@ -195,7 +195,7 @@ impl Filter {
 
 impl Fail2banRun {
     fn test(&self, line: &[u8]) -> Option<Hit> {
-        let text = String::from_utf8_lossy(line);
+        let text = text_of(line);
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         Fail2banRun::hit(self.compiled.line(&mut state, &text, Timestamp::now()))
     }
@@ -348,7 +348,7 @@ pub enum Hit {
     Limit,
     /// A fail2ban definition's per-line result, for [`FilterSet::settle`] to finish in
     /// line order (its sessions span lines).
-    Prepared(Box<Prepared>),
+    Prepared(Prepared),
 }
 
 /// The filters of one source, tested together.
@@ -388,9 +388,9 @@ impl FilterSet {
             match (&f.engine, scratch.get_mut(i).and_then(Option::as_mut)) {
                 (Engine::Patterns(p), _) => hits.extend(p.test(line).map(|h| (i, h))),
                 (Engine::Fail2ban(run), Some(sc)) if run.compiled.single_line() => {
-                    let text = String::from_utf8_lossy(line);
+                    let text = text_of(line);
                     let prepared = run.compiled.prepare(sc, &text, Timestamp::now());
-                    hits.push((i, Hit::Prepared(Box::new(prepared))));
+                    hits.push((i, Hit::Prepared(prepared)));
                 }
                 (Engine::Fail2ban(_), _) => {}
             }
@@ -401,26 +401,45 @@ impl FilterSet {
     /// The ordered stage of a line [`FilterSet::test_unordered`] tested: prepared
     /// results finished, multi-line definitions run.
     pub fn settle(&self, line: &[u8], hits: Vec<(usize, Hit)>) -> Vec<(usize, Hit)> {
-        let mut done = Vec::with_capacity(hits.len());
-        let mut prepared = vec![false; self.filters.len()];
-        for (i, hit) in hits {
-            match (hit, &self.filters[i].engine) {
+        let now = Timestamp::now();
+        // Which ordered filters were prepared (the others run whole, here): a bit each,
+        // or a flag each past 128 filters.
+        let mut prepared = 0u128;
+        let mut prepared_past = if self.filters.len() > 128 { vec![false; self.filters.len()] } else { Vec::new() };
+        let mut done: Vec<(usize, Hit)> = hits
+            .into_iter()
+            .filter_map(|(i, hit)| match (hit, &self.filters[i].engine) {
                 (Hit::Prepared(p), Engine::Fail2ban(run)) => {
-                    prepared[i] = true;
+                    match prepared_past.get_mut(i) {
+                        Some(flag) => *flag = true,
+                        None => prepared |= 1 << i,
+                    }
                     let mut state = run.state.lock().unwrap_or_else(|e| e.into_inner());
-                    let out = run.compiled.finish(&mut state, *p, Timestamp::now());
-                    done.extend(Fail2banRun::hit(out).map(|h| (i, h)));
+                    Fail2banRun::hit(run.compiled.finish(&mut state, p, now)).map(|h| (i, h))
                 }
-                (hit, _) => done.push((i, hit)),
-            }
-        }
+                (hit, _) => Some((i, hit)),
+            })
+            .collect();
+        let mut added = false;
         for (i, f) in self.filters.iter().enumerate() {
-            if f.ordered() && !prepared[i] {
+            let was_prepared = prepared_past.get(i).copied().unwrap_or_else(|| prepared & (1 << i) != 0);
+            if f.ordered() && !was_prepared {
                 done.extend(f.test(line).map(|h| (i, h)));
+                added = true;
             }
         }
-        done.sort_by_key(|(i, _)| *i);
+        if added {
+            done.sort_by_key(|(i, _)| *i);
+        }
         done
+    }
+}
+
+/// A line as text: itself when it is UTF-8 (checked fast), else decoded lossily.
+fn text_of(line: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(line) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(line),
     }
 }
 

@@ -70,7 +70,7 @@ fn scan_bad_input_is_clear_and_garbage_lines_are_counted() {
     let run = env.cli(&["scan", "--filter", "sshdd", "/dev/null"]);
     run.expect_code(2);
     assert!(
-        run.stderr.starts_with("banshare: --filter sshdd: no such filter (known: apache-auth, dovecot,"),
+        run.stderr.starts_with("banshare: --filter sshdd: no such filter (known: apache-auth, apache-badbots,"),
         "{}",
         run.stderr
     );

@@ -362,14 +362,43 @@ pub struct Clock {
     parser: TimeParser,
     /// Capture slots of each template, made once (each holds a JIT stack).
     locs: Vec<CaptureLocations>,
+    /// The last date read: its template, text, the minute of `now` it was read in, and
+    /// its time. Lines of one second repeat their date; reading it once is enough (a
+    /// date without a year is read against `now`, hence the minute).
+    last: Option<(usize, String, i64, Option<Timestamp>)>,
 }
 
 impl Clock {
     pub fn new(now: Timestamp) -> Clock {
-        Clock { now, parser: TimeParser::default(), locs: Vec::new() }
+        Clock { now, parser: TimeParser::default(), locs: Vec::new(), last: None }
     }
 
+    /// [`Clock::read_new`], or the last date's time when the line repeats it.
     fn read(&mut self, t: &Template, line: &str, span: (usize, usize), template: usize) -> Option<Timestamp> {
+        let whole = &line[span.0..span.1];
+        let minute = self.now.0.div_euclid(60_000);
+        if let Some((tpl, text, m, time)) = &self.last
+            && *tpl == template
+            && *m == minute
+            && text == whole
+        {
+            return *time;
+        }
+        let time = self.read_new(t, line, span, template);
+        match &mut self.last {
+            Some(last) => {
+                last.0 = template;
+                last.1.clear();
+                last.1.push_str(whole);
+                last.2 = minute;
+                last.3 = time;
+            }
+            None => self.last = Some((template, whole.to_string(), minute, time)),
+        }
+        time
+    }
+
+    fn read_new(&mut self, t: &Template, line: &str, span: (usize, usize), template: usize) -> Option<Timestamp> {
         let locs = &self.locs[template];
         let text = |group: Option<usize>| -> Option<&str> {
             let (s, e) = locs.get(group?)?;
@@ -401,8 +430,11 @@ impl Clock {
                     return Some(Timestamp(s * 1000));
                 }
                 let month = n(f.month).or_else(|| {
-                    let name = text(f.month_name)?.to_ascii_lowercase();
-                    MONTHS.iter().position(|m| name.starts_with(m)).map(|i| i as i64 + 1)
+                    let name = text(f.month_name)?.as_bytes();
+                    MONTHS
+                        .iter()
+                        .position(|m| name.len() >= m.len() && name[..m.len()].eq_ignore_ascii_case(m.as_bytes()))
+                        .map(|i| i as i64 + 1)
                 });
                 let mut hour = n(f.hour).unwrap_or(0);
                 if let Some(h) = n(f.hour12) {
@@ -410,9 +442,12 @@ impl Clock {
                     hour = h % 12 + if pm { 12 } else { 0 };
                 }
                 let secs = hour * 3600 + n(f.minute).unwrap_or(0) * 60 + n(f.second).unwrap_or(0);
+                // Milliseconds: the first three digits of the fraction, padded with zeros.
                 let ms = text(f.fraction).map_or(0, |frac| {
-                    let digits: String = frac.chars().chain("000".chars()).take(3).collect();
-                    digits.parse::<i64>().unwrap_or(0)
+                    let digits = frac.bytes().chain(*b"000").take(3);
+                    digits
+                        .fold(Some(0i64), |ms, d| Some(ms? * 10 + i64::from(char::from(d).to_digit(10)?)))
+                        .unwrap_or(0)
                 });
                 let year = n(f.year).or_else(|| n(f.year2).map(|y| 2000 + y));
                 let zone = text(f.zone).map(offset).or_else(|| text(f.zone_name).and_then(zone_abbreviation).map(Some));
