@@ -445,9 +445,7 @@ impl Clock {
                 // Milliseconds: the first three digits of the fraction, padded with zeros.
                 let ms = text(f.fraction).map_or(0, |frac| {
                     let digits = frac.bytes().chain(*b"000").take(3);
-                    digits
-                        .fold(Some(0i64), |ms, d| Some(ms? * 10 + i64::from(char::from(d).to_digit(10)?)))
-                        .unwrap_or(0)
+                    digits.try_fold(0i64, |ms, d| Some(ms * 10 + i64::from(char::from(d).to_digit(10)?))).unwrap_or(0)
                 });
                 let year = n(f.year).or_else(|| n(f.year2).map(|y| 2000 + y));
                 let zone = text(f.zone).map(offset).or_else(|| text(f.zone_name).and_then(zone_abbreviation).map(Some));
