@@ -444,7 +444,7 @@ impl Clock {
                 let secs = hour * 3600 + n(f.minute).unwrap_or(0) * 60 + n(f.second).unwrap_or(0);
                 // Milliseconds: the first three digits of the fraction, padded with zeros.
                 let ms = text(f.fraction).map_or(0, |frac| {
-                    let digits = frac.bytes().chain(*b"000").take(3);
+                    let mut digits = frac.bytes().chain(*b"000").take(3);
                     digits.try_fold(0i64, |ms, d| Some(ms * 10 + i64::from(char::from(d).to_digit(10)?))).unwrap_or(0)
                 });
                 let year = n(f.year).or_else(|| n(f.year2).map(|y| 2000 + y));
