@@ -400,11 +400,10 @@ fn scan_parallel(
     use std::collections::BTreeMap;
     use std::sync::{Arc, Mutex, mpsc};
 
-    use crate::detect::Hit;
     use crate::detect::scan::{Read, Scanner, read_line};
 
     /// Per line of a batch: its hits, and whether it held NUL bytes / invalid UTF-8.
-    type LineTests = Vec<(Vec<(usize, Hit)>, (bool, bool))>;
+    type LineTests = Vec<(crate::detect::filter::Hits, (bool, bool))>;
     type Tested = (usize, Batch, LineTests);
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
     let filters = scanner.filters().clone();

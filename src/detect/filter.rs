@@ -351,6 +351,9 @@ pub enum Hit {
     Prepared(Prepared),
 }
 
+/// The filters' hits on one line (most lines have one or none: kept inline).
+pub type Hits = smallvec::SmallVec<[(usize, Hit); 2]>;
+
 /// The filters of one source, tested together.
 #[derive(Debug, Clone)]
 pub struct FilterSet {
@@ -364,7 +367,7 @@ impl FilterSet {
 
     /// Tests `line` against every filter; at most one hit per filter. Lines must come
     /// in order (see [`Filter::ordered`]).
-    pub fn test(&self, line: &[u8]) -> Vec<(usize, Hit)> {
+    pub fn test(&self, line: &[u8]) -> Hits {
         self.filters.iter().enumerate().filter_map(|(i, f)| f.test(line).map(|hit| (i, hit))).collect()
     }
 
@@ -382,8 +385,8 @@ impl FilterSet {
     /// The per-line stage, callable from any thread in any order: banshare's patterns
     /// give their verdicts, fail2ban's single-line definitions a [`Hit::Prepared`];
     /// [`FilterSet::settle`] then finishes the line, in line order.
-    pub fn test_unordered(&self, line: &[u8], scratch: &mut [Option<Scratch>]) -> Vec<(usize, Hit)> {
-        let mut hits = Vec::new();
+    pub fn test_unordered(&self, line: &[u8], scratch: &mut [Option<Scratch>]) -> Hits {
+        let mut hits = Hits::new();
         for (i, f) in self.filters.iter().enumerate() {
             match (&f.engine, scratch.get_mut(i).and_then(Option::as_mut)) {
                 (Engine::Patterns(p), _) => hits.extend(p.test(line).map(|h| (i, h))),
@@ -400,13 +403,13 @@ impl FilterSet {
 
     /// The ordered stage of a line [`FilterSet::test_unordered`] tested: prepared
     /// results finished, multi-line definitions run.
-    pub fn settle(&self, line: &[u8], hits: Vec<(usize, Hit)>) -> Vec<(usize, Hit)> {
+    pub fn settle(&self, line: &[u8], hits: Hits) -> Hits {
         let now = Timestamp::now();
         // Which ordered filters were prepared (the others run whole, here): a bit each,
         // or a flag each past 128 filters.
         let mut prepared = 0u128;
         let mut prepared_past = if self.filters.len() > 128 { vec![false; self.filters.len()] } else { Vec::new() };
-        let mut done: Vec<(usize, Hit)> = hits
+        let mut done: Hits = hits
             .into_iter()
             .filter_map(|(i, hit)| match (hit, &self.filters[i].engine) {
                 (Hit::Prepared(p), Engine::Fail2ban(run)) => {

@@ -13,6 +13,7 @@ use std::net::IpAddr;
 use serde::Serialize;
 
 use super::time::TimeParser;
+use super::filter::Hits;
 use super::{Detector, Escalation, Failure, FilterSet, Hit};
 use crate::clock::Timestamp;
 use crate::decision::{Source, ban_target, show_target};
@@ -186,13 +187,13 @@ impl Scanner {
     }
 
     /// Records a line whose hits were computed already (in order: windows depend on it).
-    pub fn record_raw(&mut self, line: &[u8], hits: Vec<(usize, Hit)>, (nul, invalid): (bool, bool)) -> Outcome {
+    pub fn record_raw(&mut self, line: &[u8], hits: Hits, (nul, invalid): (bool, bool)) -> Outcome {
         self.lines.nul_bytes += u64::from(nul);
         self.lines.invalid_utf8 += u64::from(invalid);
         self.record(line, hits)
     }
 
-    fn record(&mut self, line: &[u8], hits: Vec<(usize, Hit)>) -> Outcome {
+    fn record(&mut self, line: &[u8], hits: Hits) -> Outcome {
         self.lines.read += 1;
         if hits.is_empty() {
             self.lines.missed += 1;

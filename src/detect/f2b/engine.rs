@@ -331,7 +331,7 @@ impl Compiled {
         let matched = self.failregex_match(locs, content_buf, buf, None, &mut flags);
         out.ignored = flags.ignored;
         out.limit |= flags.limit;
-        out.matched = matched.map(Box::new);
+        out.matched = matched;
         out
     }
 
@@ -345,8 +345,7 @@ impl Compiled {
             out.time = st.last_time;
         }
         match matched {
-            Some(m) => {
-                let (index, fail) = *m;
+            Some((index, fail)) => {
                 let at = out.time.unwrap_or(now);
                 self.conclude(st, index, fail, at, out)
             }
@@ -539,7 +538,7 @@ pub struct Prepared {
     time: Option<Timestamp>,
     ignored: bool,
     limit: bool,
-    matched: Option<Box<(usize, Fail)>>,
+    matched: Option<(usize, Fail)>,
 }
 
 /// Per-thread scratch: the date template that found the last date, the clock, capture
