@@ -442,11 +442,14 @@ fn scan_parallel(
                     let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
                     let Ok((seq, mut batch)) = next else { break };
                     let ranges: Vec<_> = batch.lines().collect();
+                    // The replay's clock, read once a batch (a date without a year is
+                    // read against it).
+                    let now = crate::clock::Timestamp::now();
                     let tested = ranges
                         .into_iter()
                         .map(|r| {
                             let flags = Scanner::sanitize(&mut batch.data[r.clone()]);
-                            (filters.test_unordered(&batch.data[r], &mut scratch), flags)
+                            (filters.test_unordered(&batch.data[r], &mut scratch, now), flags)
                         })
                         .collect();
                     if tx.send((seq, batch, tested)).is_err() {
@@ -462,13 +465,14 @@ fn scan_parallel(
         for (seq, batch, tested) in done_rx {
             pending.insert(seq, (batch, tested));
             while let Some((batch, tested)) = pending.remove(&next) {
+                let now = crate::clock::Timestamp::now();
                 for _ in 0..batch.too_long {
                     scanner.too_long();
                 }
                 for (range, (mut hits, flags)) in batch.lines().zip(tested) {
                     let line = &batch.data[range];
                     if ordered {
-                        hits = scanner.filters().settle(line, hits);
+                        hits = scanner.filters().settle(line, hits, now);
                     }
                     let outcome = scanner.record_raw(line, hits, flags);
                     each(line, outcome);

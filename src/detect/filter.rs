@@ -385,14 +385,14 @@ impl FilterSet {
     /// The per-line stage, callable from any thread in any order: banshare's patterns
     /// give their verdicts, fail2ban's single-line definitions a [`Hit::Prepared`];
     /// [`FilterSet::settle`] then finishes the line, in line order.
-    pub fn test_unordered(&self, line: &[u8], scratch: &mut [Option<Scratch>]) -> Hits {
+    pub fn test_unordered(&self, line: &[u8], scratch: &mut [Option<Scratch>], now: Timestamp) -> Hits {
         let mut hits = Hits::new();
         for (i, f) in self.filters.iter().enumerate() {
             match (&f.engine, scratch.get_mut(i).and_then(Option::as_mut)) {
                 (Engine::Patterns(p), _) => hits.extend(p.test(line).map(|h| (i, h))),
                 (Engine::Fail2ban(run), Some(sc)) if run.compiled.single_line() => {
                     let text = text_of(line);
-                    let prepared = run.compiled.prepare(sc, &text, Timestamp::now());
+                    let prepared = run.compiled.prepare(sc, &text, now);
                     hits.push((i, Hit::Prepared(prepared)));
                 }
                 (Engine::Fail2ban(_), _) => {}
@@ -403,8 +403,7 @@ impl FilterSet {
 
     /// The ordered stage of a line [`FilterSet::test_unordered`] tested: prepared
     /// results finished, multi-line definitions run.
-    pub fn settle(&self, line: &[u8], hits: Hits) -> Hits {
-        let now = Timestamp::now();
+    pub fn settle(&self, line: &[u8], hits: Hits, now: Timestamp) -> Hits {
         // Which ordered filters were prepared (the others run whole, here): a bit each,
         // or a flag each past 128 filters.
         let mut prepared = 0u128;
