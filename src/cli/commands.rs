@@ -400,7 +400,7 @@ fn scan_parallel(
     use std::collections::BTreeMap;
     use std::sync::{Arc, Mutex, mpsc};
 
-    use crate::detect::scan::{Read, Scanner, read_line};
+    use crate::detect::scan::{Read, Scanner, read_line_append};
 
     /// Per line of a batch: its hits, and whether it held NUL bytes / invalid UTF-8.
     type LineTests = Vec<(crate::detect::filter::Hits, (bool, bool))>;
@@ -414,17 +414,14 @@ fn scan_parallel(
     let (done_tx, done_rx) = mpsc::sync_channel::<Tested>(workers);
     std::thread::scope(|scope| -> std::io::Result<()> {
         let reading = scope.spawn(move || -> std::io::Result<()> {
-            let mut buf = Vec::with_capacity(4096);
             let mut seq = 0;
             let mut batch = Batch::default();
             loop {
-                match read_line(&mut reader, &mut buf)? {
+                // Straight into the batch: an empty line adds nothing but its end.
+                match read_line_append(&mut reader, &mut batch.data)? {
                     Read::Eof => break,
                     Read::TooLong => batch.too_long += 1,
-                    Read::Line => {
-                        batch.data.extend_from_slice(&buf);
-                        batch.ends.push(batch.data.len());
-                    }
+                    Read::Line => batch.ends.push(batch.data.len()),
                 }
                 if batch.ends.len() + batch.too_long >= SCAN_BATCH {
                     let _ = batch_tx.send((seq, std::mem::take(&mut batch)));

@@ -34,17 +34,24 @@ pub enum Read {
 /// Reads the next line into `buf`, consuming an over-long one to its end.
 pub fn read_line(r: &mut impl BufRead, buf: &mut Vec<u8>) -> io::Result<Read> {
     buf.clear();
+    read_line_append(r, buf)
+}
+
+/// Reads the next line onto the end of `buf` (an over-long one is consumed to its end
+/// and leaves `buf` as it was).
+pub fn read_line_append(r: &mut impl BufRead, buf: &mut Vec<u8>) -> io::Result<Read> {
+    let start = buf.len();
     let mut too_long = false;
     loop {
         let chunk = r.fill_buf()?;
         if chunk.is_empty() {
-            return Ok(match (too_long, buf.is_empty()) {
+            return Ok(match (too_long, buf.len() == start) {
                 (true, _) => Read::TooLong,
                 (false, true) => Read::Eof,
                 (false, false) => Read::Line,
             });
         }
-        let (take, done) = crate::lines::take(chunk, buf, MAX_LINE, &mut too_long);
+        let (take, done) = crate::lines::take_from(chunk, buf, start, MAX_LINE, &mut too_long);
         r.consume(take);
         if done {
             return Ok(if too_long { Read::TooLong } else { Read::Line });
