@@ -245,6 +245,19 @@ mod session_tests {
     }
 
     #[test]
+    fn a_reused_pid_charges_the_new_connections_address_not_the_old_one() {
+        // The first connection's close was not logged (rotated away, rate-limited).
+        let lines = [
+            "Nov 23 10:00:01 h sshd[90]: Failed password for root from 203.0.113.20 port 5000 ssh2",
+            "Nov 23 10:05:01 h sshd[90]: Failed password for root from 2001:db8::20 port 5000 ssh2",
+            "Nov 23 10:05:02 h sshd[90]: Disconnecting: Too many authentication failures for root [preauth]",
+        ];
+        let charged = charged(None, &lines);
+        assert_eq!(charged.get(&"203.0.113.20".parse().unwrap()), Some(&1));
+        assert_eq!(charged.get(&"2001:db8::20".parse().unwrap()), Some(&2), "{charged:?}");
+    }
+
+    #[test]
     fn a_login_after_failed_keys_is_no_failure_but_keys_that_never_log_in_are() {
         let agent = [
             "Nov 23 10:00:01 h sshd[80]: Failed publickey for git from 203.0.113.9 port 5000 ssh2: RSA SHA256:a",
