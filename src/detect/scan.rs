@@ -12,8 +12,8 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use super::time::TimeParser;
 use super::filter::Hits;
+use super::time::TimeParser;
 use super::{Detector, Escalation, Failure, FilterSet, Hit};
 use crate::clock::Timestamp;
 use crate::decision::{Source, ban_target, show_target};
