@@ -196,6 +196,8 @@ fn group_end(b: &[u8], start: usize) -> Option<usize> {
 #[derive(Debug)]
 pub struct Compiled {
     pub definition: Definition,
+    /// The `needs` words (single-line definitions only).
+    needs: Vec<memchr::memmem::Finder<'static>>,
     pref: Option<Rx>,
     fail: Vec<Rx>,
     ignore: Vec<Rx>,
@@ -235,7 +237,12 @@ impl Compiled {
             let f = definition.files.last().unwrap_or(&definition.file);
             DefinitionError::new(f, e)
         })?;
-        Ok(Compiled { definition, pref, fail, ignore, dates })
+        let needs = if multi {
+            Vec::new()
+        } else {
+            definition.needs.iter().map(|w| memchr::memmem::Finder::new(w.as_bytes()).into_owned()).collect()
+        };
+        Ok(Compiled { definition, needs, pref, fail, ignore, dates })
     }
 
     /// A new stream's state.
@@ -248,6 +255,12 @@ impl Compiled {
         Scratch::default()
     }
 
+    /// Whether a single-line definition reads `line`: it holds one of the `needs` words
+    /// (or the definition names none).
+    fn wanted(&self, line: &str) -> bool {
+        self.needs.is_empty() || self.needs.iter().any(|w| w.find(line.as_bytes()).is_some())
+    }
+
     /// Whether each line can be matched alone ([`Compiled::prepare`], in any thread and
     /// order) before its session is settled in order ([`Compiled::finish`]): true unless
     /// `maxlines` joins lines.
@@ -258,6 +271,9 @@ impl Compiled {
     /// Runs one line (without its newline) read at `now`.
     pub fn line(&self, st: &mut State, line: &str, now: Timestamp) -> Outcome {
         if self.single_line() {
+            if !self.wanted(line) {
+                return Outcome { time: st.last_time, ..Outcome::default() };
+            }
             let prepared = self.prepare(&mut st.scratch, line, now);
             return self.finish(st, prepared, now);
         }
@@ -268,6 +284,9 @@ impl Compiled {
     /// Runs one line whose time is known (a journal entry's): no date is searched.
     pub fn line_dated(&self, st: &mut State, line: &str, at: Timestamp) -> Outcome {
         if self.single_line() {
+            if !self.wanted(line) {
+                return Outcome { time: Some(at), ..Outcome::default() };
+            }
             let text = format!("{line}\n");
             let prepared =
                 self.matching(st.scratch.locations(self), &text, Prepared { time: Some(at), ..Prepared::default() });
@@ -289,6 +308,9 @@ impl Compiled {
     /// first failregex that matches and no ignoreregex vetoes. No session state: lines
     /// may be prepared in any thread and order, then finished in order.
     pub fn prepare(&self, sc: &mut Scratch, line: &str, now: Timestamp) -> Prepared {
+        if !self.wanted(line) {
+            return Prepared::default();
+        }
         sc.clock.now = now;
         let found = self.dates.find(line, &mut sc.last_template, &mut sc.clock);
         let (locs, text) = sc.parts(self);

@@ -137,6 +137,10 @@ pub struct Definition {
     pub maxlines: usize,
     pub datepattern: Option<String>,
     pub journalmatch: Vec<String>,
+    /// banshare's `needs` key (fail2ban has none; its reader ignores it): words of which a
+    /// line must hold one to be the filter's. A single-line definition skips other lines
+    /// before reading their date. banshare's built-ins set it to their program names.
+    pub needs: Vec<String>,
 }
 
 /// One pattern and the line of the file that set its key.
@@ -148,7 +152,7 @@ pub struct Pattern {
 }
 
 /// The `[Definition]` keys a filter uses.
-const KEYS: &[&str] = &["prefregex", "failregex", "ignoreregex", "maxlines", "datepattern", "journalmatch"];
+const KEYS: &[&str] = &["prefregex", "failregex", "ignoreregex", "maxlines", "datepattern", "journalmatch", "needs"];
 
 /// Most times one tag may be replaced in one value (fail2ban's limit is 50).
 const MAX_TAG_REPLACE: usize = 50;
@@ -226,6 +230,8 @@ impl Definition {
         };
         let ignoreregex = patterns("ignoreregex");
         let journalmatch = patterns("journalmatch").into_iter().map(|p| p.text).collect();
+        let needs =
+            patterns("needs").into_iter().map(|p| p.text.trim().to_string()).filter(|w| !w.is_empty()).collect();
         Ok(Definition {
             filter: filter.clone(),
             file,
@@ -236,6 +242,7 @@ impl Definition {
             maxlines,
             datepattern: resolved.get("datepattern").map(|d| d.trim().to_string()).filter(|d| !d.is_empty()),
             journalmatch,
+            needs,
         })
     }
 }
