@@ -414,7 +414,10 @@ impl Clock {
         let f = &t.fields;
         match t.kind {
             // `@4000000052f3c8e82d1e7a9c`: seconds in hex after the `@4`.
-            Kind::Tai64n => i64::from_str_radix(whole.get(2..17)?, 16).ok().map(|s| Timestamp(s * 1000)),
+            // A label past the clock's range (`@44...`) is no time.
+            Kind::Tai64n => {
+                i64::from_str_radix(whole.get(2..17)?, 16).ok().and_then(|s| s.checked_mul(1000)).map(Timestamp)
+            }
             Kind::Epoch { long } => {
                 let v = whole.trim_start_matches('[');
                 let secs: f64 = if long && v.len() >= 13 {
@@ -427,7 +430,7 @@ impl Clock {
             }
             Kind::Fields => {
                 if let Some(s) = n(f.epoch) {
-                    return Some(Timestamp(s * 1000));
+                    return s.checked_mul(1000).map(Timestamp);
                 }
                 let month = n(f.month).or_else(|| {
                     let name = text(f.month_name)?.as_bytes();
@@ -565,6 +568,8 @@ mod tests {
         );
         assert_eq!(at(Some("{^LN-BEG}EPOCH"), "1795000000.250 x").as_deref(), Some("2026-11-18T11:06:40.250Z"));
         assert_eq!(at(Some("{^LN-BEG}TAI64N"), "@4000000069222d8000000000 x").as_deref(), Some("2025-11-22T21:39:12Z"));
+        // A label past the clock's range is no time (it overflowed once: found by the fuzzer).
+        assert_eq!(at(Some("{^LN-BEG}TAI64N"), "@440000004c91b044077a9e94 x"), None);
         let (span, _) = read(Some("^[^\\[]*\\[({DATE})"), "x [Mon Nov 23 10:00:01.5 2026] y", now).unwrap();
         assert_eq!(span, "Mon Nov 23 10:00:01.5 2026", "the pattern's own group is the span taken out");
         assert_eq!(read(None, "no date here", now), None);
