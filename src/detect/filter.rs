@@ -388,14 +388,15 @@ impl FilterSet {
     pub fn test_unordered(&self, line: &[u8], scratch: &mut [Option<Scratch>], now: Timestamp) -> Hits {
         let mut hits = Hits::new();
         for (i, f) in self.filters.iter().enumerate() {
-            match (&f.engine, scratch.get_mut(i).and_then(Option::as_mut)) {
-                (Engine::Patterns(p), _) => hits.extend(p.test(line).map(|h| (i, h))),
-                (Engine::Fail2ban(run), Some(sc)) if run.compiled.single_line() => {
-                    let text = text_of(line);
-                    let prepared = run.compiled.prepare(sc, &text, now);
+            match &f.engine {
+                Engine::Patterns(p) => hits.extend(p.test(line).map(|h| (i, h))),
+                Engine::Fail2ban(run) if run.compiled.single_line() => {
+                    let sc = scratch[i].as_mut().expect("FilterSet::scratch gives each definition its scratch");
+                    let prepared = run.compiled.prepare(sc, &text_of(line), now);
                     hits.push((i, Hit::Prepared(prepared)));
                 }
-                (Engine::Fail2ban(_), _) => {}
+                // A multi-line definition runs whole in `settle`.
+                Engine::Fail2ban(_) => {}
             }
         }
         hits
@@ -404,28 +405,22 @@ impl FilterSet {
     /// The ordered stage of a line [`FilterSet::test_unordered`] tested: prepared
     /// results finished, multi-line definitions run.
     pub fn settle(&self, line: &[u8], hits: Hits, now: Timestamp) -> Hits {
-        // Which ordered filters were prepared (the others run whole, here): a bit each,
-        // or a flag each past 128 filters.
-        let mut prepared = 0u128;
-        let mut prepared_past = if self.filters.len() > 128 { vec![false; self.filters.len()] } else { Vec::new() };
         let mut done: Hits = hits
             .into_iter()
             .filter_map(|(i, hit)| match (hit, &self.filters[i].engine) {
                 (Hit::Prepared(p), Engine::Fail2ban(run)) => {
-                    match prepared_past.get_mut(i) {
-                        Some(flag) => *flag = true,
-                        None => prepared |= 1 << i,
-                    }
                     let mut state = run.state.lock().unwrap_or_else(|e| e.into_inner());
                     Fail2banRun::hit(run.compiled.finish(&mut state, p, now)).map(|h| (i, h))
                 }
                 (hit, _) => Some((i, hit)),
             })
             .collect();
+        // The multi-line definitions, which `test_unordered` left alone.
         let mut added = false;
         for (i, f) in self.filters.iter().enumerate() {
-            let was_prepared = prepared_past.get(i).copied().unwrap_or_else(|| prepared & (1 << i) != 0);
-            if f.ordered() && !was_prepared {
+            if let Engine::Fail2ban(run) = &f.engine
+                && !run.compiled.single_line()
+            {
                 done.extend(f.test(line).map(|h| (i, h)));
                 added = true;
             }

@@ -7,7 +7,7 @@
 //! are not copied (their licence is not ours). Their accuracy is measured against
 //! fail2ban's own annotated samples (`tests/integration/fail2ban_corpus.rs`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use super::f2b::{Files, FilterRef};
@@ -57,11 +57,6 @@ pub const BUILT_INS: &[BuiltIn] = &[
     built_in("pure-ftpd", "ftp_bruteforce", &[]),
 ];
 
-/// Names of the built-in filters.
-pub fn names() -> impl Iterator<Item = &'static str> {
-    BUILT_INS.iter().map(|b| b.name)
-}
-
 /// The built-in named `name`.
 pub fn get(name: &str) -> Option<&'static BuiltIn> {
     BUILT_INS.iter().find(|b| b.name == name)
@@ -94,11 +89,6 @@ pub const FILES: &[(&str, &str)] = embedded![
     "pure-ftpd",
 ];
 
-/// The directory the built-in definitions are read from (see [`Files::BUILT_IN_ROOT`]).
-pub fn dir() -> PathBuf {
-    PathBuf::from(Files::BUILT_IN_ROOT)
-}
-
 impl BuiltIn {
     /// The filter with its default window, running the definition with `options`
     /// (`mode`, `logtype`, ...; the built-in's fixed options win).
@@ -109,7 +99,11 @@ impl BuiltIn {
         let filter = FilterRef { name: self.definition.to_string(), options };
         FilterSpec {
             maxretry: self.maxretry,
-            fail2ban: Some(Fail2banDefinition { files: Files::Embedded(FILES), dir: dir(), filter }),
+            fail2ban: Some(Fail2banDefinition {
+                files: Files::Embedded(FILES),
+                dir: PathBuf::from(Files::BUILT_IN_ROOT),
+                filter,
+            }),
             ..FilterSpec::new(self.name, self.category)
         }
     }
@@ -132,11 +126,6 @@ impl BuiltIn {
 /// A built-in filter by name with its default mode.
 pub fn spec(name: &str) -> Option<FilterSpec> {
     get(name).map(|b| b.spec(&[]))
-}
-
-/// Whether `dir` is where the built-in definitions are read from.
-pub fn is_built_in_dir(dir: &Path) -> bool {
-    dir == Path::new(Files::BUILT_IN_ROOT)
 }
 
 #[cfg(test)]

@@ -362,39 +362,39 @@ pub struct Clock {
     parser: TimeParser,
     /// Capture slots of each template, made once (each holds a JIT stack).
     locs: Vec<CaptureLocations>,
-    /// The last date read: its template, text, the minute of `now` it was read in, and
-    /// its time. Lines of one second repeat their date; reading it once is enough (a
-    /// date without a year is read against `now`, hence the minute).
-    last: Option<(usize, String, i64, Option<Timestamp>)>,
+    /// The last date read. Lines of one second repeat their date: reading it once is
+    /// enough.
+    last: LastDate,
+}
+
+/// A date read, with what its time depends on.
+#[derive(Debug, Default)]
+struct LastDate {
+    template: Option<usize>,
+    text: String,
+    /// The minute of `now` it was read in (a date without a year is read against `now`).
+    minute: i64,
+    time: Option<Timestamp>,
 }
 
 impl Clock {
     pub fn new(now: Timestamp) -> Clock {
-        Clock { now, parser: TimeParser::default(), locs: Vec::new(), last: None }
+        Clock { now, parser: TimeParser::default(), locs: Vec::new(), last: LastDate::default() }
     }
 
     /// [`Clock::read_new`], or the last date's time when the line repeats it.
     fn read(&mut self, t: &Template, line: &str, span: (usize, usize), template: usize) -> Option<Timestamp> {
         let whole = &line[span.0..span.1];
         let minute = self.now.0.div_euclid(60_000);
-        if let Some((tpl, text, m, time)) = &self.last
-            && *tpl == template
-            && *m == minute
-            && text == whole
-        {
-            return *time;
+        let last = &self.last;
+        if last.template == Some(template) && last.minute == minute && last.text == whole {
+            return last.time;
         }
         let time = self.read_new(t, line, span, template);
-        match &mut self.last {
-            Some(last) => {
-                last.0 = template;
-                last.1.clear();
-                last.1.push_str(whole);
-                last.2 = minute;
-                last.3 = time;
-            }
-            None => self.last = Some((template, whole.to_string(), minute, time)),
-        }
+        let last = &mut self.last;
+        (last.template, last.minute, last.time) = (Some(template), minute, time);
+        last.text.clear();
+        last.text.push_str(whole);
         time
     }
 
@@ -433,10 +433,10 @@ impl Clock {
                     return s.checked_mul(1000).map(Timestamp);
                 }
                 let month = n(f.month).or_else(|| {
-                    let name = text(f.month_name)?.as_bytes();
+                    let name = text(f.month_name)?;
                     MONTHS
                         .iter()
-                        .position(|m| name.len() >= m.len() && name[..m.len()].eq_ignore_ascii_case(m.as_bytes()))
+                        .position(|m| name.get(..m.len()).is_some_and(|n| n.eq_ignore_ascii_case(m)))
                         .map(|i| i as i64 + 1)
                 });
                 let mut hour = n(f.hour).unwrap_or(0);

@@ -99,9 +99,10 @@ impl Rx {
                 ),
             ));
         }
-        let re = Re::new(&expand(&p.text), multi_line)
+        let expanded = expand(&p.text);
+        let re = Re::new(&expanded, multi_line)
             .map_err(|e| DefinitionError::at(&p.file, p.line, format!("`{}`: {e}", p.text)))?;
-        let first = if multi_line { None } else { first_bytes(&expand(&p.text)) };
+        let first = if multi_line { None } else { first_bytes(&expanded) };
         Ok(Rx { re, pattern: p.clone(), first })
     }
 
@@ -277,7 +278,8 @@ impl Compiled {
             let prepared = self.prepare(&mut st.scratch, line, now);
             return self.finish(st, prepared, now);
         }
-        let (text, time) = self.undated(&mut st.scratch, line, now);
+        let time = st.scratch.undate(&self.dates, line, now);
+        let text = std::mem::take(&mut st.scratch.text);
         self.multi_line(st, text, Outcome { time, ..Outcome::default() }, now)
     }
 
@@ -295,15 +297,6 @@ impl Compiled {
         self.multi_line(st, line.to_string(), Outcome { time: Some(at), ..Outcome::default() }, at)
     }
 
-    /// The line without its date, and the date's time.
-    fn undated(&self, sc: &mut Scratch, line: &str, now: Timestamp) -> (String, Option<Timestamp>) {
-        sc.clock.now = now;
-        match self.dates.find(line, &mut sc.last_template, &mut sc.clock) {
-            Some(f) => (format!("{}{}", &line[..f.start], &line[f.end..]), f.time),
-            None => (line.to_string(), None),
-        }
-    }
-
     /// The per-line stage of a single-line definition: the date, the prefregex, the
     /// first failregex that matches and no ignoreregex vetoes. No session state: lines
     /// may be prepared in any thread and order, then finished in order.
@@ -311,22 +304,9 @@ impl Compiled {
         if !self.wanted(line) {
             return Prepared::default();
         }
-        sc.clock.now = now;
-        let found = self.dates.find(line, &mut sc.last_template, &mut sc.clock);
+        let time = sc.undate(&self.dates, line, now);
+        sc.text.push('\n');
         let (locs, text) = sc.parts(self);
-        text.clear();
-        let time = match found {
-            Some(f) => {
-                text.push_str(&line[..f.start]);
-                text.push_str(&line[f.end..]);
-                f.time
-            }
-            None => {
-                text.push_str(line);
-                None
-            }
-        };
-        text.push('\n');
         self.matching(locs, text, Prepared { time, ..Prepared::default() })
     }
 
@@ -578,6 +558,24 @@ impl Scratch {
     /// The capture slots, made at the first line.
     fn locations(&mut self, c: &Compiled) -> &mut Locations {
         self.locs.get_or_insert_with(|| Locations::new(c))
+    }
+
+    /// Writes `line` without its date to the text buffer; the date's time.
+    fn undate(&mut self, dates: &DateDetector, line: &str, now: Timestamp) -> Option<Timestamp> {
+        self.clock.now = now;
+        let found = dates.find(line, &mut self.last_template, &mut self.clock);
+        self.text.clear();
+        match found {
+            Some(f) => {
+                self.text.push_str(&line[..f.start]);
+                self.text.push_str(&line[f.end..]);
+                f.time
+            }
+            None => {
+                self.text.push_str(line);
+                None
+            }
+        }
     }
 
     /// The capture slots and the text buffer together.
@@ -846,6 +844,7 @@ impl State {
         self.sessions.insert(id.to_string(), Session { fail, seen: at });
     }
 }
+
 #[cfg(test)]
 mod first_byte_tests {
     use super::first_bytes;
