@@ -309,15 +309,16 @@ fn scan(
     use crate::detect::{Filter, FilterSet};
 
     let config = load_config(config_path)?;
+    // The config's filters are compiled already; `--fail2ban-filter` definitions here.
     let wanted: Vec<&String> =
         if names.is_empty() && fail2ban.is_empty() { config.filters.keys().collect() } else { names.iter().collect() };
     let mut filters = Vec::new();
     for name in wanted {
-        let spec = config.filters.get(name).ok_or_else(|| {
+        let filter = config.filters.get(name).ok_or_else(|| {
             let known: Vec<&str> = config.filters.keys().map(String::as_str).collect();
             CliError::new(exit::BAD_INPUT, format!("--filter {name}: no such filter (known: {})", known.join(", ")))
         })?;
-        filters.push(Filter::compile(spec.clone()).map_err(|e| CliError::new(exit::BAD_INPUT, e.to_string()))?);
+        filters.push(filter.clone());
     }
     for text in fail2ban {
         let spec = fail2ban_spec(&config, text)
@@ -400,15 +401,13 @@ fn scan_parallel(
     use std::collections::BTreeMap;
     use std::sync::{Arc, Mutex, mpsc};
 
-    use crate::detect::scan::{Read, Scanner, read_line_append};
+    use crate::detect::scan::{Read, read_line_append};
 
     /// Per line of a batch: its hits, and whether it held NUL bytes / invalid UTF-8.
     type LineTests = Vec<(crate::detect::filter::Hits, (bool, bool))>;
     type Tested = (usize, Batch, LineTests);
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 8);
-    let filters = scanner.filters().clone();
-    // Filters whose state spans lines run here, in line order, as the results come in.
-    let ordered = filters.filters.iter().any(crate::detect::Filter::ordered);
+    let filters = scanner.matcher();
     let (batch_tx, batch_rx) = mpsc::sync_channel::<(usize, Batch)>(workers);
     let batch_rx = Arc::new(Mutex::new(batch_rx));
     let (done_tx, done_rx) = mpsc::sync_channel::<Tested>(workers);
@@ -445,7 +444,7 @@ fn scan_parallel(
                     let tested = ranges
                         .into_iter()
                         .map(|r| {
-                            let flags = Scanner::sanitize(&mut batch.data[r.clone()]);
+                            let flags = crate::detect::stage::sanitize(&mut batch.data[r.clone()]);
                             (filters.test_unordered(&batch.data[r], &mut scratch, now), flags)
                         })
                         .collect();
@@ -466,12 +465,9 @@ fn scan_parallel(
                 for _ in 0..batch.too_long {
                     scanner.too_long();
                 }
-                for (range, (mut hits, flags)) in batch.lines().zip(tested) {
+                for (range, (hits, flags)) in batch.lines().zip(tested) {
                     let line = &batch.data[range];
-                    if ordered {
-                        hits = scanner.filters().settle(line, hits, now);
-                    }
-                    let outcome = scanner.record_raw(line, hits, flags);
+                    let outcome = scanner.record(line, hits, flags, now);
                     each(line, outcome);
                 }
                 next += 1;

@@ -56,9 +56,10 @@ pub struct Config {
     pub allowlist: Vec<IpNet>,
     pub firewall: FirewallConfig,
     pub decisions: DecisionConfig,
-    /// Every filter by name: the built-ins (with `[filter.NAME]` overrides) and the
-    /// config's own. Each compiles (checked at load).
-    pub filters: BTreeMap<String, FilterSpec>,
+    /// Every filter by name, compiled once here: the built-ins (with `[filter.NAME]`
+    /// overrides) and the config's own. Each stream that runs one keeps its own state
+    /// ([`crate::detect::FilterSet`]).
+    pub filters: BTreeMap<String, Filter>,
     /// `[detect]`: how repeat offenders' bans grow.
     pub escalation: Escalation,
     /// `[[source]]` entries; empty means the built-in defaults ([`default_sources`]).
@@ -155,7 +156,7 @@ impl Default for Config {
                 ipv6_prefix: 64,
                 retention: Duration::from_secs(30 * 24 * 3600),
             },
-            filters: builtin::BUILT_INS.iter().map(|b| (b.name.to_string(), b.spec(&[]))).collect(),
+            filters: builtin::compiled().clone(),
             escalation: Escalation::default(),
             sources: Vec::new(),
             feed: FeedConfig::default(),
@@ -337,8 +338,8 @@ impl Config {
         let fail2ban = fail2ban::fail2ban_config(raw.fail2ban, &invalid)?;
         let mut filters = defaults.filters;
         for (name, raw_filter) in raw.filter.unwrap_or_default() {
-            let spec = filter_spec(&name, raw_filter, filters.remove(&name), &fail2ban, &invalid)?;
-            filters.insert(name, spec);
+            let filter = filter(&name, raw_filter, filters.remove(&name), &fail2ban, &invalid)?;
+            filters.insert(name, filter);
         }
         let mut sources = Vec::new();
         for (i, src) in raw.source.unwrap_or_default().into_iter().enumerate() {
@@ -437,14 +438,16 @@ impl Config {
 }
 
 /// Builds a filter from `[filter.NAME]`: overrides on `base` (a built-in), or a new
-/// filter when `base` is `None`. Checks that it compiles.
-fn filter_spec(
+/// filter when `base` is `None`, and compiles it (a built-in whose patterns are left
+/// alone keeps its compiled engine).
+fn filter(
     name: &str,
     raw: raw::RawFilter,
-    base: Option<FilterSpec>,
+    base_filter: Option<Filter>,
     f2b: &Fail2banConfig,
     invalid: &dyn Fn(&str, &str, &dyn fmt::Display) -> ConfigError,
-) -> Result<FilterSpec, ConfigError> {
+) -> Result<Filter, ConfigError> {
+    let base = base_filter.as_ref().map(|f| f.spec.clone());
     let key = |k: &str| format!("filter.{name}.{k}");
     let definition = match &raw.fail2ban {
         None => None,
@@ -494,7 +497,6 @@ fn filter_spec(
     if definition.is_some() {
         // fail2ban's definition replaces the patterns (a built-in's too).
         spec.failregex.clear();
-        spec.helperregex.clear();
         spec.ignoreregex.clear();
         spec.fail2ban = definition;
     }
@@ -529,11 +531,17 @@ fn filter_spec(
     if let Some(d) = raw.bantime {
         spec.bantime = duration(&d).map_err(|got| invalid(&key("bantime"), "a duration like \"1h\"", &got))?;
     }
-    Filter::compile(spec.clone()).map_err(|e| match e.key {
+    let same_engine = base_filter.filter(|b| {
+        (&b.spec.failregex, &b.spec.ignoreregex, &b.spec.fail2ban)
+            == (&spec.failregex, &spec.ignoreregex, &spec.fail2ban)
+    });
+    if let Some(b) = same_engine {
+        return Ok(b.with_window(&spec.category, spec.maxretry, spec.findtime, spec.bantime));
+    }
+    Filter::compile(spec).map_err(|e| match e.key {
         "fail2ban" => invalid(&key("fail2ban"), "a fail2ban filter definition banshare can run", &e.message),
         k => invalid(&format!("filter.{name}.{k}[{}]", e.index), "a regex with <HOST>", &e.message),
-    })?;
-    Ok(spec)
+    })
 }
 
 fn absolute_path(raw: Option<String>, default: PathBuf) -> Result<PathBuf, String> {
@@ -643,12 +651,12 @@ mod tests {
             "#,
         )
         .unwrap();
-        let sshd = &c.filters["sshd"];
+        let sshd = &c.filters["sshd"].spec;
         assert_eq!(sshd.maxretry, 3);
         let options = &sshd.fail2ban.as_ref().expect("a built-in runs its definition").filter.options;
         assert_eq!(options, &[("mode".to_string(), "aggressive".to_string())]);
-        assert_eq!(c.filters["myapp"].category, "web_bruteforce");
-        assert_eq!(c.filters["nginx-botsearch"].maxretry, 2, "untouched built-ins keep their defaults");
+        assert_eq!(c.filters["myapp"].spec.category, "web_bruteforce");
+        assert_eq!(c.filters["nginx-botsearch"].spec.maxretry, 2, "untouched built-ins keep their defaults");
         assert_eq!(c.escalation.factor, 3.0);
 
         let e = parse("[filter.myapp]\nmaxretry = 3").unwrap_err();

@@ -262,6 +262,11 @@ pub struct SourceStatus {
     /// Lines on which a pattern hit the match limit (skipped for that pattern).
     #[serde(default)]
     pub match_limit: u64,
+    /// Lines with invalid UTF-8 (read lossily) and with NUL bytes (read as spaces).
+    #[serde(default)]
+    pub invalid_utf8: u64,
+    #[serde(default)]
+    pub nul_bytes: u64,
     pub too_long: u64,
     pub rotations: u64,
     /// Lines whose reading panicked inside banshare (a bug): skipped, counted, and the

@@ -183,7 +183,6 @@ impl Engine {
                     tracing::debug!(ip = %target, "lines read again after a restart; already banned for them");
                     continue;
                 }
-                let earlier = st.store.earlier_detections(&target)?;
                 let reason =
                     format!("{}: {} failures within {}", spec.name, ban.failures, human_duration(spec.findtime));
                 let report = crate::feed::report_draft(
@@ -206,7 +205,8 @@ impl Engine {
                     reason,
                     category: Some(spec.category.clone()),
                     score: None,
-                    duration: Some(config.escalation.bantime(spec.bantime, earlier)),
+                    // Escalated by the detection stage (from `earlier_detections`).
+                    duration: Some(ban.bantime),
                     evidence: ban.evidence,
                     report,
                     enforce: true,
@@ -215,6 +215,13 @@ impl Engine {
             Ok::<_, StoreError>(out)
         })?;
         self.decide(proposals, Timestamp::now())
+    }
+
+    /// How often what a detection ban of `addr` blocks was banned by detection before:
+    /// the count a follower's stage escalates a repeat offender's bantime by.
+    pub fn earlier_detections(&self, addr: IpAddr) -> Result<u32, StoreError> {
+        let prefix = self.config().decisions.ipv6_prefix;
+        self.ledger.read(|st| st.store.earlier_detections(&detection_target(st.guard, addr, prefix)))
     }
 
     /// Where reading of a followed file stopped, from the store.

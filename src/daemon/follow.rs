@@ -23,8 +23,7 @@ use super::Engine;
 use crate::clock::Timestamp;
 use crate::config::{Config, SourceKind, default_sources};
 use crate::control::protocol::SourceStatus;
-use crate::detect::time::TimeParser;
-use crate::detect::{Ban, Detector, Filter, FilterSet, FilterSpec, Hit};
+use crate::detect::{Ban, FilterSet, FilterSpec, Offences, Stage, Timing};
 use crate::tail::journal::{Journal, JournalSpec};
 use crate::tail::{Checkpoint, Tailer};
 
@@ -44,12 +43,25 @@ struct Found {
     events: Vec<crate::fail2ban::Event>,
 }
 
+/// A repeat offender's earlier bans, from the store.
+struct StoreOffences(Arc<Engine>);
+
+impl Offences for StoreOffences {
+    fn earlier(&mut self, addr: std::net::IpAddr) -> u32 {
+        self.0.earlier_detections(addr).unwrap_or_else(|error| {
+            tracing::warn!(%addr, %error, "cannot count earlier bans of {addr}: {error}; banning it as a first offender");
+            0
+        })
+    }
+}
+
 struct Source {
-    filters: FilterSet,
+    /// The detection stage of this source's lines.
+    stage: Stage,
     /// This source is fail2ban's own log: its `Ban`/`Unban` lines are events, and lines
     /// older than this window (a first read, a replay) are not.
     fail2ban_log: Option<Duration>,
-    detector: Detector,
+    fail2ban_bans: u64,
     status: SourceStatus,
     /// When a filter last matched a line (or when following began), and when the drift
     /// warning was last logged.
@@ -58,35 +70,27 @@ struct Source {
 }
 
 impl Source {
-    fn new(name: String, filter_names: &[String], config: &Config) -> Source {
-        let filters: Vec<Filter> = filter_names
-            .iter()
-            .filter_map(|name| config.filters.get(name))
-            .filter_map(|spec| Filter::compile(spec.clone()).ok())
-            .collect();
+    fn new(name: String, filter_names: &[String], config: &Config, engine: &Arc<Engine>) -> Source {
+        let filters = filter_names.iter().filter_map(|name| config.filters.get(name)).cloned().collect();
         let fail2ban_log =
             filter_names.iter().any(|n| n == crate::fail2ban::LOG_FILTER).then_some(config.fail2ban.log_bantime);
+        let timing = Timing::Live(Box::new(StoreOffences(Arc::clone(engine))));
         Source {
+            stage: Stage::new(FilterSet::new(filters), timing, config.escalation),
             fail2ban_log,
-            filters: FilterSet::new(filters),
-            detector: Detector::new(config.escalation),
+            fail2ban_bans: 0,
             status: SourceStatus { source: name, filters: filter_names.to_vec(), ..SourceStatus::default() },
             last_match: Instant::now(),
             warned: None,
         }
     }
 
-    /// The longest window of the source's filters: older lines no longer count.
-    fn longest_findtime(&self) -> Duration {
-        self.filters.filters.iter().map(|f| f.spec.findtime).max().unwrap_or_default()
-    }
-
-    /// Runs one line through the filters and windows; bans go to `found`.
-    /// Reads one line. A panic inside (a bug in a filter or the timestamp reader) is
-    /// contained here: the line is skipped and counted, and the source goes on with the
-    /// next one instead of the follower thread dying on it at every start.
-    fn line(&mut self, times: &mut TimeParser, line: &[u8], now: Timestamp, found: &mut Found) {
-        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.read_line(times, line, now, found)));
+    /// Reads one line; bans go to `found`. A panic inside (a bug in a filter or the
+    /// timestamp reader) is contained here: the line is skipped and counted, and the
+    /// source goes on with the next one instead of the follower thread dying on it at
+    /// every start.
+    fn line(&mut self, line: &mut [u8], now: Timestamp, found: &mut Found) {
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.read_line(line, now, found)));
         if read.is_err() {
             self.status.crashed += 1;
             tracing::error!(
@@ -97,55 +101,24 @@ impl Source {
         }
     }
 
-    fn read_line(&mut self, times: &mut TimeParser, line: &[u8], now: Timestamp, found: &mut Found) {
+    fn read_line(&mut self, line: &mut [u8], now: Timestamp, found: &mut Found) {
         self.status.lines += 1;
         if let Some(window) = self.fail2ban_log {
             self.fail2ban_line(line, now, window, found);
-            if self.filters.filters.is_empty() {
+            if self.stage.filters().filters.is_empty() {
                 return;
             }
         }
-        let bans = &mut found.bans;
-        let hits = self.filters.test(line);
-        if hits.is_empty() {
-            self.status.lines_since_match += 1;
-        } else {
+        let step = self.stage.line(line, now);
+        if step.hit {
             self.status.lines_since_match = 0;
             self.last_match = Instant::now();
+        } else {
+            self.status.lines_since_match += 1;
         }
-        for (index, hit) in hits {
-            let failure = match hit {
-                Hit::Failure(f) => f,
-                Hit::NotAnAddress(_) => {
-                    self.status.not_an_address += 1;
-                    continue;
-                }
-                Hit::Limit => {
-                    self.status.match_limit += 1;
-                    continue;
-                }
-                // `test` settles prepared results itself.
-                Hit::Ignored | Hit::Prepared(_) => continue,
-            };
-            let spec = &self.filters.filters[index].spec;
-            let at = match failure.at.or_else(|| times.parse(line, now)) {
-                Some(t) => t.min(now),
-                None => {
-                    self.status.no_timestamp += 1;
-                    now
-                }
-            };
-            // Replayed lines older than the window can no longer count.
-            if at.0 < now.0 - spec.findtime.as_millis() as i64 || !self.detector.counts(index, &failure, at) {
-                continue;
-            }
-            self.status.failures += 1;
-            bump(&mut self.status.per_filter, &spec.name);
-            if let Some(ban) = self.detector.failure(index, spec, failure.addr, at, &String::from_utf8_lossy(line)) {
-                self.status.bans += 1;
-                bump(&mut self.status.per_filter_bans, &spec.name);
-                bans.push((ban, spec.clone()));
-            }
+        for ban in step.bans {
+            let spec = self.stage.filters().filters[ban.filter].spec.clone();
+            found.bans.push((ban, spec));
         }
     }
 
@@ -160,25 +133,37 @@ impl Source {
         if at.0 < now.0 - window.as_millis() as i64 {
             return;
         }
-        self.status.bans += u64::from(event.kind == crate::fail2ban::Kind::Ban);
+        self.fail2ban_bans += u64::from(event.kind == crate::fail2ban::Kind::Ban);
         found.events.push(event);
     }
 
     /// End of a round: forget stale windows, check for drift, publish the counters.
     fn settle(&mut self, engine: &Engine, now: Timestamp) {
-        let longest = self.longest_findtime();
-        self.detector.sweep(now, longest);
+        self.stage.sweep(now);
+        self.publish();
         self.status.warning = drift(&self.status, self.last_match, &mut self.warned);
         engine.set_source_status(&self.status);
     }
-}
 
-fn bump(counts: &mut BTreeMap<String, u64>, name: &str) {
-    match counts.get_mut(name) {
-        Some(n) => *n += 1,
-        None => {
-            counts.insert(name.to_string(), 1);
+    /// The stage's counters into the status.
+    fn publish(&mut self) {
+        let (st, lines) = (&mut self.status, &self.stage.lines);
+        (st.no_timestamp, st.not_an_address, st.match_limit) =
+            (lines.no_timestamp, lines.not_an_address, lines.match_limit);
+        (st.invalid_utf8, st.nul_bytes) = (lines.invalid_utf8, lines.nul_bytes);
+        let per_filter = self.stage.filters().filters.iter().zip(&self.stage.per_filter);
+        let (mut failures, mut bans) = (BTreeMap::new(), BTreeMap::new());
+        for (filter, counts) in per_filter {
+            if counts.counted > 0 {
+                failures.insert(filter.spec.name.clone(), counts.counted);
+            }
+            if counts.bans > 0 {
+                bans.insert(filter.spec.name.clone(), counts.bans);
+            }
         }
+        st.failures = failures.values().sum();
+        st.bans = bans.values().sum::<u64>() + self.fail2ban_bans;
+        (st.per_filter, st.per_filter_bans) = (failures, bans);
     }
 }
 
@@ -206,7 +191,7 @@ impl Followers {
                         (Arc::clone(&engine), Arc::clone(&stop), Arc::clone(&journal_pids), config.clone());
                     let filters = src.filters.clone();
                     threads.push(supervise("banshare-journal", Arc::clone(&engine), Arc::clone(&stop), move || {
-                        let source = Source::new(format!("journal {}", spec.matches), &filters, &cfg);
+                        let source = Source::new(format!("journal {}", spec.matches), &filters, &cfg, &e);
                         follow_journal(Arc::clone(&e), spec.clone(), source, Arc::clone(&st), Arc::clone(&pids))
                     }));
                 }
@@ -217,7 +202,7 @@ impl Followers {
             threads.push(supervise("banshare-tail", Arc::clone(&engine), Arc::clone(&stop), move || {
                 let sources = files
                     .iter()
-                    .map(|(pattern, filters)| (Tailer::new(pattern), Source::new(pattern.clone(), filters, &cfg)))
+                    .map(|(pattern, filters)| (Tailer::new(pattern), Source::new(pattern.clone(), filters, &cfg, &e)))
                     .collect();
                 follow_files(Arc::clone(&e), sources, Arc::clone(&st))
             }));
@@ -243,12 +228,13 @@ impl Followers {
     }
 }
 
-/// What the followers run: the sources, the filters they use and the fail2ban
-/// definitions those read (as loaded now: an edited definition file is a change).
+/// What the followers run: the sources and the filters they use, with the fail2ban
+/// definitions those read when the config was loaded (an edited definition file is a
+/// change).
 #[derive(Debug, PartialEq)]
 struct Plan {
     sources: Vec<crate::config::SourceConfig>,
-    filters: Vec<(FilterSpec, Option<Result<crate::detect::f2b::Definition, String>>)>,
+    filters: Vec<crate::detect::Filter>,
 }
 
 impl Plan {
@@ -257,14 +243,7 @@ impl Plan {
         let mut names: Vec<&String> = sources.iter().flat_map(|s| &s.filters).collect();
         names.sort();
         names.dedup();
-        let filters = names
-            .into_iter()
-            .filter_map(|n| config.filters.get(n))
-            .map(|spec| {
-                let def = spec.fail2ban.as_ref().map(|d| d.load().map_err(|e| e.to_string()));
-                (spec.clone(), def)
-            })
-            .collect();
+        let filters = names.into_iter().filter_map(|n| config.filters.get(n)).cloned().collect();
         Plan { sources, filters }
     }
 }
@@ -356,14 +335,13 @@ fn follow_files(engine: Arc<Engine>, mut sources: Vec<(Tailer, Source)>, stop: A
         tracing::info!(source = %tailer.pattern(), filters = ?s.status.filters, "following {} with {}", tailer.pattern(), s.status.filters.join(", "));
     }
     let inotify = watch(sources.iter().map(|(t, _)| t.pattern()));
-    let mut times = TimeParser::default();
     while !stop.load(Ordering::SeqCst) {
         let mut found = Found::default();
         let mut moved: Vec<(String, Checkpoint)> = Vec::new();
         let now = Timestamp::now();
         for (tailer, src) in &mut sources {
             let saved = |p: &Path| engine.file_checkpoint(&p.to_string_lossy());
-            let mut sink = |_: &Path, line: &mut Vec<u8>| src.line(&mut times, line, now, &mut found);
+            let mut sink = |_: &Path, line: &mut Vec<u8>| src.line(line, now, &mut found);
             for (path, cp) in tailer.poll(&saved, &mut sink) {
                 moved.push((path.to_string_lossy().into_owned(), cp));
             }
@@ -388,12 +366,11 @@ fn follow_journal(
     pids: Arc<Mutex<Vec<u32>>>,
 ) {
     let key = spec.key();
-    let mut times = TimeParser::default();
     tracing::info!(source = %src.status.source, filters = ?src.status.filters, "following the journal ({}) with {}", spec.matches, src.status.filters.join(", "));
     let mut retry = Duration::from_secs(1);
     while !stop.load(Ordering::SeqCst) {
         let mut read_any = false;
-        let since = Timestamp(Timestamp::now().0 - src.longest_findtime().as_millis() as i64);
+        let since = Timestamp(Timestamp::now().0 - src.stage.longest_findtime().as_millis() as i64);
         let cursor = engine.journal_cursor(&key);
         let mut journal = match Journal::spawn(&spec, cursor.as_deref(), since) {
             Ok(j) => j,
@@ -412,11 +389,11 @@ fn follow_journal(
         }
         let mut unsaved: Option<String> = None;
         let mut saved_at = Instant::now();
-        while let Ok(Some(entry)) = journal.next_entry() {
+        while let Ok(Some(mut entry)) = journal.next_entry() {
             read_any = true;
             let now = Timestamp::now();
             let mut found = Found::default();
-            src.line(&mut times, &entry.line, now, &mut found);
+            src.line(&mut entry.line, now, &mut found);
             let banned = !found.bans.is_empty();
             record(&engine, found);
             unsaved = Some(entry.cursor);

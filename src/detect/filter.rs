@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
@@ -24,10 +24,6 @@ pub struct FilterSpec {
     /// Report category (`ssh_bruteforce`, ...).
     pub category: String,
     pub failregex: Vec<String>,
-    /// Like `failregex`, but a match counts only when its session (the `session`
-    /// capture, e.g. sshd's pid) has no other failure: lines that accompany an attempt
-    /// another line already reports.
-    pub helperregex: Vec<String>,
     pub ignoreregex: Vec<String>,
     pub maxretry: u32,
     pub findtime: Duration,
@@ -43,7 +39,6 @@ impl FilterSpec {
             name: name.to_string(),
             category: category.to_string(),
             failregex: Vec::new(),
-            helperregex: Vec::new(),
             ignoreregex: Vec::new(),
             maxretry: super::builtin::MAXRETRY,
             findtime: super::builtin::FINDTIME,
@@ -73,56 +68,56 @@ impl Fail2banDefinition {
     }
 }
 
-/// A compiled filter: banshare's patterns, or a fail2ban definition.
+/// A compiled filter: banshare's patterns, or a fail2ban definition. Immutable and
+/// cheap to clone (the compiled engine is shared): the config compiles each filter once
+/// and every stream that runs it keeps its own [`FilterSet`] state.
 #[derive(Debug, Clone)]
 pub struct Filter {
     pub spec: FilterSpec,
-    engine: Engine,
+    engine: Arc<Engine>,
 }
 
-#[derive(Debug, Clone)]
+/// Two filters are the same when written the same and, for a fail2ban definition, read
+/// from the same files (an edited definition file is another filter).
+impl PartialEq for Filter {
+    fn eq(&self, other: &Filter) -> bool {
+        self.spec == other.spec && self.definition() == other.definition()
+    }
+}
+
+#[derive(Debug)]
 enum Engine {
-    Patterns(Box<Patterns>),
-    Fail2ban(Fail2banRun),
-}
-
-/// A fail2ban definition and the state of the one stream it reads (its sessions and
-/// line buffer span lines, so lines must reach it in order).
-#[derive(Debug, Clone)]
-struct Fail2banRun {
-    compiled: Arc<Compiled>,
-    state: Arc<Mutex<State>>,
+    Patterns(Patterns),
+    Fail2ban(Compiled),
 }
 
 /// banshare's own patterns, compiled.
 #[derive(Debug, Clone)]
 struct Patterns {
-    /// `failregex` then `helperregex`; patterns from `helpers_from` on are helpers.
     fail: Vec<Regex>,
-    helpers_from: usize,
-    /// Every pattern in one alternation, pattern `i` with its own groups `h{i}_{k}`
-    /// (hosts) and `s{i}` (session): one search per line instead of a set search plus a
-    /// capture search. `None` when the patterns' own group names collide.
+    /// Every pattern in one alternation, pattern `i` with its own host groups `h{i}_{k}`:
+    /// one search per line instead of a set search plus a capture search. `None` when
+    /// the patterns' own group names collide.
     combined: Option<Regex>,
-    /// Group indices in `combined` of each pattern's hosts and session.
-    groups: Vec<(Vec<usize>, Option<usize>)>,
+    /// Group indices in `combined` of each pattern's hosts.
+    groups: Vec<Vec<usize>>,
     /// `<HOST>` occurrences per pattern (groups `host0..` in the pattern's own regex).
     hosts: Vec<usize>,
     ignore: Option<RegexSet>,
-    /// When every pattern starts with the same word (sshd's do: `\bsshd...`), the
-    /// combined patterns anchored at that word: a line is searched for the word
-    /// (memchr), and the regex runs from there, forward only (no reverse scan for the
-    /// match start, a shorter span for the capture engine).
+    /// When every pattern starts with the same word (as `\bsshd...`), the combined
+    /// patterns anchored at that word: a line is searched for the word (memchr), and
+    /// the regex runs from there, forward only (no reverse scan for the match start, a
+    /// shorter span for the capture engine).
     anchored: Option<Anchored>,
 }
 
-/// See [`Filter::anchored`].
+/// See [`Patterns::anchored`].
 #[derive(Debug, Clone)]
 struct Anchored {
     word: memchr::memmem::Finder<'static>,
     /// `\A(?:...)`, the combined patterns without their leading `\b`.
     re: Regex,
-    groups: Vec<(Vec<usize>, Option<usize>)>,
+    groups: Vec<Vec<usize>>,
 }
 
 /// A failregex or ignoreregex that does not compile, or lacks `<HOST>`.
@@ -169,51 +164,62 @@ impl Filter {
                     index: 0,
                     message: e.to_string(),
                 };
-                let compiled = Compiled::new(def.load().map_err(err)?).map_err(err)?;
-                let state = Arc::new(Mutex::new(compiled.state()));
-                Engine::Fail2ban(Fail2banRun { compiled: Arc::new(compiled), state })
+                Engine::Fail2ban(Compiled::new(def.load().map_err(err)?).map_err(err)?)
             }
-            None => Engine::Patterns(Box::new(Patterns::compile(&spec)?)),
+            None => Engine::Patterns(Patterns::compile(&spec)?),
         };
-        Ok(Filter { spec, engine })
+        Ok(Filter { spec, engine: Arc::new(engine) })
     }
 
-    /// Whether lines must reach this filter in order (a fail2ban definition: its
-    /// sessions span lines); banshare's patterns judge each line alone.
-    pub fn ordered(&self) -> bool {
-        matches!(self.engine, Engine::Fail2ban(_))
+    /// The same patterns or definition (compiled once, shared) with another category
+    /// and window.
+    pub fn with_window(&self, category: &str, maxretry: u32, findtime: Duration, bantime: Duration) -> Filter {
+        let spec = FilterSpec { category: category.to_string(), maxretry, findtime, bantime, ..self.spec.clone() };
+        Filter { spec, engine: Arc::clone(&self.engine) }
     }
 
-    /// This filter's verdict on `line`, if any of its patterns matches.
-    pub fn test(&self, line: &[u8]) -> Option<Hit> {
-        match &self.engine {
-            Engine::Patterns(p) => p.test(line),
-            Engine::Fail2ban(run) => run.test(line),
+    /// The fail2ban definition this filter runs, as read when it was compiled.
+    pub fn definition(&self) -> Option<&Definition> {
+        match &*self.engine {
+            Engine::Fail2ban(c) => Some(&c.definition),
+            Engine::Patterns(_) => None,
+        }
+    }
+
+    /// A new stream's state for this filter: a fail2ban definition's sessions and line
+    /// buffer span lines; banshare's patterns judge each line alone and keep none.
+    fn state(&self) -> Option<State> {
+        match &*self.engine {
+            Engine::Fail2ban(c) => Some(c.state()),
+            Engine::Patterns(_) => None,
+        }
+    }
+
+    /// This filter's verdict on `line` (read at `now`), in the stream whose state is
+    /// `state`.
+    fn test(&self, state: Option<&mut State>, line: &[u8], now: Timestamp) -> Option<Hit> {
+        match (&*self.engine, state) {
+            (Engine::Patterns(p), _) => p.test(line),
+            (Engine::Fail2ban(c), Some(st)) => hit(c.line(st, &text_of(line), now)),
+            (Engine::Fail2ban(_), None) => unreachable!("FilterSet::new gives each definition its state"),
         }
     }
 }
 
-impl Fail2banRun {
-    fn test(&self, line: &[u8]) -> Option<Hit> {
-        let text = text_of(line);
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        Fail2banRun::hit(self.compiled.line(&mut state, &text, Timestamp::now()))
+/// A fail2ban definition's outcome as a [`Hit`].
+fn hit(out: Outcome) -> Option<Hit> {
+    if let Some(f) = out.failure {
+        return Some(match f.host {
+            Host::Addr(addr, _) => Hit::Failure(Failure { addr, at: out.time }),
+            Host::Name(name) => Hit::NotAnAddress(name),
+        });
     }
-
-    fn hit(out: Outcome) -> Option<Hit> {
-        if let Some(f) = out.failure {
-            return Some(match f.host {
-                Host::Addr(addr, _) => Hit::Failure(Failure { addr, session: None, helper: false, at: out.time }),
-                Host::Name(name) => Hit::NotAnAddress(name),
-            });
-        }
-        if out.ignored {
-            Some(Hit::Ignored)
-        } else if out.limit {
-            Some(Hit::Limit)
-        } else {
-            None
-        }
+    if out.ignored {
+        Some(Hit::Ignored)
+    } else if out.limit {
+        Some(Hit::Limit)
+    } else {
+        None
     }
 }
 
@@ -230,10 +236,6 @@ impl Patterns {
         if fail.is_empty() {
             return Err(err("failregex", 0, "a filter needs at least one failregex".into()));
         }
-        let helpers_from = fail.len();
-        for (i, p) in spec.helperregex.iter().enumerate() {
-            fail.push(compile(&expand(p, "host").0).map_err(|e| err("helperregex", i, e.to_string()))?);
-        }
         let ignore = if spec.ignoreregex.is_empty() {
             None
         } else {
@@ -243,40 +245,16 @@ impl Patterns {
             let set = RegexSetBuilder::new(spec.ignoreregex.iter().map(|p| expand(p, "host").0)).unicode(false).build();
             Some(set.expect("each pattern compiled"))
         };
-        let combined = compile(
-            &spec
-                .failregex
-                .iter()
-                .chain(&spec.helperregex)
-                .enumerate()
-                .map(|(i, p)| {
-                    format!("(?:{})", expand(p, &format!("h{i}_")).0.replace("(?P<session>", &format!("(?P<s{i}>")))
-                })
-                .collect::<Vec<_>>()
-                .join("|"),
-        )
-        .ok();
-        let hosts: Vec<usize> = spec.failregex.iter().chain(&spec.helperregex).map(|p| expand(p, "host").1).collect();
-        let groups = combined
-            .as_ref()
-            .map(|re| {
-                let index = |name: String| re.capture_names().position(|n| n == Some(name.as_str()));
-                hosts
-                    .iter()
-                    .enumerate()
-                    .map(|(i, n)| {
-                        ((0..*n).filter_map(|k| index(format!("h{i}_{k}"))).collect(), index(format!("s{i}")))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let hosts: Vec<usize> = spec.failregex.iter().map(|p| expand(p, "host").1).collect();
+        let combined = compile(&alternation(spec.failregex.iter().map(String::as_str))).ok();
+        let groups = combined.as_ref().map(|re| host_groups(re, &hosts)).unwrap_or_default();
         let anchored = anchor(spec, &hosts);
-        Ok(Patterns { fail, helpers_from, combined, groups, hosts, ignore, anchored })
+        Ok(Patterns { fail, combined, groups, hosts, ignore, anchored })
     }
 
     fn test(&self, line: &[u8]) -> Option<Hit> {
         let caps;
-        let (host, session, helper) = match (&self.anchored, &self.combined) {
+        let host = match (&self.anchored, &self.combined) {
             (Some(a), _) => {
                 // At most MAX_ANCHOR_TRIES occurrences of the word are tried: each try can
                 // run to the end of the line, so a line repeating the word thousands of
@@ -286,51 +264,45 @@ impl Patterns {
                     let boundary = at == 0 || !is_word(line[at - 1]);
                     if boundary { a.re.captures(&line[at..]) } else { None }
                 })?;
-                let (i, host) = a
-                    .groups
-                    .iter()
-                    .enumerate()
-                    .find_map(|(i, (hs, _))| hs.iter().find_map(|h| caps.get(*h)).map(|m| (i, m)))?;
-                let session = a.groups[i].1.and_then(|s| caps.get(s)).and_then(|m| number(m.as_bytes()));
-                (host.as_bytes(), session, i >= self.helpers_from)
+                a.groups.iter().find_map(|hs| hs.iter().find_map(|h| caps.get(*h)))?
             }
             (None, Some(re)) => {
                 caps = re.captures(line)?;
-                let (i, host) = self
-                    .groups
-                    .iter()
-                    .enumerate()
-                    .find_map(|(i, (hs, _))| hs.iter().find_map(|h| caps.get(*h)).map(|m| (i, m)))?;
-                let session = self.groups[i].1.and_then(|s| caps.get(s)).and_then(|m| number(m.as_bytes()));
-                (host.as_bytes(), session, i >= self.helpers_from)
+                self.groups.iter().find_map(|hs| hs.iter().find_map(|h| caps.get(*h)))?
             }
             (None, None) => {
                 let (i, c) = self.fail.iter().enumerate().find_map(|(i, re)| re.captures(line).map(|c| (i, c)))?;
                 caps = c;
-                let session = caps.name("session").and_then(|m| number(m.as_bytes()));
-                let host = (0..self.hosts[i]).find_map(|k| caps.name(&format!("host{k}")))?;
-                (host.as_bytes(), session, i >= self.helpers_from)
+                (0..self.hosts[i]).find_map(|k| caps.name(&format!("host{k}")))?
             }
         };
         if self.ignore.as_ref().is_some_and(|ig| ig.is_match(line)) {
             return Some(Hit::Ignored);
         }
+        let host = host.as_bytes();
         let parsed = std::str::from_utf8(host).ok().and_then(parse_host);
         Some(match parsed {
-            Some(addr) => Hit::Failure(Failure { addr, session, helper, at: None }),
+            Some(addr) => Hit::Failure(Failure { addr, at: None }),
             None => Hit::NotAnAddress(String::from_utf8_lossy(host).into_owned()),
         })
     }
+}
+
+/// The patterns in one alternation, pattern `i`'s hosts captured as `h{i}_{k}`.
+fn alternation<'a>(patterns: impl Iterator<Item = &'a str>) -> String {
+    patterns.enumerate().map(|(i, p)| format!("(?:{})", expand(p, &format!("h{i}_")).0)).collect::<Vec<_>>().join("|")
+}
+
+/// The group indices in `re` (an [`alternation`]) of each pattern's hosts.
+fn host_groups(re: &Regex, hosts: &[usize]) -> Vec<Vec<usize>> {
+    let index = |name: String| re.capture_names().position(|n| n == Some(name.as_str()));
+    hosts.iter().enumerate().map(|(i, n)| (0..*n).filter_map(|k| index(format!("h{i}_{k}"))).collect()).collect()
 }
 
 /// A failure found in a line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Failure {
     pub addr: IpAddr,
-    /// The session the line belongs to (the `session` capture), when the filter has one.
-    pub session: Option<u64>,
-    /// Matched by a `helperregex`.
-    pub helper: bool,
     /// The line's time, when the filter read it (fail2ban definitions do).
     pub at: Option<Timestamp>,
 }
@@ -354,74 +326,55 @@ pub enum Hit {
 /// The filters' hits on one line (most lines have one or none: kept inline).
 pub type Hits = smallvec::SmallVec<[(usize, Hit); 2]>;
 
-/// The filters of one source, tested together.
-#[derive(Debug, Clone)]
+/// The filters of one stream (a followed source, a replayed file), tested together,
+/// with the state each fail2ban definition keeps over the stream (its sessions and line
+/// buffer span lines, so the stream's lines must reach it in order).
+#[derive(Debug)]
 pub struct FilterSet {
     pub filters: Vec<Filter>,
+    states: Vec<Option<State>>,
 }
 
 impl FilterSet {
     pub fn new(filters: Vec<Filter>) -> FilterSet {
-        FilterSet { filters }
+        let states = filters.iter().map(Filter::state).collect();
+        FilterSet { filters, states }
     }
 
-    /// Tests `line` against every filter; at most one hit per filter. Lines must come
-    /// in order (see [`Filter::ordered`]).
-    pub fn test(&self, line: &[u8]) -> Hits {
-        self.filters.iter().enumerate().filter_map(|(i, f)| f.test(line).map(|hit| (i, hit))).collect()
-    }
-
-    /// Scratch space for one thread's [`FilterSet::test_unordered`].
-    pub fn scratch(&self) -> Vec<Option<Scratch>> {
-        self.filters
-            .iter()
-            .map(|f| match &f.engine {
-                Engine::Fail2ban(run) => Some(run.compiled.scratch()),
-                Engine::Patterns(_) => None,
-            })
-            .collect()
-    }
-
-    /// The per-line stage, callable from any thread in any order: banshare's patterns
-    /// give their verdicts, fail2ban's single-line definitions a [`Hit::Prepared`];
-    /// [`FilterSet::settle`] then finishes the line, in line order.
-    pub fn test_unordered(&self, line: &[u8], scratch: &mut [Option<Scratch>], now: Timestamp) -> Hits {
+    /// Tests the stream's next line (read at `now`) against every filter; at most one
+    /// hit per filter.
+    pub fn test(&mut self, line: &[u8], now: Timestamp) -> Hits {
         let mut hits = Hits::new();
-        for (i, f) in self.filters.iter().enumerate() {
-            match &f.engine {
-                Engine::Patterns(p) => hits.extend(p.test(line).map(|h| (i, h))),
-                Engine::Fail2ban(run) if run.compiled.single_line() => {
-                    let sc = scratch[i].as_mut().expect("FilterSet::scratch gives each definition its scratch");
-                    let prepared = run.compiled.prepare(sc, &text_of(line), now);
-                    hits.push((i, Hit::Prepared(prepared)));
-                }
-                // A multi-line definition runs whole in `settle`.
-                Engine::Fail2ban(_) => {}
-            }
+        for (i, (f, st)) in self.filters.iter().zip(&mut self.states).enumerate() {
+            hits.extend(f.test(st.as_mut(), line, now).map(|h| (i, h)));
         }
         hits
     }
 
-    /// The ordered stage of a line [`FilterSet::test_unordered`] tested: prepared
-    /// results finished, multi-line definitions run.
-    pub fn settle(&self, line: &[u8], hits: Hits, now: Timestamp) -> Hits {
-        let mut done: Hits = hits
-            .into_iter()
-            .filter_map(|(i, hit)| match (hit, &self.filters[i].engine) {
-                (Hit::Prepared(p), Engine::Fail2ban(run)) => {
-                    let mut state = run.state.lock().unwrap_or_else(|e| e.into_inner());
-                    Fail2banRun::hit(run.compiled.finish(&mut state, p, now)).map(|h| (i, h))
+    /// The half of the set that needs no state, for matching threads.
+    pub fn matcher(&self) -> Matcher {
+        Matcher { filters: self.filters.clone() }
+    }
+
+    /// The ordered stage of a line [`Matcher::test_unordered`] tested: prepared results
+    /// finished, multi-line definitions run.
+    pub fn settle(&mut self, line: &[u8], hits: Hits, now: Timestamp) -> Hits {
+        let mut done = Hits::new();
+        for (i, h) in hits {
+            match (h, &*self.filters[i].engine, self.states[i].as_mut()) {
+                (Hit::Prepared(p), Engine::Fail2ban(c), Some(st)) => {
+                    done.extend(hit(c.finish(st, p, now)).map(|h| (i, h)))
                 }
-                (hit, _) => Some((i, hit)),
-            })
-            .collect();
+                (h, _, _) => done.push((i, h)),
+            }
+        }
         // The multi-line definitions, which `test_unordered` left alone.
         let mut added = false;
-        for (i, f) in self.filters.iter().enumerate() {
-            if let Engine::Fail2ban(run) = &f.engine
-                && !run.compiled.single_line()
+        for (i, (f, st)) in self.filters.iter().zip(&mut self.states).enumerate() {
+            if let Engine::Fail2ban(c) = &*f.engine
+                && !c.single_line()
             {
-                done.extend(f.test(line).map(|h| (i, h)));
+                done.extend(f.test(st.as_mut(), line, now).map(|h| (i, h)));
                 added = true;
             }
         }
@@ -429,6 +382,43 @@ impl FilterSet {
             done.sort_by_key(|(i, _)| *i);
         }
         done
+    }
+}
+
+/// The filters of a [`FilterSet`] without its state: the per-line work any thread can
+/// do, in any order, before [`FilterSet::settle`] finishes each line in order.
+#[derive(Debug, Clone)]
+pub struct Matcher {
+    filters: Vec<Filter>,
+}
+
+impl Matcher {
+    /// Scratch space for one thread's [`Matcher::test_unordered`].
+    pub fn scratch(&self) -> Vec<Option<Scratch>> {
+        self.filters
+            .iter()
+            .map(|f| match &*f.engine {
+                Engine::Fail2ban(c) => Some(c.scratch()),
+                Engine::Patterns(_) => None,
+            })
+            .collect()
+    }
+
+    /// banshare's patterns give their verdicts, fail2ban's single-line definitions a
+    /// [`Hit::Prepared`]; multi-line definitions are left to [`FilterSet::settle`].
+    pub fn test_unordered(&self, line: &[u8], scratch: &mut [Option<Scratch>], now: Timestamp) -> Hits {
+        let mut hits = Hits::new();
+        for (i, f) in self.filters.iter().enumerate() {
+            match &*f.engine {
+                Engine::Patterns(p) => hits.extend(p.test(line).map(|h| (i, h))),
+                Engine::Fail2ban(c) if c.single_line() => {
+                    let sc = scratch[i].as_mut().expect("Matcher::scratch gives each definition its scratch");
+                    hits.push((i, Hit::Prepared(c.prepare(sc, &text_of(line), now))));
+                }
+                Engine::Fail2ban(_) => {}
+            }
+        }
+        hits
     }
 }
 
@@ -451,8 +441,7 @@ fn is_word(b: u8) -> bool {
 /// The anchored fast path, when every pattern starts with `\b` and the same word.
 fn anchor(spec: &FilterSpec, hosts: &[usize]) -> Option<Anchored> {
     const BOUNDARY: &str = r"(?-u:\b)";
-    let patterns: Vec<&String> = spec.failregex.iter().chain(&spec.helperregex).collect();
-    let rests: Vec<&str> = patterns.iter().map(|p| p.strip_prefix(BOUNDARY)).collect::<Option<_>>()?;
+    let rests: Vec<&str> = spec.failregex.iter().map(|p| p.strip_prefix(BOUNDARY)).collect::<Option<_>>()?;
     // The leading word: letters and digits up to the first other character; a quantifier
     // right after it would apply to its last letter, so that letter is left out.
     let word_of = |p: &str| {
@@ -464,30 +453,9 @@ fn anchor(spec: &FilterSpec, hosts: &[usize]) -> Option<Anchored> {
     if word.is_empty() || rests.iter().any(|r| word_of(r) != word) {
         return None;
     }
-    let re = compile(&format!(
-        r"\A(?:{})",
-        rests
-            .iter()
-            .enumerate()
-            .map(|(i, p)| format!(
-                "(?:{})",
-                expand(p, &format!("h{i}_")).0.replace("(?P<session>", &format!("(?P<s{i}>"))
-            ))
-            .collect::<Vec<_>>()
-            .join("|")
-    ))
-    .ok()?;
-    let index = |name: String| re.capture_names().position(|n| n == Some(name.as_str()));
-    let groups = hosts
-        .iter()
-        .enumerate()
-        .map(|(i, n)| ((0..*n).filter_map(|k| index(format!("h{i}_{k}"))).collect(), index(format!("s{i}"))))
-        .collect();
+    let re = compile(&format!(r"\A(?:{})", alternation(rests.into_iter()))).ok()?;
+    let groups = host_groups(&re, hosts);
     Some(Anchored { word: memchr::memmem::Finder::new(word.as_bytes()).into_owned(), re, groups })
-}
-
-fn number(b: &[u8]) -> Option<u64> {
-    std::str::from_utf8(b).ok()?.parse().ok()
 }
 
 /// Parses a captured host with `std::net`; `::ffff:1.2.3.4` becomes 1.2.3.4.
@@ -503,27 +471,34 @@ pub fn parse_host(text: &str) -> Option<IpAddr> {
 mod tests {
     use super::*;
 
-    /// A config's own sshd patterns (as a user writes them, with a session capture).
+    /// A config's own sshd patterns, as a user writes them.
     fn sshd() -> Filter {
-        let prefix = r"(?-u:\b)sshd(?:-session)?(?:\[(?P<session>\d+)\])?: ";
+        let prefix = r"(?-u:\b)sshd(?:-session)?(?:\[\d+\])?: ";
         let spec = FilterSpec {
             failregex: vec![
                 format!(r"{prefix}Failed \S+ for (?:invalid user )?.* from <HOST> port \d+"),
                 format!(r"{prefix}Invalid user .* from <HOST>"),
+                format!(r"{prefix}Connection closed by (?:invalid|authenticating) user .* <HOST> port \d+ \[preauth\]"),
             ],
-            helperregex: vec![format!(
-                r"{prefix}Connection closed by (?:invalid|authenticating) user .* <HOST> port \d+ \[preauth\]"
-            )],
             ..FilterSpec::new("sshd", "ssh_bruteforce")
         };
         Filter::compile(spec).unwrap()
     }
 
+    fn patterns(f: &Filter) -> &Patterns {
+        match &*f.engine {
+            Engine::Patterns(p) => p,
+            Engine::Fail2ban(_) => panic!("patterns"),
+        }
+    }
+
     #[test]
     fn sshd_takes_the_anchored_path_and_agrees_with_the_plain_search() {
-        let Engine::Patterns(f) = sshd().engine else { panic!("patterns") };
+        let filter = sshd();
+        let f = patterns(&filter);
         assert!(f.anchored.is_some(), "every sshd pattern starts with \\bsshd");
-        let plain = Patterns { anchored: None, ..(*f).clone() };
+        let plain = Patterns { anchored: None, ..f.clone() };
+        let slow = Patterns { anchored: None, combined: None, ..f.clone() };
         for line in [
             "Jan  2 03:04:05 web1 sshd[11]: Failed password for root from 45.155.205.7 port 22 ssh2",
             // A host named like the program: the first "sshd" is not the program tag.
@@ -536,17 +511,10 @@ mod tests {
             "Jan  2 03:04:05 web1 sshd[11]: Invalid user x from 45.155.205.12",
         ] {
             assert_eq!(f.test(line.as_bytes()), plain.test(line.as_bytes()), "{line}");
+            assert_eq!(f.test(line.as_bytes()), slow.test(line.as_bytes()), "{line}");
         }
         let hit = f.test(b"Jan  2 03:04:05 sshd-box sshd[11]: Failed password for root from 45.155.205.8 port 22 ssh2");
-        assert_eq!(
-            hit,
-            Some(Hit::Failure(Failure {
-                addr: "45.155.205.8".parse().unwrap(),
-                session: Some(11),
-                helper: false,
-                at: None
-            }))
-        );
+        assert_eq!(hit, Some(Hit::Failure(Failure { addr: "45.155.205.8".parse().unwrap(), at: None })));
         let injected = f.test(
             b"Jan  2 03:04:05 web1 sshd[11]: Failed password for invalid user a from 1.2.3.4 port 1 from 45.155.205.10 port 22 ssh2",
         );
@@ -563,8 +531,27 @@ mod tests {
             failregex: vec![r"login failed from <HOST>".into(), r"(?-u:\b)bad from <HOST>".into()],
             ..FilterSpec::new("custom", "other")
         };
-        let f = Filter::compile(FilterSpec { helperregex: Vec::new(), ..spec }).unwrap();
-        assert!(matches!(&f.engine, Engine::Patterns(p) if p.anchored.is_none()));
-        assert!(matches!(f.test(b"x login failed from 45.155.205.7"), Some(Hit::Failure(_))));
+        let f = Filter::compile(spec).unwrap();
+        assert!(patterns(&f).anchored.is_none());
+        assert!(matches!(patterns(&f).test(b"x login failed from 45.155.205.7"), Some(Hit::Failure(_))));
+    }
+
+    #[test]
+    fn each_stream_keeps_its_own_sessions_of_one_compiled_definition() {
+        // One compiled sshd, two streams that both see pid 81: the session's address in
+        // stream a is the one stream a logged.
+        let filter = Filter::compile(super::super::builtin::spec("sshd").unwrap()).unwrap();
+        let (mut a, mut b) = (FilterSet::new(vec![filter.clone()]), FilterSet::new(vec![filter]));
+        let now = Timestamp(1_795_000_000_000);
+        let key = |ip: &str| {
+            format!("Nov 23 10:00:01 h sshd[81]: Failed publickey for root from {ip} port 5000 ssh2: RSA SHA256:a")
+        };
+        let too_many =
+            b"Nov 23 10:00:02 h sshd[81]: Disconnecting: Too many authentication failures for root [preauth]";
+        assert!(a.test(key("203.0.113.10").as_bytes(), now).is_empty(), "a refused key alone is no failure");
+        assert!(b.test(key("198.51.100.1").as_bytes(), now).is_empty());
+        let addr: IpAddr = "203.0.113.10".parse().unwrap();
+        let hits = a.test(too_many, now);
+        assert!(matches!(hits.as_slice(), [(0, Hit::Failure(f))] if f.addr == addr), "{hits:?}");
     }
 }

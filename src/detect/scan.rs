@@ -6,15 +6,15 @@
 //! [`Detector`] on log time, as the daemon would have, and reports per filter what
 //! matched and what would have been banned.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::io::{self, BufRead};
 use std::net::IpAddr;
 
 use serde::Serialize;
 
-use super::filter::Hits;
-use super::time::TimeParser;
-use super::{Detector, Escalation, Failure, FilterSet, Hit};
+use super::filter::{FilterSet, Hits, Matcher};
+use super::stage::{Escalation, Stage, Step, Timing};
+pub use super::stage::{LineCounts, Outcome};
 use crate::clock::Timestamp;
 use crate::decision::{Source, ban_target, show_target};
 
@@ -59,24 +59,6 @@ pub fn read_line_append(r: &mut impl BufRead, buf: &mut Vec<u8>) -> io::Result<R
     }
 }
 
-/// Per-line counters.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct LineCounts {
-    pub read: u64,
-    pub matched: u64,
-    pub ignored: u64,
-    pub missed: u64,
-    /// Matched lines without a timestamp banshare reads (the previous line's time is used).
-    pub no_timestamp: u64,
-    /// Matches whose `<HOST>` was not an IP address (a hostname, garbage).
-    pub not_an_address: u64,
-    /// Lines on which a pattern hit the match limit (skipped for that pattern).
-    pub match_limit: u64,
-    pub invalid_utf8: u64,
-    pub nul_bytes: u64,
-    pub too_long: u64,
-}
-
 /// One would-be ban.
 #[derive(Debug, Clone, Serialize)]
 pub struct ScanBan {
@@ -93,10 +75,10 @@ pub struct ScanBan {
 pub struct FilterReport {
     pub name: String,
     pub category: String,
-    /// Lines this filter matched (some of them report an attempt already counted).
+    /// Lines this filter found a failure in.
     pub matched: u64,
     pub ignored: u64,
-    /// Failures counted per address.
+    /// Failures per address.
     pub failures: BTreeMap<IpAddr, u64>,
     pub bans: Vec<ScanBan>,
 }
@@ -107,26 +89,11 @@ pub struct ScanReport {
     pub filters: Vec<FilterReport>,
 }
 
-/// What became of one line.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Matched,
-    Ignored,
-    Missed,
-}
-
-/// The offline replay engine.
+/// The offline replay: the detection [`Stage`] on log time ([`Timing::Replay`]), and
+/// what it found per filter and address.
 pub struct Scanner {
-    set: FilterSet,
-    detector: Detector,
-    times: TimeParser,
-    now: Timestamp,
-    last_time: Timestamp,
+    stage: Stage,
     ipv6_prefix: u8,
-    /// Until when an address would be blocked: its failures meanwhile would not reach
-    /// the log on a real host, so they do not feed the window.
-    banned_until: HashMap<IpAddr, Timestamp>,
-    lines: LineCounts,
     reports: Vec<FilterReport>,
 }
 
@@ -144,136 +111,59 @@ impl Scanner {
                 bans: Vec::new(),
             })
             .collect();
-        let now = Timestamp::now();
-        Scanner {
-            set,
-            detector: Detector::new(escalation),
-            times: TimeParser::default(),
-            now,
-            last_time: now,
-            ipv6_prefix,
-            banned_until: HashMap::new(),
-            lines: LineCounts::default(),
-            reports,
-        }
+        Scanner { stage: Stage::new(set, Timing::Replay { ipv6_prefix }, escalation), ipv6_prefix, reports }
     }
 
     /// Counts a line that was too long to read.
     pub fn too_long(&mut self) {
-        self.lines.read += 1;
-        self.lines.too_long += 1;
+        self.stage.too_long();
     }
 
-    /// Runs one raw line (without its newline) through the filters. Filters work on
-    /// bytes; invalid UTF-8 is only counted (and decoded lossily where a line is kept).
+    /// Runs one raw line (without its newline) through the stage.
     pub fn bytes(&mut self, raw: &mut [u8]) -> Outcome {
-        let flags = Scanner::sanitize(raw);
-        let hits = self.set.test(raw);
-        self.record_raw(raw, hits, flags)
+        let step = self.stage.line(raw, Timestamp::now());
+        self.report(step)
     }
 
-    /// Runs one line through the filters.
+    /// Runs one line through the stage.
     pub fn line(&mut self, line: &[u8]) -> Outcome {
-        let hits = self.set.test(line);
-        self.record(line, hits)
+        self.bytes(&mut line.to_vec())
     }
 
-    /// The filters, for testing lines elsewhere (in parallel) before `Scanner::record`.
-    pub fn filters(&self) -> &FilterSet {
-        &self.set
+    /// The filters' stateless half, for testing lines in parallel before
+    /// [`Scanner::record`].
+    pub fn matcher(&self) -> Matcher {
+        self.stage.matcher()
     }
 
-    /// Counts a raw line's NUL bytes and invalid UTF-8 (NULs become spaces), as
-    /// [`Scanner::bytes`] does, without testing it.
-    pub fn sanitize(raw: &mut [u8]) -> (bool, bool) {
-        let nul = raw.contains(&0);
-        if nul {
-            raw.iter_mut().filter(|b| **b == 0).for_each(|b| *b = b' ');
-        }
-        (nul, !raw.is_ascii() && std::str::from_utf8(raw).is_err())
+    /// Records a line a [`Matcher`] tested, in line order (windows and sessions depend
+    /// on it), with the flags [`sanitize`](super::stage::sanitize) gave it.
+    pub fn record(&mut self, line: &[u8], hits: Hits, flags: (bool, bool), now: Timestamp) -> Outcome {
+        let step = self.stage.record(line, hits, flags, now);
+        self.report(step)
     }
 
-    /// Records a line whose hits were computed already (in order: windows depend on it).
-    pub fn record_raw(&mut self, line: &[u8], hits: Hits, (nul, invalid): (bool, bool)) -> Outcome {
-        self.lines.nul_bytes += u64::from(nul);
-        self.lines.invalid_utf8 += u64::from(invalid);
-        self.record(line, hits)
-    }
-
-    fn record(&mut self, line: &[u8], hits: Hits) -> Outcome {
-        self.lines.read += 1;
-        if hits.is_empty() {
-            self.lines.missed += 1;
-            return Outcome::Missed;
+    fn report(&mut self, step: Step) -> Outcome {
+        for (index, addr) in step.failures {
+            *self.reports[index].failures.entry(addr).or_insert(0) += 1;
         }
-        let (mut failure, mut ignored) = (false, false);
-        for (index, hit) in hits {
-            match hit {
-                Hit::Ignored => {
-                    ignored = true;
-                    self.reports[index].ignored += 1;
-                }
-                Hit::NotAnAddress(_) => self.lines.not_an_address += 1,
-                Hit::Limit => self.lines.match_limit += 1,
-                // Settled by `FilterSet::settle` before recording.
-                Hit::Prepared(_) => {}
-                Hit::Failure(f) => {
-                    failure = true;
-                    self.failure(index, f, line);
-                }
-            }
-        }
-        // A line whose only match held no address is counted in `not_an_address` alone.
-        if failure {
-            self.lines.matched += 1;
-            Outcome::Matched
-        } else if ignored {
-            self.lines.ignored += 1;
-            Outcome::Ignored
-        } else {
-            Outcome::Missed
-        }
-    }
-
-    fn failure(&mut self, index: usize, failure: Failure, line: &[u8]) {
-        let addr = failure.addr;
-        let at = match failure.at.or_else(|| self.times.parse(line, self.now)) {
-            Some(t) => t,
-            None => {
-                self.lines.no_timestamp += 1;
-                self.last_time
-            }
-        };
-        self.last_time = at;
-        let report = &mut self.reports[index];
-        report.matched += 1;
-        if !self.detector.counts(index, &failure, at) {
-            return; // the same attempt as a line already counted
-        }
-        *report.failures.entry(addr).or_insert(0) += 1;
-        if self.banned_until.get(&addr).is_some_and(|until| at < *until) {
-            return;
-        }
-        let spec = &self.set.filters[index].spec;
-        // A replay reports no evidence: skip copying the line.
-        if let Some(ban) = self.detector.failure(index, spec, addr, at, "") {
-            self.banned_until.insert(addr, at.plus(ban.bantime));
-            report.bans.push(ScanBan {
-                ip: addr,
-                target: show_target(&ban_target(addr, Source::Detect, self.ipv6_prefix)),
-                at,
+        for ban in step.bans {
+            self.reports[ban.filter].bans.push(ScanBan {
+                ip: ban.addr,
+                target: show_target(&ban_target(ban.addr, Source::Detect, self.ipv6_prefix)),
+                at: ban.at,
                 bantime_secs: ban.bantime.as_secs(),
                 failures: ban.failures,
             });
         }
-        if self.lines.matched.is_multiple_of(10_000) {
-            let longest = self.set.filters.iter().map(|f| f.spec.findtime).max().unwrap_or_default();
-            self.detector.sweep(at, longest);
-        }
+        step.outcome
     }
 
-    pub fn finish(self) -> ScanReport {
-        ScanReport { lines: self.lines, filters: self.reports }
+    pub fn finish(mut self) -> ScanReport {
+        for (report, counts) in self.reports.iter_mut().zip(&self.stage.per_filter) {
+            (report.matched, report.ignored) = (counts.matched, counts.ignored);
+        }
+        ScanReport { lines: self.stage.lines, filters: self.reports }
     }
 }
 

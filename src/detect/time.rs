@@ -296,14 +296,14 @@ mod tests {
                 filters.push(Filter::compile(b.with_mode(mode).unwrap()).unwrap());
             }
         }
-        let set = FilterSet::new(filters);
+        let mut set = FilterSet::new(filters);
         let mut parser = TimeParser::default();
         let now = Timestamp(1_795_000_000_000);
         // The reported line first: `]` at position 2 once underflowed the apache reader.
         let reported: &[u8] = b"[]ue Dec 01 07:31:00.123456 2026] [auth_basic:error] [pid 12:tid 34] [client 45.4.4.4:5555] AH01617: user bob: authentication failure for \"/\": Password Mismatch";
         for cut in 0..=reported.len() {
             let _ = parser.parse(&reported[..cut], now);
-            let _ = set.test(&reported[..cut]);
+            let _ = set.test(&reported[..cut], now);
         }
         for _ in 0..20_000 {
             let mut line = Vec::new();
@@ -312,7 +312,7 @@ mod tests {
             }
             for cut in [line.len(), line.len() / 2, (next() as usize) % (line.len() + 1)] {
                 let _ = parser.parse(&line[..cut], now);
-                let _ = set.test(&line[..cut]);
+                let _ = set.test(&line[..cut], now);
             }
         }
     }

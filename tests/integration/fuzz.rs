@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use banshare::detect::builtin::BUILT_INS;
 use banshare::detect::time::TimeParser;
-use banshare::detect::{Filter, FilterSet};
+use banshare::detect::{Escalation, Filter, FilterSet, Stage, Timing};
 
 use crate::support::Rng;
 
@@ -96,7 +96,7 @@ fn mutate(rng: &mut Rng, seeds: &[Vec<u8>]) -> Vec<u8> {
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Runs `target` on mutated seeds for the configured time; a panic fails with the input.
-fn fuzz(name: &str, seeds: Vec<Vec<u8>>, target: impl Fn(&[u8])) {
+fn fuzz(name: &str, seeds: Vec<Vec<u8>>, mut target: impl FnMut(&[u8])) {
     assert!(!seeds.is_empty(), "{name}: no seeds");
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     // SAFETY: gettid and setpriority on this thread only (Linux keeps nice per thread).
@@ -111,17 +111,17 @@ fn fuzz(name: &str, seeds: Vec<Vec<u8>>, target: impl Fn(&[u8])) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut runs = 0u64;
     for s in &seeds {
-        run_one(name, seed, s, &target);
+        run_one(name, seed, s, &mut target);
     }
     while Instant::now() < deadline {
         let input = mutate(&mut rng, &seeds);
-        run_one(name, seed, &input, &target);
+        run_one(name, seed, &input, &mut target);
         runs += 1;
     }
     eprintln!("fuzz {name}: {runs} inputs from {} seeds in {secs} s (BANSHARE_FUZZ_SEED={seed})", seeds.len());
 }
 
-fn run_one(name: &str, seed: u64, input: &[u8], target: &impl Fn(&[u8])) {
+fn run_one(name: &str, seed: u64, input: &[u8], target: &mut impl FnMut(&[u8])) {
     if catch_unwind(AssertUnwindSafe(|| target(input))).is_err() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/fuzz-crashes");
         std::fs::create_dir_all(&dir).unwrap();
@@ -156,11 +156,12 @@ fn fuzz_log_lines_through_the_timestamp_reader_and_every_built_in_filter() {
             filters.push(Filter::compile(b.with_mode(mode).unwrap()).unwrap());
         }
     }
-    let set = FilterSet::new(filters);
+    // One stream through the detection stage: sessions, windows and bans span the inputs.
+    let mut stage = Stage::new(FilterSet::new(filters), Timing::Replay { ipv6_prefix: 64 }, Escalation::default());
     let now = banshare::clock::Timestamp::now();
     fuzz("log-line", log_seeds(), |line| {
         let _ = TimeParser::default().parse(line, now);
-        let _ = set.test(line);
+        let _ = stage.line(&mut line.to_vec(), now);
     });
 }
 

@@ -7,11 +7,13 @@
 //! are not copied (their licence is not ours). Their accuracy is measured against
 //! fail2ban's own annotated samples (`tests/integration/fail2ban_corpus.rs`).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use super::f2b::{Files, FilterRef};
-use super::filter::{Fail2banDefinition, FilterSpec};
+use super::filter::{Fail2banDefinition, Filter, FilterSpec};
 
 /// The default window: 5 failures within 10 minutes ban for 1 hour.
 pub const MAXRETRY: u32 = 5;
@@ -60,6 +62,22 @@ pub const BUILT_INS: &[BuiltIn] = &[
 /// The built-in named `name`.
 pub fn get(name: &str) -> Option<&'static BuiltIn> {
     BUILT_INS.iter().find(|b| b.name == name)
+}
+
+/// Every built-in with its defaults, compiled once per process (the default config and
+/// each config that leaves a built-in's patterns alone share them).
+pub fn compiled() -> &'static BTreeMap<String, Filter> {
+    static COMPILED: OnceLock<BTreeMap<String, Filter>> = OnceLock::new();
+    COMPILED.get_or_init(|| {
+        BUILT_INS
+            .iter()
+            .map(|b| {
+                let filter = Filter::compile(b.spec(&[]))
+                    .unwrap_or_else(|e| panic!("the built-in {} does not compile: {e}", b.name));
+                (b.name.to_string(), filter)
+            })
+            .collect()
+    })
 }
 
 macro_rules! embedded {
@@ -160,8 +178,8 @@ mod tests {
             }
             let (want, only_aggressive) = expect.take().unwrap_or_else(|| panic!("{path}: no expectation for {line}"));
             let got = |mode: Option<&str>| {
-                let set = FilterSet::new(vec![Filter::compile(b.with_mode(mode).unwrap()).unwrap()]);
-                match set.test(line.as_bytes()).first() {
+                let mut set = FilterSet::new(vec![Filter::compile(b.with_mode(mode).unwrap()).unwrap()]);
+                match set.test(line.as_bytes(), crate::clock::Timestamp::now()).first() {
                     Some((_, Hit::Failure(f))) => Some(f.addr),
                     _ => None,
                 }
@@ -201,8 +219,11 @@ mod tests {
 
     #[test]
     fn a_capture_that_is_not_an_address_is_reported_not_banned() {
-        let set = FilterSet::new(vec![Filter::compile(spec("sshd").unwrap()).unwrap()]);
-        let hits = set.test(b"Nov 23 10:00:01 h sshd[1]: Failed password for root from 999.1.2.3 port 22 ssh2");
+        let mut set = FilterSet::new(vec![compiled()["sshd"].clone()]);
+        let hits = set.test(
+            b"Nov 23 10:00:01 h sshd[1]: Failed password for root from 999.1.2.3 port 22 ssh2",
+            crate::clock::Timestamp::now(),
+        );
         assert_eq!(hits.as_slice(), &[(0, Hit::NotAnAddress("999.1.2.3".into()))]);
     }
 }
