@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
@@ -70,11 +70,13 @@ impl Fail2banDefinition {
 
 /// A compiled filter: banshare's patterns, or a fail2ban definition. Immutable and
 /// cheap to clone (the compiled engine is shared): the config compiles each filter once
-/// and every stream that runs it keeps its own [`FilterSet`] state.
+/// and every stream that runs it keeps its own [`FilterSet`] state. A built-in left as
+/// it is compiles when first run ([`Filter::deferred`]): a command that runs no filter
+/// does not pay for seventeen.
 #[derive(Debug, Clone)]
 pub struct Filter {
     pub spec: FilterSpec,
-    engine: Arc<Engine>,
+    engine: Arc<OnceLock<Engine>>,
 }
 
 /// Two filters are the same when written the same and, for a fail2ban definition, read
@@ -156,7 +158,26 @@ fn compile(pattern: &str) -> Result<Regex, regex::Error> {
 
 impl Filter {
     pub fn compile(spec: FilterSpec) -> Result<Filter, FilterError> {
-        let engine = match &spec.fail2ban {
+        let engine = Engine::build(&spec)?;
+        Ok(Filter { spec, engine: Arc::new(OnceLock::from(engine)) })
+    }
+
+    /// A filter known to compile (a built-in, each compiled in every mode by the unit
+    /// tests), compiled when first run.
+    pub fn deferred(spec: FilterSpec) -> Filter {
+        Filter { spec, engine: Arc::new(OnceLock::new()) }
+    }
+
+    fn engine(&self) -> &Engine {
+        self.engine.get_or_init(|| {
+            Engine::build(&self.spec).unwrap_or_else(|e| panic!("a built-in filter that does not compile: {e}"))
+        })
+    }
+}
+
+impl Engine {
+    fn build(spec: &FilterSpec) -> Result<Engine, FilterError> {
+        Ok(match &spec.fail2ban {
             Some(def) => {
                 let err = |e: super::f2b::DefinitionError| FilterError {
                     filter: spec.name.clone(),
@@ -166,11 +187,12 @@ impl Filter {
                 };
                 Engine::Fail2ban(Compiled::new(def.load().map_err(err)?).map_err(err)?)
             }
-            None => Engine::Patterns(Patterns::compile(&spec)?),
-        };
-        Ok(Filter { spec, engine: Arc::new(engine) })
+            None => Engine::Patterns(Patterns::compile(spec)?),
+        })
     }
+}
 
+impl Filter {
     /// The same patterns or definition (compiled once, shared) with another category
     /// and window.
     pub fn with_window(&self, category: &str, maxretry: u32, findtime: Duration, bantime: Duration) -> Filter {
@@ -180,7 +202,7 @@ impl Filter {
 
     /// The fail2ban definition this filter runs, as read when it was compiled.
     pub fn definition(&self) -> Option<&Definition> {
-        match &*self.engine {
+        match self.engine() {
             Engine::Fail2ban(c) => Some(&c.definition),
             Engine::Patterns(_) => None,
         }
@@ -189,7 +211,7 @@ impl Filter {
     /// A new stream's state for this filter: a fail2ban definition's sessions and line
     /// buffer span lines; banshare's patterns judge each line alone and keep none.
     fn state(&self) -> Option<State> {
-        match &*self.engine {
+        match self.engine() {
             Engine::Fail2ban(c) => Some(c.state()),
             Engine::Patterns(_) => None,
         }
@@ -198,7 +220,7 @@ impl Filter {
     /// This filter's verdict on `line` (read at `now`), in the stream whose state is
     /// `state`.
     fn test(&self, state: Option<&mut State>, line: &[u8], now: Timestamp) -> Option<Hit> {
-        match (&*self.engine, state) {
+        match (self.engine(), state) {
             (Engine::Patterns(p), _) => p.test(line),
             (Engine::Fail2ban(c), Some(st)) => hit(c.line(st, &text_of(line), now)),
             (Engine::Fail2ban(_), None) => unreachable!("FilterSet::new gives each definition its state"),
@@ -361,7 +383,7 @@ impl FilterSet {
     pub fn settle(&mut self, line: &[u8], hits: Hits, now: Timestamp) -> Hits {
         let mut done = Hits::new();
         for (i, h) in hits {
-            match (h, &*self.filters[i].engine, self.states[i].as_mut()) {
+            match (h, self.filters[i].engine(), self.states[i].as_mut()) {
                 (Hit::Prepared(p), Engine::Fail2ban(c), Some(st)) => {
                     done.extend(hit(c.finish(st, p, now)).map(|h| (i, h)))
                 }
@@ -371,7 +393,7 @@ impl FilterSet {
         // The multi-line definitions, which `test_unordered` left alone.
         let mut added = false;
         for (i, (f, st)) in self.filters.iter().zip(&mut self.states).enumerate() {
-            if let Engine::Fail2ban(c) = &*f.engine
+            if let Engine::Fail2ban(c) = f.engine()
                 && !c.single_line()
             {
                 done.extend(f.test(st.as_mut(), line, now).map(|h| (i, h)));
@@ -397,7 +419,7 @@ impl Matcher {
     pub fn scratch(&self) -> Vec<Option<Scratch>> {
         self.filters
             .iter()
-            .map(|f| match &*f.engine {
+            .map(|f| match f.engine() {
                 Engine::Fail2ban(c) => Some(c.scratch()),
                 Engine::Patterns(_) => None,
             })
@@ -409,7 +431,7 @@ impl Matcher {
     pub fn test_unordered(&self, line: &[u8], scratch: &mut [Option<Scratch>], now: Timestamp) -> Hits {
         let mut hits = Hits::new();
         for (i, f) in self.filters.iter().enumerate() {
-            match &*f.engine {
+            match f.engine() {
                 Engine::Patterns(p) => hits.extend(p.test(line).map(|h| (i, h))),
                 Engine::Fail2ban(c) if c.single_line() => {
                     let sc = scratch[i].as_mut().expect("Matcher::scratch gives each definition its scratch");
@@ -486,7 +508,7 @@ mod tests {
     }
 
     fn patterns(f: &Filter) -> &Patterns {
-        match &*f.engine {
+        match f.engine() {
             Engine::Patterns(p) => p,
             Engine::Fail2ban(_) => panic!("patterns"),
         }

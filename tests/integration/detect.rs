@@ -238,3 +238,56 @@ fn a_reload_puts_new_sources_filters_and_edited_fail2ban_definitions_in_force() 
     assert_eq!(status["sources"].as_array().unwrap().len(), 2, "the sources in force: {status}");
     daemon.stop();
 }
+
+/// An sshd log that needs fail2ban's multi-line semantics, stamped `at`, sessions
+/// interleaved: an attacker with one wrong password per connection (5), an agent that
+/// offers two keys and logs in (no failure), a key scanner cut off for too many
+/// failures (5, the address only on the session's earlier line), one short of the
+/// threshold (4), and IPv6 addresses of one /64 with one failure each.
+fn multi_line_log(at: Timestamp) -> Vec<String> {
+    let mut lines = Vec::new();
+    for round in 0..5 {
+        let pid = |k: usize| 1000 + round * 10 + k;
+        let mut session = vec![
+            (pid(0), "Failed password for root from 203.0.113.10 port 4000 ssh2".to_string()),
+            (pid(1), "Failed publickey for git from 203.0.113.11 port 4001 ssh2: RSA SHA256:a".into()),
+            (pid(2), "Failed publickey for root from 203.0.113.12 port 4002 ssh2: RSA SHA256:b".into()),
+            (pid(1), "Failed publickey for git from 203.0.113.11 port 4001 ssh2: ED25519 SHA256:c".into()),
+            (pid(1), "Accepted publickey for git from 203.0.113.11 port 4001 ssh2: ED25519 SHA256:d".into()),
+            (pid(2), "Disconnecting: Too many authentication failures for root [preauth]".into()),
+            (pid(3), format!("Failed password for root from 2001:db8:9:9::{} port 4003 ssh2", round + 1)),
+        ];
+        if round < 4 {
+            session.push((pid(4), "Failed password for admin from 203.0.113.13 port 4004 ssh2".into()));
+        }
+        lines.extend(session.into_iter().map(|(pid, msg)| format!("{at} web1 sshd[{pid}]: {msg}")));
+    }
+    lines
+}
+
+#[test]
+fn the_daemon_and_scan_decide_the_same_bans_from_the_same_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("auth.log");
+    append(&log, &multi_line_log(Timestamp(Timestamp::now().0 - 5_000)));
+    let env = Env::new(&format!("[[source]]\npath = {log:?}\nfilters = [\"sshd\"]\n"));
+
+    let scan = env.cli(&["scan", "--filter", "sshd", "--json", log.to_str().unwrap()]).json();
+    let sshd = &scan["filters"][0];
+    let mut scanned: Vec<String> =
+        sshd["bans"].as_array().unwrap().iter().map(|b| format!("{}/32", b["target"].as_str().unwrap())).collect();
+    scanned.sort();
+    assert_eq!(scanned, ["203.0.113.10/32", "203.0.113.12/32"], "{scan}");
+    let scan_failures: u64 = sshd["failures"].as_object().unwrap().values().map(|n| n.as_u64().unwrap()).sum();
+    assert_eq!(scan_failures, 5 + 5 + 4 + 5, "{scan}");
+
+    let daemon = env.start_in_process();
+    wait_for("the daemon's bans", Duration::from_secs(10), || env.listed().len() >= 2);
+    std::thread::sleep(Duration::from_millis(500)); // no third ban on the way
+    let mut listed = env.listed();
+    listed.sort();
+    assert_eq!(listed, scanned, "the daemon bans what scan says it would");
+    let status = env.cli(&["status", "--json"]).json();
+    assert_eq!(status["sources"][0]["failures"], scan_failures, "the same failures counted: {status}");
+    daemon.stop();
+}

@@ -64,20 +64,11 @@ pub fn get(name: &str) -> Option<&'static BuiltIn> {
     BUILT_INS.iter().find(|b| b.name == name)
 }
 
-/// Every built-in with its defaults, compiled once per process (the default config and
-/// each config that leaves a built-in's patterns alone share them).
+/// Every built-in with its defaults, each compiled once per process when first run (the
+/// default config and each config that leaves a built-in's patterns alone share them).
 pub fn compiled() -> &'static BTreeMap<String, Filter> {
     static COMPILED: OnceLock<BTreeMap<String, Filter>> = OnceLock::new();
-    COMPILED.get_or_init(|| {
-        BUILT_INS
-            .iter()
-            .map(|b| {
-                let filter = Filter::compile(b.spec(&[]))
-                    .unwrap_or_else(|e| panic!("the built-in {} does not compile: {e}", b.name));
-                (b.name.to_string(), filter)
-            })
-            .collect()
-    })
+    COMPILED.get_or_init(|| BUILT_INS.iter().map(|b| (b.name.to_string(), Filter::deferred(b.spec(&[])))).collect())
 }
 
 macro_rules! embedded {
