@@ -5,6 +5,8 @@
 # for the client is cached; banshare in front of the WAYSCloud emulator. Prints the
 # medians over RUNS of each route's p50 and p99 and what the middleware adds.
 # Usage: bench/middleware.sh [REQUESTS] [RUNS]   (needs scripts/install-test-deps.sh first)
+# AWAKE=1 keeps every CPU busy with a nice-19 loop meanwhile, so no CPU halts between
+# requests: the same measurement without the wake-up latency of idle (virtual) CPUs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 requests=${1:-2000}
@@ -22,6 +24,9 @@ write_check_config "$work" "$emu_port" "$check_port"
 target/release/banshare --config "$work/banshare.toml" run 2>"$work/banshare.log" &
 pids+=($!)
 for _ in $(seq 100); do curl -fs "http://127.0.0.1:$check_port/v1/check/11.0.0.1" >/dev/null 2>&1 && break; sleep 0.1; done
+if [[ -n "${AWAKE:-}" ]]; then
+    for _ in $(seq "$(nproc)"); do nice -n 19 sh -c 'while :; do :; done' & pids+=($!); done
+fi
 url="http://127.0.0.1:$check_port"
 py=$web/venv/bin/python
 NODE_PATH=$web/node/node_modules "$py" bench/middleware/bench.py "$url" "$requests" "$runs" \
