@@ -125,11 +125,6 @@ impl Scanner {
         self.report(step)
     }
 
-    /// Runs one line through the stage.
-    pub fn line(&mut self, line: &[u8]) -> Outcome {
-        self.bytes(&mut line.to_vec())
-    }
-
     /// The filters' stateless half, for testing lines in parallel before
     /// [`Scanner::record`].
     pub fn matcher(&self) -> Matcher {
@@ -209,19 +204,16 @@ mod tests {
             Escalation::default(),
             64,
         );
+        let mut line = |text: String| scanner.bytes(&mut text.into_bytes());
         for i in 0..12 {
-            scanner.line(
-                format!("2026-11-23T10:00:{i:02}Z h sshd[{i}]: Failed password for root from 203.0.113.7 port 1 ssh2")
-                    .as_bytes(),
-            );
-            scanner.line(
-                format!(
-                    "2026-11-23T10:00:{i:02}Z h sshd[1{i}]: Failed password for root from 2001:db8::{i} port 1 ssh2"
-                )
-                .as_bytes(),
-            );
+            line(format!(
+                "2026-11-23T10:00:{i:02}Z h sshd[{i}]: Failed password for root from 203.0.113.7 port 1 ssh2"
+            ));
+            line(format!(
+                "2026-11-23T10:00:{i:02}Z h sshd[1{i}]: Failed password for root from 2001:db8::{i} port 1 ssh2"
+            ));
         }
-        scanner.line(b"2026-11-23T10:01:00Z h sshd[99]: Accepted password for root from 203.0.113.9 port 1 ssh2");
+        line("2026-11-23T10:01:00Z h sshd[99]: Accepted password for root from 203.0.113.9 port 1 ssh2".into());
         let report = scanner.finish();
         let sshd = &report.filters[0];
         assert_eq!(sshd.matched, 24);

@@ -388,6 +388,110 @@ mod tests {
         stage.line(&mut line.as_bytes().to_vec(), NOW)
     }
 
+    /// Earlier bans as a store counts them: each ban asked about is one more.
+    struct Counting(HashMap<ipnet::IpNet, u32>);
+
+    impl Offences for Counting {
+        fn earlier(&mut self, addr: IpAddr) -> u32 {
+            let n = self.0.entry(ban_target(addr, Source::Detect, 64)).or_insert(0);
+            *n += 1;
+            *n - 1
+        }
+    }
+
+    /// The windows, blocks and escalation against a model written from the rules alone:
+    /// random failures of a few addresses (IPv4, and IPv6 sharing /64s) at random gaps,
+    /// random thresholds; the bans compared after every line. A replay reads lines on
+    /// their own time and blocks a banned target; live, a line is read up to 5 s after it
+    /// was written (some much later: read again after a restart), and is counted only
+    /// within its window, with no block. Seeded (`BANSHARE_MODEL_SEED`), so a failure
+    /// replays.
+    fn windows_match_a_model_of_the_rules(live: bool) {
+        let first: u64 = std::env::var("BANSHARE_MODEL_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(0x5eed);
+        let pool: Vec<IpAddr> =
+            ["203.0.113.1", "203.0.113.2", "198.51.100.3", "2001:db8::1", "2001:db8::2", "2001:db8:1::1"]
+                .iter()
+                .map(|a| a.parse().unwrap())
+                .collect();
+        for seed in first..first + 20 {
+            let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            let mut next = move |n: u64| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x % n
+            };
+            let maxretry = 1 + next(6) as u32;
+            let findtime = Duration::from_secs(1 + next(900));
+            let bantime = Duration::from_secs(1 + next(3600));
+            let spec = FilterSpec {
+                failregex: vec![r"login failed from <HOST>".into()],
+                maxretry,
+                findtime,
+                bantime,
+                ..FilterSpec::new("app", "other")
+            };
+            let set = FilterSet::new(vec![Filter::compile(spec).unwrap()]);
+            let timing = if live {
+                Timing::Live(Box::new(Counting(HashMap::new())))
+            } else {
+                Timing::Replay { ipv6_prefix: 64 }
+            };
+            let mut stage = Stage::new(set, timing, Escalation::default());
+            let escalation = Escalation::default();
+            // The model: failure times per address, and per target its bans and block.
+            let mut times: HashMap<IpAddr, Vec<i64>> = HashMap::new();
+            let mut bans: HashMap<ipnet::IpNet, (u32, i64)> = HashMap::new();
+            let mut t = 1_700_000_000i64;
+            for step in 0..2000 {
+                t += match next(10) {
+                    0 => next(4000) as i64,
+                    _ => next(60) as i64,
+                };
+                // Live, some lines are read late: far past their window, or at its edge.
+                let window = findtime.as_secs() as i64;
+                let now = match next(20) {
+                    0 if live => t + next(3 * window as u64) as i64,
+                    1 if live => t + window - 1 + next(3) as i64,
+                    _ if live => t + next(6) as i64,
+                    _ => t,
+                };
+                let addr = pool[next(pool.len() as u64) as usize];
+                let line = format!("{} login failed from {addr}", Timestamp(t * 1000));
+                let got = stage.line(&mut line.into_bytes(), Timestamp(now * 1000)).bans;
+                let target = ban_target(addr, Source::Detect, 64);
+                let counts =
+                    if live { t >= now - window } else { bans.get(&target).is_none_or(|(_, until)| t >= *until) };
+                let mut want = None;
+                if counts {
+                    let kept = times.entry(addr).or_default();
+                    kept.retain(|w| *w > t - window);
+                    kept.push(t);
+                    if kept.len() as u32 >= maxretry {
+                        let failures = kept.len() as u32;
+                        kept.clear();
+                        let (earlier, until) = bans.entry(target).or_insert((0, 0));
+                        let length = escalation.bantime(bantime, *earlier);
+                        (*earlier, *until) = (*earlier + 1, t + length.as_secs() as i64);
+                        want = Some((addr, Timestamp(t * 1000), length, failures));
+                    }
+                }
+                let got: Vec<_> = got.iter().map(|b| (b.addr, b.at, b.bantime, b.failures)).collect();
+                assert_eq!(got, want.into_iter().collect::<Vec<_>>(), "live {live}, seed {seed}, line {step}");
+            }
+        }
+    }
+
+    #[test]
+    fn replay_windows_match_a_model_of_the_rules() {
+        windows_match_a_model_of_the_rules(false);
+    }
+
+    #[test]
+    fn live_windows_match_a_model_of_the_rules() {
+        windows_match_a_model_of_the_rules(true);
+    }
+
     #[test]
     fn maxretry_within_findtime_bans_and_a_replay_escalates_repeat_offenders() {
         let mut s = replay(vec![Filter::compile(builtin::spec("sshd").unwrap()).unwrap()]);
