@@ -95,11 +95,13 @@ pub struct Scanner {
     stage: Stage,
     ipv6_prefix: u8,
     reports: Vec<FilterReport>,
+    /// Failures per address and filter, sorted into the reports at the end.
+    failures: Vec<std::collections::HashMap<IpAddr, u64, foldhash::fast::RandomState>>,
 }
 
 impl Scanner {
     pub fn new(set: FilterSet, escalation: Escalation, ipv6_prefix: u8) -> Scanner {
-        let reports = set
+        let reports: Vec<FilterReport> = set
             .filters
             .iter()
             .map(|f| FilterReport {
@@ -111,7 +113,8 @@ impl Scanner {
                 bans: Vec::new(),
             })
             .collect();
-        Scanner { stage: Stage::new(set, Timing::Replay { ipv6_prefix }, escalation), ipv6_prefix, reports }
+        let failures = vec![Default::default(); reports.len()];
+        Scanner { stage: Stage::new(set, Timing::Replay { ipv6_prefix }, escalation), ipv6_prefix, reports, failures }
     }
 
     /// Counts a line that was too long to read.
@@ -140,7 +143,7 @@ impl Scanner {
 
     fn report(&mut self, step: Step) -> Outcome {
         for (index, addr) in step.failures {
-            *self.reports[index].failures.entry(addr).or_insert(0) += 1;
+            *self.failures[index].entry(addr).or_insert(0) += 1;
         }
         for ban in step.bans {
             self.reports[ban.filter].bans.push(ScanBan {
@@ -155,8 +158,9 @@ impl Scanner {
     }
 
     pub fn finish(mut self) -> ScanReport {
-        for (report, counts) in self.reports.iter_mut().zip(&self.stage.per_filter) {
+        for ((report, counts), failures) in self.reports.iter_mut().zip(&self.stage.per_filter).zip(self.failures) {
             (report.matched, report.ignored) = (counts.matched, counts.ignored);
+            report.failures = failures.into_iter().collect();
         }
         ScanReport { lines: self.stage.lines, filters: self.reports }
     }

@@ -150,11 +150,11 @@ pub struct Stage {
     timing: Timing,
     escalation: Escalation,
     times: TimeParser,
-    windows: HashMap<(usize, IpAddr), Window>,
+    windows: HashMap<(usize, IpAddr), Window, foldhash::quality::RandomState>,
     /// The last failure's time (a replayed line without one takes it).
     last_time: Option<Timestamp>,
     /// A replay's bans so far per target, and until when each target is blocked.
-    replay_bans: HashMap<ipnet::IpNet, (u32, Timestamp)>,
+    replay_bans: HashMap<ipnet::IpNet, (u32, Timestamp), foldhash::quality::RandomState>,
     since_sweep: u64,
     pub lines: LineCounts,
     /// Per filter of the set, in its order.
@@ -169,9 +169,9 @@ impl Stage {
             timing,
             escalation,
             times: TimeParser::default(),
-            windows: HashMap::new(),
+            windows: HashMap::default(),
             last_time: None,
-            replay_bans: HashMap::new(),
+            replay_bans: HashMap::default(),
             since_sweep: 0,
             lines: LineCounts::default(),
             per_filter,

@@ -248,7 +248,7 @@ impl Compiled {
 
     /// A new stream's state.
     pub fn state(&self) -> State {
-        State { buffer: VecDeque::new(), sessions: HashMap::new(), last_time: None, scratch: Scratch::default() }
+        State { buffer: VecDeque::new(), sessions: HashMap::default(), last_time: None, scratch: Scratch::default() }
     }
 
     /// Scratch space for [`Compiled::prepare`] (one per thread).
@@ -478,7 +478,7 @@ impl Compiled {
         }
         let Some(host) = verdict.host else {
             // A session line without an address yet: its failure waits for one.
-            if let Some(s) = mlfid.as_ref().and_then(|id| st.sessions.get_mut(id)) {
+            if let Some(s) = mlfid.as_ref().and_then(|id| st.sessions.get_mut(id.as_str())) {
                 s.fail.values.insert(Arc::from("mlfpending"), "1".into());
             }
             return out;
@@ -620,17 +620,21 @@ impl Locations {
     }
 }
 
+/// A captured value: most (an address, a user, a pid, a session's prefix) are short
+/// enough to be kept inline, without an allocation.
+type Text = compact_str::CompactString;
+
 /// Captured values by group name: a handful, looked up in order (no hashing, and the
 /// names are the patterns' own, shared).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Values(Vec<(Arc<str>, String)>);
+struct Values(Vec<(Arc<str>, Text)>);
 
 impl Values {
-    fn get(&self, key: &str) -> Option<&String> {
+    fn get(&self, key: &str) -> Option<&Text> {
         self.0.iter().find(|(k, _)| &**k == key).map(|(_, v)| v)
     }
 
-    fn insert(&mut self, key: Arc<str>, value: String) {
+    fn insert(&mut self, key: Arc<str>, value: Text) {
         if self.0.capacity() == 0 {
             self.0.reserve(8);
         }
@@ -640,7 +644,7 @@ impl Values {
         }
     }
 
-    fn remove(&mut self, key: &str) -> Option<String> {
+    fn remove(&mut self, key: &str) -> Option<Text> {
         let i = self.0.iter().position(|(k, _)| &**k == key)?;
         Some(self.0.swap_remove(i).1)
     }
@@ -656,7 +660,7 @@ impl Values {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Fail {
     values: Values,
-    users: BTreeSet<String>,
+    users: BTreeSet<Text>,
 }
 
 impl Fail {
@@ -669,7 +673,7 @@ impl Fail {
             }
             match span {
                 Some((s, e)) => {
-                    self.values.insert(name.clone(), buf[s..e].to_string());
+                    self.values.insert(name.clone(), Text::from(&buf[s..e]));
                 }
                 None => {
                     self.values.remove(name);
@@ -683,7 +687,7 @@ impl Fail {
         if !self.values.0.iter().any(|(k, _)| k.starts_with("alt_")) {
             return;
         }
-        let alts: Vec<(String, String)> = self
+        let alts: Vec<(String, Text)> = self
             .values
             .0
             .iter()
@@ -709,13 +713,13 @@ impl Fail {
         if let Some(ip) = self.values.get("ip4").or_else(|| self.values.get("ip6")) {
             return Some(match crate::detect::filter::parse_host(ip) {
                 Some(a) => Host::Addr(a, cidr),
-                None => Host::Name(ip.clone()),
+                None => Host::Name(ip.to_string()),
             });
         }
         let text = self.values.get("dns").or_else(|| self.values.get("fid"))?;
         Some(match crate::detect::filter::parse_host(text) {
             Some(a) => Host::Addr(a, None),
-            None => Host::Name(text.clone()),
+            None => Host::Name(text.to_string()),
         })
     }
 }
@@ -740,7 +744,7 @@ impl Verdict {
         Verdict {
             nofail: fail.truthy("nofail"),
             host: fail.host(),
-            user: fail.values.get("user").filter(|u| !u.is_empty()).cloned(),
+            user: fail.values.get("user").filter(|u| !u.is_empty()).map(|u| u.to_string()),
         }
     }
 }
@@ -759,7 +763,9 @@ struct Session {
 #[derive(Debug)]
 pub struct State {
     buffer: VecDeque<String>,
-    sessions: HashMap<String, Session>,
+    /// Keyed by text from the log (foldhash's seeded quality hasher: fast, and not
+    /// predictable from outside).
+    sessions: HashMap<String, Session, foldhash::quality::RandomState>,
     last_time: Option<Timestamp>,
     scratch: Scratch,
 }
