@@ -60,7 +60,7 @@ impl std::fmt::Display for Host {
 pub struct Failure {
     pub regex: usize,
     pub host: Host,
-    pub user: Option<String>,
+    pub user: Option<Text>,
 }
 
 /// What one line gave.
@@ -622,7 +622,7 @@ impl Locations {
 
 /// A captured value: most (an address, a user, a pid, a session's prefix) are short
 /// enough to be kept inline, without an allocation.
-type Text = compact_str::CompactString;
+pub type Text = compact_str::CompactString;
 
 /// Captured values by group name: a handful, looked up in order (no hashing, and the
 /// names are the patterns' own, shared).
@@ -731,7 +731,7 @@ impl Fail {
 struct Verdict {
     nofail: bool,
     host: Option<Host>,
-    user: Option<String>,
+    user: Option<Text>,
 }
 
 impl Verdict {
@@ -744,7 +744,7 @@ impl Verdict {
         Verdict {
             nofail: fail.truthy("nofail"),
             host: fail.host(),
-            user: fail.values.get("user").filter(|u| !u.is_empty()).map(|u| u.to_string()),
+            user: fail.values.get("user").filter(|u| !u.is_empty()).cloned(),
         }
     }
 }
