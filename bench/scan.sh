@@ -21,22 +21,36 @@ measure() { # name, output file, command...: prints seconds and peak RSS
     read -r secs kb < "$work/$name.time"
     python3 -c "print(f'$name: {$secs:.2f} s, {$lines / $secs:,.0f} lines/s, peak RSS {$kb / 1024:.1f} MiB')"
 }
-# banshare takes about a second on a noisy machine: the median of 5 runs of each mode
-# (fail2ban-regex, a minute long, runs once). `banshare` runs the built-in sshd filter,
-# `banshare-f2b` fail2ban's own sshd definition (/etc/fail2ban/filter.d/sshd.conf).
-median() { # name, banshare scan arguments...
-    local name=$1; shift
-    for run in 1 2 3 4 5; do
-        measure "$name" "$work/$name.json" target/release/banshare scan --config /dev/null "$@" --json "$work/auth.log"
-        cp "$work/$name.time" "$work/$name.time.$run"
-    done
-    sort -n "$work/$name".time.? | sed -n 3p > "$work/$name.time"
-    read -r secs kb < "$work/$name.time"
-    python3 -c "print(f'$name median of 5: {$secs:.2f} s, {$lines / $secs:,.0f} lines/s, peak RSS {$kb / 1024:.1f} MiB')"
+# banshare takes about a second on a noisy machine whose speed drifts by tens of per cent
+# over a minute: each banshare mode runs 6 times, the two modes alternating, 3 rounds
+# before fail2ban-regex (a minute long, once) and 3 after it, so both modes and the peer
+# see the same phases; the median of each mode's 6 runs is taken. `banshare` runs the
+# built-in sshd filter, `banshare-f2b` fail2ban's own sshd definition
+# (/etc/fail2ban/filter.d/sshd.conf).
+run_banshare() { # name, run number, banshare scan arguments...
+    local name=$1 run=$2; shift 2
+    measure "$name" "$work/$name.json" target/release/banshare scan --config /dev/null "$@" --json "$work/auth.log"
+    cp "$work/$name.time" "$work/$name.time.$run"
 }
-median banshare --filter sshd
-median banshare-f2b --fail2ban-filter sshd
+rounds() { # first run number, last
+    for run in $(seq "$1" "$2"); do
+        run_banshare banshare "$run" --filter sshd
+        run_banshare banshare-f2b "$run" --fail2ban-filter sshd
+    done
+}
+median() { # name: the median time of its 6 runs (the mean of the 3rd and 4th), the peak RSS of all
+    local name=$1 secs kb
+    secs=$(sort -n "$work/$name".time.? | sed -n '3p;4p' | awk '{s += $1} END {print s / 2}')
+    kb=$(sort -n -k2 "$work/$name".time.? | tail -1 | cut -d' ' -f2)
+    echo "$secs $kb" > "$work/$name.time"
+    read -r secs kb < "$work/$name.time"
+    python3 -c "print(f'$name median of 6: {$secs:.2f} s, {$lines / $secs:,.0f} lines/s, peak RSS {$kb / 1024:.1f} MiB')"
+}
+rounds 1 3
 measure fail2ban-regex "$work/f2b.out" fail2ban-regex "$work/auth.log" /etc/fail2ban/filter.d/sshd.conf
+rounds 4 6
+median banshare
+median banshare-f2b
 # The addresses fail2ban would ban: its per-failure rows (a slower output mode, not timed).
 fail2ban-regex -o row "$work/auth.log" /etc/fail2ban/filter.d/sshd.conf > "$work/f2b.rows"
 python3 - "$work" <<'PY'
