@@ -290,7 +290,7 @@ impl Stage {
             window.times.pop_front();
         }
         window.times.push_back(at);
-        if target.is_none() {
+        if let Timing::Live(_) = self.timing {
             if window.evidence.len() == EVIDENCE_LINES {
                 window.evidence.pop_front();
             }
