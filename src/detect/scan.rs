@@ -1,10 +1,10 @@
 //! Reading log lines safely, and the offline replay behind `banshare scan`.
 //!
-//! [`read_line`] is shared with the tailer: a line over [`MAX_LINE`] is skipped (and
-//! counted), invalid UTF-8 is decoded lossily (and counted), NUL bytes become spaces (and
-//! are counted): never fatal. [`Scanner`] runs lines through a [`FilterSet`] and a
-//! [`Detector`] on log time, as the daemon would have, and reports per filter what
-//! matched and what would have been banned.
+//! [`read_line_append`] reads a log line: one over [`MAX_LINE`] (the tailer's limit too)
+//! is skipped and counted, never fatal. [`Scanner`] runs lines through the detection
+//! [`Stage`] on log time ([`Timing::Replay`]), as the daemon would have (invalid UTF-8 and
+//! NUL bytes counted there), and reports per filter what matched and what would have been
+//! banned.
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead};
@@ -21,20 +21,14 @@ use crate::decision::{Source, ban_target, show_target};
 /// Longest line read; longer ones are skipped.
 pub const MAX_LINE: usize = 64 * 1024;
 
-/// What [`read_line`] found.
+/// What [`read_line_append`] found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Read {
-    /// `buf` holds one line, without its newline.
+    /// One line, without its newline, was appended to `buf`.
     Line,
     /// A line longer than [`MAX_LINE`] was consumed and dropped.
     TooLong,
     Eof,
-}
-
-/// Reads the next line into `buf`, consuming an over-long one to its end.
-pub fn read_line(r: &mut impl BufRead, buf: &mut Vec<u8>) -> io::Result<Read> {
-    buf.clear();
-    read_line_append(r, buf)
 }
 
 /// Reads the next line onto the end of `buf` (an over-long one is consumed to its end
@@ -186,7 +180,8 @@ mod tests {
         );
         let mut seen = Vec::new();
         loop {
-            match read_line(&mut r, &mut buf).unwrap() {
+            buf.clear();
+            match read_line_append(&mut r, &mut buf).unwrap() {
                 Read::Eof => break,
                 Read::TooLong => scanner.too_long(),
                 Read::Line => {
