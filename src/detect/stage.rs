@@ -422,8 +422,19 @@ mod tests {
                 x % n
             };
             let maxretry = 1 + next(6) as u32;
-            let findtime = Duration::from_secs(1 + next(900));
-            let bantime = Duration::from_secs(1 + next(3600));
+            // Windows and bans from a second to years, at the edges too.
+            let findtime = Duration::from_secs(match next(4) {
+                0 => 1,
+                1 => 2 * 86_400,
+                _ => 1 + next(900),
+            });
+            let bantime = Duration::from_secs(match next(6) {
+                0 => 1,
+                1 => 2 * 86_400,
+                2 => 400 * 86_400,
+                3 => 10 * 365 * 86_400,
+                _ => 1 + next(3600),
+            });
             let spec = FilterSpec {
                 failregex: vec![r"login failed from <HOST>".into()],
                 maxretry,
